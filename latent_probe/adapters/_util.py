@@ -1,0 +1,48 @@
+"""Small helpers shared by adapters: JSON-safe configuration, call-argument capture."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Any, Callable, Iterable
+
+__all__ = ["jsonable", "capture_call_args"]
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-serialisable copy of a configuration (dicts, FrozenDict, EasyDict, namespaces)."""
+    if hasattr(obj, "to_dict") and not isinstance(obj, dict):
+        try:
+            obj = obj.to_dict()
+        except Exception:
+            pass
+    if not isinstance(obj, dict) and hasattr(obj, "__dict__") and not isinstance(obj, type):
+        obj = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    return json.loads(json.dumps(obj, default=str))
+
+
+def capture_call_args(names: Iterable[str], into: Callable[[dict], None]) -> Callable[[Callable], Callable]:
+    """Make a wrapper factory: the wrapper binds the call's arguments and hands those in ``names`` on."""
+    names = tuple(names)
+
+    def make(original: Callable) -> Callable:
+        try:
+            sig = inspect.signature(original)
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            sig = None
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if sig is not None:
+                try:
+                    bound = sig.bind(*args, **kwargs)
+                    bound.apply_defaults()
+                    into({k: bound.arguments[k] for k in names if k in bound.arguments})
+                except TypeError:
+                    pass  # let the original raise its own error
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    return make

@@ -1,0 +1,214 @@
+"""Per step: what the DiT experts returned, what ``step`` received, and what follows from it.
+
+Forward hooks on each expert note which expert ran and (with ``cfg_branches``) keep its outputs until
+the scheduler's ``step`` is called; the intercepted ``step`` then builds one record:
+
+* ``x_t``   the latent ``step`` received, [B, C, F, H, W] (the model saw it, cast to its dtype);
+* ``pred``  the guided model output ``step`` received;
+* ``x0``, ``eps``  from the parameterisation of the scheduler's configuration;
+* ``pred_cond``, ``pred_uncond``  the expert's outputs of that step (cond first, as Wan2.2 and diffusers
+  call them; one call with a doubled batch is split as diffusers' batched CFG: uncond, cond).
+
+σ is read at the index the scheduler used for this step (``step_index − 1`` once ``step`` returned).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable
+
+import torch
+from einops import rearrange
+
+from .adapters.base import TargetParts
+from .adapters._util import jsonable
+from .parameterization import (
+    Parameterization,
+    estimate_x0_eps,
+    noise_level_at,
+    parameterization_of,
+)
+from .store.writer import RunWriter, StepMeta
+
+__all__ = ["StepCapture", "model_output_tensor", "LayoutError", "CAPTURABLE"]
+
+CAPTURABLE = ("x_t", "pred", "x0", "eps")
+BRANCHES = ("pred_cond", "pred_uncond")
+STORED_LAYOUT = "b c f h w"
+
+
+class LayoutError(ValueError):
+    """A tensor does not have the layout the adapter expects."""
+
+
+def model_output_tensor(output: Any) -> torch.Tensor:
+    """The prediction in a DiT's return value, as [B, C, F, H, W].
+
+    Wan2.2's WanModel returns a list of [C, F, H, W] tensors; diffusers returns ``(tensor,)`` or an object
+    with ``.sample``.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "sample") and isinstance(output.sample, torch.Tensor):
+        return output.sample
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], torch.Tensor):
+        if output[0].dim() == 4:
+            return torch.stack(list(output))
+        return output[0]
+    raise LayoutError(f"cannot find a prediction tensor in a model output of type {type(output).__name__}")
+
+
+def _step_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    names = ("model_output", "timestep", "sample")
+    vals = list(args[:3]) + [None] * (3 - min(3, len(args)))
+    for i, n in enumerate(names):
+        if n in kwargs:
+            vals[i] = kwargs[n]
+    model_output, timestep, sample = vals
+    if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+        raise LayoutError("scheduler.step must be called as step(model_output, timestep, sample, ...) with tensors")
+    return model_output, timestep, sample
+
+
+class StepCapture:
+    """Turns hook events and ``step`` calls into records for a :class:`RunWriter`."""
+
+    def __init__(self, parts: TargetParts, writer: RunWriter | None, capture: tuple[str, ...],
+                 cfg_branches: bool, parameterization: Parameterization | None, attrs: dict[str, Any]) -> None:
+        self.parts = parts
+        self.writer = writer
+        self.capture = capture
+        self.cfg_branches = cfg_branches
+        self._fixed_param = parameterization
+        self._params: dict[int, Parameterization] = {}
+        self._attrs = attrs
+        self._calls: list[tuple[str, torch.Tensor | None]] = []
+        self._local = threading.local()
+        self._last_scheduler: Any = None
+        self.generation = -1
+        self.steps = 0
+        self.step_observers: list[Callable[[dict], None]] = []
+
+    # ------------------------------------------------------------------ hooks on experts
+    def forward_hook(self, expert: str) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            keep = model_output_tensor(output) if self.cfg_branches else None
+            self._calls.append((expert, keep))
+
+        return hook
+
+    # ------------------------------------------------------------------ step interception
+    def wrap_bound_step(self, scheduler: Any, original: Callable) -> Callable:
+        """Replacement for ``scheduler.step`` on one instance."""
+
+        @functools.wraps(original)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            return self.on_step(scheduler, original, args, kwargs)
+
+        return step
+
+    def wrap_class_step(self, original: Callable) -> Callable:
+        """Replacement for ``SchedulerClass.step`` (a plain function taking ``self``)."""
+
+        @functools.wraps(original)
+        def step(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+            return self.on_step(scheduler, functools.partial(original, scheduler), args, kwargs)
+
+        return step
+
+    def parameterization_for(self, scheduler: Any) -> Parameterization:
+        if self._fixed_param is not None:
+            return self._fixed_param
+        key = id(scheduler)
+        if key not in self._params:
+            self._params[key] = parameterization_of(scheduler)
+        return self._params[key]
+
+    def on_step(self, scheduler: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
+        if getattr(self._local, "depth", 0):  # a step that calls step: record the outer one only
+            return call(*args, **kwargs)
+        model_output, timestep, sample = _step_args(args, kwargs)
+        param = self.parameterization_for(scheduler)
+        self._local.depth = 1
+        try:
+            result = call(*args, **kwargs)
+        finally:
+            self._local.depth = 0
+        calls, self._calls = self._calls, []
+        self._record(scheduler, param, model_output, timestep, sample, calls)
+        return result
+
+    # ------------------------------------------------------------------ one record
+    def _to_stored(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        layout = self.parts.step_layout
+        if t.dim() != len(layout.split()):
+            raise LayoutError(f"scheduler.step received {what} of shape {tuple(t.shape)}; expected layout "
+                              f"'{layout}' ({len(layout.split())} dims)")
+        return t if layout == STORED_LAYOUT else rearrange(t, f"{layout} -> {STORED_LAYOUT}")
+
+    def _branches(self, calls: list[tuple[str, torch.Tensor | None]], batch: int) -> dict[str, torch.Tensor]:
+        outs = [t for _, t in calls if t is not None]
+        if not outs:
+            return {}
+        if len(outs) == 1:
+            (only,) = outs
+            if only.shape[0] == 2 * batch:
+                uncond, cond = only.chunk(2)
+                return {"pred_cond": cond, "pred_uncond": uncond}
+            return {"pred_cond": only}
+        return {"pred_cond": outs[0], "pred_uncond": outs[1]}
+
+    def _record(self, scheduler: Any, param: Parameterization, model_output: torch.Tensor, timestep: Any,
+                sample: torch.Tensor, calls: list[tuple[str, torch.Tensor | None]]) -> None:
+        after = getattr(scheduler, "step_index", None)
+        idx = None if after is None else int(after) - 1
+        if scheduler is not self._last_scheduler or idx == 0 or self.generation < 0:
+            self.generation += 1
+            self._last_scheduler = scheduler
+        level = noise_level_at(scheduler, idx, timestep)
+        sigma_tensor = None
+        if level.flow and idx is not None and isinstance(getattr(scheduler, "sigmas", None), torch.Tensor):
+            sigma_tensor = scheduler.sigmas[idx]
+        x_t = self._to_stored(sample, "a sample")
+        pred = self._to_stored(model_output, "a model_output")
+        tensors: dict[str, torch.Tensor] = {}
+        if "x_t" in self.capture:
+            tensors["x_t"] = x_t
+        if "pred" in self.capture:
+            tensors["pred"] = pred
+        owned = set()
+        if "x0" in self.capture or "eps" in self.capture:
+            x0, eps = estimate_x0_eps(param, x_t, pred, level, sigma_tensor)
+            for name, t in (("x0", x0), ("eps", eps)):
+                if name in self.capture:
+                    tensors[name] = t
+                    owned.add(name)
+        if self.cfg_branches:
+            for name, t in self._branches(calls, x_t.shape[0]).items():
+                tensors[name] = self._to_stored(t, f"an expert output ({name})")
+        expert = calls[-1][0] if calls else "unknown"
+        meta = StepMeta(
+            index=idx if idx is not None else self.steps,
+            timestep=timestep,
+            sigma=level.sigma,
+            alpha=level.alpha,
+            expert=expert,
+            guidance_scale=self.parts.guidance_scale(expert),
+            generation=self.generation,
+            model_calls=len(calls),
+        )
+        first = self.steps == 0
+        self.steps += 1
+        for observe in self.step_observers:
+            observe({"meta": meta, "tensors": tensors})
+        if self.writer is not None:
+            attrs = None
+            if first:
+                attrs = dict(self.parts.attrs)
+                attrs.update(jsonable(dict(self.parts.call_args)))
+                attrs.update(parameterization=param.value, capture=list(self.capture),
+                             cfg_branches=self.cfg_branches, step_layout=self.parts.step_layout,
+                             experts=list(self.parts.experts))
+                attrs.update(self._attrs)
+            self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs)

@@ -1,0 +1,155 @@
+"""What the model predicts, and how to turn a prediction into x̂₀ and ε̂.
+
+Every supported schedule writes the noisy latent as x_t = α·x₀ + σ·ε:
+
+* flow matching (Wan2.x):   α = 1 − σ, σ ∈ [0, 1]; the model predicts v = ε − x₀,
+  so x̂₀ = x_t − σ·v and ε̂ = x_t + (1 − σ)·v.
+* variance preserving (DDPM family): α = √ᾱ, σ = √(1 − ᾱ); the model predicts ε, v = α·ε − σ·x₀,
+  or x₀ itself ("sample").
+
+The parameterisation is read from the scheduler's configuration (``prediction_type``, ``use_flow_sigmas``,
+the class being a flow-matching scheduler). Anything else is an :class:`UnknownParameterizationError`:
+a wrong guess here silently corrupts every x̂₀ downstream.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Parameterization",
+    "NoiseLevel",
+    "UnknownParameterizationError",
+    "parameterization_of",
+    "noise_level_at",
+    "estimate_x0_eps",
+]
+
+
+class UnknownParameterizationError(ValueError):
+    """The scheduler's configuration does not say what the model predicts."""
+
+
+class Parameterization(str, enum.Enum):
+    FLOW = "flow_prediction"
+    EPSILON = "epsilon"
+    V = "v_prediction"
+    SAMPLE = "sample"
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """x_t = alpha·x₀ + sigma·ε at one step. ``sigma_index`` is the scheduler index it was read at."""
+
+    alpha: float
+    sigma: float
+    flow: bool
+
+
+def _config(scheduler: Any) -> dict:
+    cfg = getattr(scheduler, "config", None)
+    if cfg is None:
+        return {}
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    return {k: getattr(cfg, k) for k in dir(cfg) if not k.startswith("_")}
+
+
+def is_flow_schedule(scheduler: Any) -> bool:
+    """True when the scheduler's noise schedule is flow matching (α = 1 − σ)."""
+    cfg = _config(scheduler)
+    if cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction":
+        return True
+    return type(scheduler).__name__.startswith(("FlowMatch", "Flow"))
+
+
+def parameterization_of(scheduler: Any) -> Parameterization:
+    """Read the prediction type from ``scheduler.config``; raise if it is missing or unknown."""
+    cfg = _config(scheduler)
+    name = type(scheduler).__name__
+    pred = cfg.get("prediction_type")
+    if pred is None:
+        if name.startswith("FlowMatch"):
+            # diffusers' FlowMatch* schedulers have no prediction_type: they only do velocity.
+            return Parameterization.FLOW
+        raise UnknownParameterizationError(
+            f"scheduler {name} has no config.prediction_type; pass parameterization= to LatentProbe "
+            f"(one of {[p.value for p in Parameterization]})"
+        )
+    try:
+        return Parameterization(pred)
+    except ValueError:
+        raise UnknownParameterizationError(
+            f"scheduler {name} has prediction_type={pred!r}, which latent_probe does not know "
+            f"(known: {[p.value for p in Parameterization]})"
+        ) from None
+
+
+def _scalar(x: Any) -> float:
+    if isinstance(x, torch.Tensor):
+        return float(x.detach().to("cpu", torch.float64))
+    return float(x)
+
+
+def noise_level_at(scheduler: Any, sigma_index: int | None, timestep: Any) -> NoiseLevel:
+    """(α, σ) of the step the scheduler just took.
+
+    ``sigma_index`` is the index into ``scheduler.sigmas`` that ``step`` used (its ``step_index`` before
+    it advanced). Schedulers without ``sigmas`` (DDIM, DDPM) are read from ``alphas_cumprod[timestep]``.
+    """
+    flow = is_flow_schedule(scheduler)
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and sigma_index is not None:
+        s = _scalar(sigmas[sigma_index])
+        if flow:
+            return NoiseLevel(alpha=1.0 - s, sigma=s, flow=True)
+        # diffusers' VP multistep schedulers keep σ_k = √((1−ᾱ)/ᾱ).
+        alpha = 1.0 / math.sqrt(s * s + 1.0)
+        return NoiseLevel(alpha=alpha, sigma=s * alpha, flow=False)
+    acp = getattr(scheduler, "alphas_cumprod", None)
+    if acp is not None and timestep is not None:
+        a = _scalar(acp[int(_scalar(timestep))])
+        return NoiseLevel(alpha=math.sqrt(a), sigma=math.sqrt(1.0 - a), flow=False)
+    raise UnknownParameterizationError(
+        f"cannot read the noise level from scheduler {type(scheduler).__name__}: it has neither sigmas "
+        "with a step_index nor alphas_cumprod"
+    )
+
+
+def estimate_x0_eps(
+    param: Parameterization,
+    x_t: torch.Tensor,
+    pred: torch.Tensor,
+    level: NoiseLevel,
+    sigma_tensor: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂₀ and ε̂ from x_t and a prediction, both [B, C, F, H, W]; returned in float32.
+
+    For flow matching, ``sigma_tensor`` (the scheduler's own ``sigmas[i]``) is used as is, so that x̂₀ is
+    computed exactly as the scheduler computes its own (``sample - sigma_t * model_output``).
+    """
+    a, s = level.alpha, level.sigma
+    if param is Parameterization.FLOW:
+        sig = sigma_tensor if sigma_tensor is not None else s
+        x0 = x_t - sig * pred
+        eps = x_t + (1 - sig) * pred
+        return x0.float(), eps.float()
+    x = x_t.float()
+    p = pred.float()
+    if param is Parameterization.EPSILON:
+        if a <= 0:
+            x0 = torch.full_like(x, float("nan"))
+        else:
+            x0 = (x - s * p) / a
+        return x0, p
+    if param is Parameterization.V:
+        return a * x - s * p, s * x + a * p
+    if param is Parameterization.SAMPLE:
+        eps = (x - a * p) / s if s > 0 else torch.full_like(x, float("nan"))
+        return p, eps
+    raise UnknownParameterizationError(f"unknown parameterization {param!r}")  # pragma: no cover

@@ -1,0 +1,305 @@
+"""Stream step records to HDF5 from a background thread.
+
+The producer (the sampling loop) only copies tensors into one of ``slots`` preallocated host buffers and
+queues it; the writer thread waits for the copy (a CUDA event, never a host-wide synchronisation),
+writes every quantity and the step's metadata, and flushes (SWMR), so a reader can follow a live run and
+a killed process leaves a readable file. When every slot is in flight the producer blocks until one
+frees — nothing is dropped — and the time it blocked is recorded per step.
+
+On CUDA, buffers are pinned and already in ``store_dtype`` (the cast runs on the GPU, halving the copy
+for float16). On the CPU, tensors the caller owns are copied (a memcpy) and the probe's own derived
+tensors are passed by reference; the cast to ``store_dtype`` happens in the writer thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import queue
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from .._version import __version__
+from . import schema
+
+__all__ = ["StepMeta", "RunWriter", "WriterError"]
+
+_STOP = object()
+
+
+class WriterError(RuntimeError):
+    """The background writer failed; steps committed before the failure remain in the file."""
+
+
+@dataclass
+class StepMeta:
+    """Per-step metadata. ``timestep`` may be a tensor (read in the writer thread, off the hot path)."""
+
+    index: int
+    timestep: Any
+    sigma: float
+    alpha: float
+    expert: str
+    guidance_scale: float | None
+    generation: int
+    model_calls: int
+    wall_time: float = field(default_factory=time.time)
+    blocked_ms: float = 0.0
+
+
+@dataclass
+class _Slot:
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    timestep: torch.Tensor | None = None
+    held: dict[str, torch.Tensor] = field(default_factory=dict)  # own tensors passed by reference (CPU)
+
+
+def _np_dtype(name: str) -> np.dtype:
+    return np.dtype(name)
+
+
+class RunWriter:
+    """Owns the HDF5 file (or in-memory HDF5 image) of one run while it is being recorded.
+
+    path=None keeps the run in memory (HDF5 core driver, no backing store); ``file`` stays open after
+    :meth:`close` for reading.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, store_dtype: str = "float16", slots: int = 3,
+                 overwrite: bool = False) -> None:
+        if store_dtype not in schema.STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {schema.STORE_DTYPES}, got {store_dtype!r}")
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.path = None if path is None else os.fspath(path)
+        self.store_dtype = store_dtype
+        self._torch_store_dtype = getattr(torch, store_dtype)
+        if self.path is not None:
+            if os.path.exists(self.path) and not overwrite:
+                raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+            parent = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(f"directory {parent} does not exist")
+            self.file = h5py.File(self.path, "w", libver="latest")
+        else:
+            self.file = h5py.File(f"latent_probe-{id(self)}.h5", "w", driver="core", backing_store=False)
+        self._free: queue.Queue[_Slot] = queue.Queue()
+        for _ in range(slots):
+            self._free.put(_Slot())
+        self._todo: queue.Queue[Any] = queue.Queue()
+        self._error: BaseException | None = None
+        self._initialised = False
+        self._names: tuple[str, ...] = ()
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self.steps_written = 0
+        self.blocked_s = 0.0
+        self.nonfinite_steps = 0
+        self._warned_nonfinite = False
+        self._thread = threading.Thread(target=self._loop, name="latent_probe-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producer side (hot path)
+    def submit(self, meta: StepMeta, tensors: dict[str, torch.Tensor], owned: frozenset[str] = frozenset(),
+               attrs: dict[str, Any] | None = None) -> float:
+        """Queue one step; returns seconds the caller was blocked waiting for a free slot.
+
+        tensors: quantity → [B, C, F, H, W]. ``owned`` names tensors the probe created itself (they are
+        not modified afterwards, so on the CPU they travel by reference). ``attrs`` (first step only)
+        become the file's root attributes.
+        """
+        self._raise_if_failed()
+        t0 = time.perf_counter()
+        while True:
+            try:
+                slot = self._free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                self._raise_if_failed()
+        blocked = time.perf_counter() - t0
+        self.blocked_s += blocked
+        meta.blocked_ms = blocked * 1e3
+        event = None
+        slot.held = {}
+        for name, t in tensors.items():
+            t = t.detach()
+            if t.is_cuda:
+                buf = slot.buffers.get(name)
+                if buf is None or buf.shape != t.shape:
+                    buf = torch.empty(t.shape, dtype=self._torch_store_dtype, pin_memory=True)
+                    slot.buffers[name] = buf
+                buf.copy_(t, non_blocking=True)
+            elif name in owned:
+                slot.held[name] = t
+            else:
+                buf = slot.buffers.get(name)
+                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                    buf = torch.empty(t.shape, dtype=t.dtype)
+                    slot.buffers[name] = buf
+                buf.copy_(t)
+        ts = meta.timestep
+        if isinstance(ts, torch.Tensor) and ts.is_cuda:
+            if slot.timestep is None:
+                slot.timestep = torch.empty(1, dtype=torch.float64, pin_memory=True)
+            slot.timestep.copy_(ts.detach().reshape(-1)[:1], non_blocking=True)
+        if any(t.is_cuda for t in tensors.values()) or (isinstance(ts, torch.Tensor) and ts.is_cuda):
+            event = torch.cuda.Event()
+            event.record()
+        self._todo.put((slot, meta, tuple(tensors), event, attrs))
+        return blocked
+
+    def close(self, attrs: dict[str, Any] | None = None) -> None:
+        """Drain the queue, stop the thread, write final attributes. Raises WriterError if writing failed."""
+        if self._thread.is_alive():
+            self._todo.put(_STOP)
+            self._thread.join()
+        final = dict(attrs or {})
+        final.update(steps=self.steps_written, blocked_ms_total=self.blocked_s * 1e3,
+                     nonfinite_steps=self.nonfinite_steps)
+        if self._error is not None:
+            final["complete"] = False
+            final["writer_error"] = repr(self._error)
+        if self.path is not None:
+            try:
+                self.file.close()
+            except Exception:  # pragma: no cover - already closed by a failure
+                pass
+            with h5py.File(self.path, "r+") as f:
+                self._update_attrs(f, final)
+        else:
+            self._update_attrs(self.file, final)
+        if self._error is not None:
+            raise WriterError(f"latent_probe writer failed after {self.steps_written} steps: {self._error}") \
+                from self._error
+
+    @staticmethod
+    def _update_attrs(f: h5py.File, new: dict[str, Any]) -> None:
+        merged = schema.decode_attrs(dict(f.attrs))
+        merged.update(new)
+        for key in list(f.attrs):
+            del f.attrs[key]
+        for key, value in schema.encode_attrs(merged).items():
+            f.attrs[key] = value
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise WriterError(f"latent_probe writer failed after {self.steps_written} steps: {self._error}")
+
+    # ------------------------------------------------------------------ writer thread
+    def _loop(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is _STOP:
+                break
+            slot, meta, names, event, attrs = item
+            try:
+                if self._error is None:
+                    if event is not None:
+                        event.synchronize()
+                    self._write(slot, meta, names, attrs)
+            except BaseException as exc:  # noqa: BLE001 - reported to the producer
+                self._error = exc
+            finally:
+                slot.held = {}
+                self._free.put(slot)
+        try:
+            self.file.flush()
+        except Exception:  # pragma: no cover
+            pass
+
+    def _arrays(self, slot: _Slot, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        dtype = _np_dtype(self.store_dtype)
+        out = {}
+        for name in names:
+            t = slot.held.get(name)
+            if t is None:
+                t = slot.buffers[name]
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            out[name] = t.numpy().astype(dtype, copy=False)
+        return out
+
+    def _create(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None) -> None:
+        f = self.file
+        base = {
+            "schema": schema.SCHEMA_NAME,
+            "schema_version": schema.SCHEMA_VERSION,
+            "library_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "complete": False,
+            "store_dtype": self.store_dtype,
+            "layout": schema.LATENT_LAYOUT,
+            "quantities": list(arrays),
+        }
+        base.update(attrs or {})
+        for key, value in schema.encode_attrs(base).items():
+            f.attrs[key] = value
+        lat = f.create_group(schema.LATENTS_GROUP)
+        for name, arr in arrays.items():
+            lat.create_dataset(name, shape=(0, *arr.shape), maxshape=(None, *arr.shape),
+                               chunks=(1, *arr.shape), dtype=arr.dtype)
+            self._shapes[name] = arr.shape
+        steps = f.create_group(schema.STEPS_GROUP)
+        for fname, dtype in schema.STEP_FIELDS.items():
+            dt = h5py.string_dtype() if dtype == "str" else dtype
+            steps.create_dataset(fname, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dt)
+        nf = steps.create_dataset("nonfinite", shape=(0, len(arrays)), maxshape=(None, len(arrays)),
+                                  chunks=(256, len(arrays)), dtype=bool)
+        nf.attrs["quantities"] = list(arrays)
+        self._names = tuple(arrays)
+        if self.path is not None:
+            f.swmr_mode = True
+        self._initialised = True
+
+    def _write(self, slot: _Slot, meta: StepMeta, names: tuple[str, ...], attrs: dict[str, Any] | None) -> None:
+        arrays = self._arrays(slot, names)
+        if not self._initialised:
+            self._create(arrays, attrs)
+        if set(arrays) != set(self._names):
+            raise ValueError(f"step {meta.index} recorded {sorted(arrays)}, the run records {sorted(self._names)}")
+        for name, arr in arrays.items():
+            if arr.shape != self._shapes[name]:
+                raise ValueError(f"latent shape changed from {self._shapes[name]} to {arr.shape} within one run "
+                                 f"({name}, step {meta.index}); use one LatentProbe per generation size")
+        n = self.steps_written
+        f = self.file
+        nonfinite = []
+        for name in self._names:
+            arr = arrays[name]
+            # A sum is finite iff every element is (float16 data cannot overflow a float32 sum).
+            nonfinite.append(not np.isfinite(arr.sum(dtype=np.float64 if arr.dtype == np.float32 else np.float32)))
+            ds = f[schema.LATENTS_GROUP][name]
+            ds.resize(n + 1, axis=0)
+            ds[n] = arr
+        if any(nonfinite):
+            self.nonfinite_steps += 1
+            if not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                bad = [q for q, b in zip(self._names, nonfinite) if b]
+                warnings.warn(f"latent_probe: NaN/Inf in {bad} at step {meta.index}; recorded and flagged "
+                              "in /steps/nonfinite", RuntimeWarning, stacklevel=1)
+        ts = meta.timestep
+        if isinstance(ts, torch.Tensor):
+            ts = float(slot.timestep[0]) if ts.is_cuda else float(ts.reshape(-1)[0])
+        values = {
+            "timestep": ts, "sigma": meta.sigma, "alpha": meta.alpha, "expert": meta.expert,
+            "guidance_scale": np.nan if meta.guidance_scale is None else meta.guidance_scale,
+            "generation": meta.generation, "model_calls": meta.model_calls, "blocked_ms": meta.blocked_ms,
+            "wall_time": meta.wall_time, schema.COMMIT_FIELD: meta.index,
+        }
+        steps = f[schema.STEPS_GROUP]
+        nf = steps["nonfinite"]
+        nf.resize(n + 1, axis=0)
+        nf[n] = nonfinite
+        for fname in schema.STEP_FIELDS:  # COMMIT_FIELD is last
+            ds = steps[fname]
+            ds.resize(n + 1, axis=0)
+            ds[n] = values[fname]
+        f.flush()
+        self.steps_written = n + 1
