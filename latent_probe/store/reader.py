@@ -206,6 +206,33 @@ class Run:
                 f"complete={self.complete})")
 
 
+def _declared_end_of_file(path: str) -> int | None:
+    """The end-of-file address the HDF5 superblock (at offset 0) declares, or None if it can't be read.
+
+    HDF5 can loop forever reading a truncated file, so truncation is detected up front from this.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(128)
+    if len(head) < 16 or head[:8] != b"\x89HDF\r\n\x1a\n":
+        return None
+    version = head[8]
+    if version in (0, 1):
+        size_of_offsets = head[13]
+        pos = 24 + (4 if version == 1 else 0)
+        fields = 3  # base address, free-space address, end-of-file address
+    elif version in (2, 3):
+        size_of_offsets = head[9]
+        pos = 12
+        fields = 3  # base address, superblock extension address, end-of-file address
+    else:
+        return None
+    if size_of_offsets not in (2, 4, 8) or len(head) < pos + fields * size_of_offsets:
+        return None
+    base = int.from_bytes(head[pos:pos + size_of_offsets], "little")
+    eof = int.from_bytes(head[pos + 2 * size_of_offsets:pos + 3 * size_of_offsets], "little")
+    return base + eof
+
+
 def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = None) -> Run:
     """Open a recorded run. ``mode="r+"`` lets metrics be cached in the file.
 
@@ -216,6 +243,10 @@ def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = No
         raise FileNotFoundError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
         raise RunFileError(f"{path} is not an HDF5 file")
+    declared, actual = _declared_end_of_file(path), os.path.getsize(path)
+    if declared is not None and declared > actual:
+        raise RunFileError(f"{path} is truncated: the HDF5 superblock declares {declared} bytes, the file has "
+                           f"{actual}")
     attempts = [swmr] if swmr is not None else ([False, True] if mode == "r" else [False])
     last: Exception | None = None
     for use_swmr in attempts:
@@ -226,7 +257,7 @@ def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = No
             last = exc
     else:
         msg = str(last).splitlines()[0] if last else "unknown error"
-        raise RunFileError(f"{path} cannot be read (truncated or corrupt HDF5 file: {msg})") from last
+        raise RunFileError(f"{path} cannot be read (corrupt HDF5 file: {msg})") from last
     try:
         return Run(f, owns_file=True, source=path)
     except Exception:
