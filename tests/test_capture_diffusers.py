@@ -71,7 +71,7 @@ def test_cfg_branches_told_apart(two_expert_pipe):
     cond, uncond, pred = (run.latents(n)[:] for n in ("pred_cond", "pred_uncond", "pred"))
     assert not np.allclose(cond, uncond)
     np.testing.assert_allclose(uncond + 3.0 * (cond - uncond), pred, atol=1e-5)
-    assert np.all(run.file["steps/model_calls"][:] == 2)
+    assert np.all(run.file["steps"].fields("model_calls")[:] == 2)
 
 
 def test_guidance_off_means_one_call(two_expert_pipe):
@@ -80,7 +80,7 @@ def test_guidance_off_means_one_call(two_expert_pipe):
     run = probe.run
     assert "pred_uncond" not in run.quantities
     np.testing.assert_array_equal(run.latents("pred_cond")[:], run.latents("pred")[:])
-    assert np.all(run.file["steps/model_calls"][:] == 1)
+    assert np.all(run.file["steps"].fields("model_calls")[:] == 1)
 
 
 def test_float16_store_close_to_float32(two_expert_pipe):

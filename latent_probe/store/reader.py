@@ -1,7 +1,7 @@
 """``Run``: one read API for a recorded run, in memory or in an HDF5 file.
 
 Latents are read lazily: ``run.latents("x0")`` is a view of shape [S, B, C, F, H, W] that reads only
-what is indexed. S counts committed steps (``/steps/index`` is written last in each step), so a file
+what is indexed. S counts committed steps (the ``/steps`` row is written last in each step), so a file
 from a killed process, or one still being written, reads consistently.
 """
 
@@ -104,7 +104,7 @@ class Run:
         if version > schema.SCHEMA_VERSION:
             raise RunFileError(f"{where} has schema version {version}; this latent_probe reads up to "
                                f"{schema.SCHEMA_VERSION}: upgrade latent_probe")
-        if schema.STEPS_GROUP not in f or schema.LATENTS_GROUP not in f:
+        if schema.STEPS_DATASET not in f or schema.LATENTS_GROUP not in f:
             raise RunFileError(f"{where} holds no recorded step (it was closed before the first step)")
 
     @property
@@ -113,9 +113,9 @@ class Run:
 
     def refresh(self) -> None:
         """Re-read dataset lengths (following a run that is still being written, SWMR)."""
-        for group in (schema.STEPS_GROUP, schema.LATENTS_GROUP):
-            for ds in self._file[group].values():
-                ds.refresh()
+        self._file[schema.STEPS_DATASET].refresh()
+        for ds in self._file[schema.LATENTS_GROUP].values():
+            ds.refresh()
         self._metrics_cache.clear()
 
     def close(self) -> None:
@@ -139,17 +139,17 @@ class Run:
 
     @property
     def num_steps(self) -> int:
-        n = self._file[schema.STEPS_GROUP][schema.COMMIT_FIELD].shape[0]
+        n = self._file[schema.STEPS_DATASET].shape[0]
         for ds in self._file[schema.LATENTS_GROUP].values():
             n = min(n, ds.shape[0])
         return int(n)
 
     def _steps(self, name: str) -> np.ndarray:
-        return self._file[schema.STEPS_GROUP][name][: self.num_steps]
+        return self._file[schema.STEPS_DATASET].fields(name)[: self.num_steps]
 
     @property
     def step_indices(self) -> np.ndarray:
-        return self._steps(schema.COMMIT_FIELD)
+        return self._steps("index")
 
     @property
     def timesteps(self) -> np.ndarray:
@@ -165,8 +165,7 @@ class Run:
 
     @property
     def experts(self) -> np.ndarray:
-        return np.asarray([e.decode() if isinstance(e, bytes) else str(e) for e in self._steps("expert")],
-                          dtype=object)
+        return np.asarray([e.decode() for e in self._steps("expert")], dtype=object)
 
     @property
     def guidance_scales(self) -> np.ndarray:
@@ -183,10 +182,10 @@ class Run:
     @property
     def nonfinite(self) -> dict[str, np.ndarray]:
         """quantity → [S] bool, True where that step's latent held NaN or Inf."""
-        ds = self._file[schema.STEPS_GROUP]["nonfinite"]
+        ds = self._file[schema.STEPS_DATASET]
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in ds.attrs["quantities"]]
-        data = ds[: self.num_steps]
-        return {n: data[:, i] for i, n in enumerate(names)}
+        bits = self._steps("nonfinite")
+        return {n: (bits >> i & 1).astype(bool) for i, n in enumerate(names)}
 
     # -------------------------------------------------------------- latents
     @property

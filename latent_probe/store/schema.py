@@ -3,11 +3,11 @@
 /                       attrs: schema="latent_probe", schema_version, library_version, created, complete,
                                parameterization, store_dtype, quantities, layout, run metadata
 /latents/<quantity>     [S, B, C, F, H, W], float16 or float32, chunked one step per chunk
-/steps/<field>          [S] per-step metadata (index, timestep, sigma, alpha, expert, guidance_scale,
-                        generation, model_calls, blocked_ms, wall_time), nonfinite [S, Q] (bool)
+/steps                  [S] compound per-step metadata (index, timestep, sigma, alpha, expert, guidance_scale,
+                        generation, model_calls, blocked_ms, wall_time, nonfinite bitmask)
 /metrics/...            cached metric values (written by latent_probe.metrics)
 
-A step is committed once ``/steps/index`` holds it: it is written last, after the latents, then flushed.
+A step is committed once ``/steps`` holds its row: written last, after the latents, then flushed.
 """
 
 from __future__ import annotations
@@ -21,25 +21,27 @@ SCHEMA_NAME = "latent_probe"
 SCHEMA_VERSION = 1
 LATENT_LAYOUT = "s b c f h w"
 LATENTS_GROUP = "latents"
-STEPS_GROUP = "steps"
 METRICS_GROUP = "metrics"
-COMMIT_FIELD = "index"
 STORE_DTYPES = ("float16", "float32")
 QUANTITIES = ("x_t", "pred", "x0", "eps", "pred_cond", "pred_uncond")
 
-# name → numpy dtype of the per-step metadata datasets ("str" = variable-length UTF-8)
-STEP_FIELDS: dict[str, Any] = {
-    "timestep": np.float64,
-    "sigma": np.float64,
-    "alpha": np.float64,
-    "expert": "str",
-    "guidance_scale": np.float64,
-    "generation": np.int32,
-    "model_calls": np.int32,
-    "blocked_ms": np.float64,
-    "wall_time": np.float64,
-    COMMIT_FIELD: np.int32,  # last: its length is the number of committed steps
-}
+# /steps: one compound row per step. "expert" is a fixed-length UTF-8 byte string; "nonfinite" a bitmask
+# over the quantities in the order of the dataset's attribute "quantities" (bit i = quantity i).
+STEPS_DATASET = "steps"
+EXPERT_BYTES = 64
+STEP_DTYPE = np.dtype([
+    ("index", np.int32),
+    ("timestep", np.float64),
+    ("sigma", np.float64),
+    ("alpha", np.float64),
+    ("expert", f"S{EXPERT_BYTES}"),
+    ("guidance_scale", np.float64),
+    ("generation", np.int32),
+    ("model_calls", np.int32),
+    ("blocked_ms", np.float64),
+    ("wall_time", np.float64),
+    ("nonfinite", np.uint32),
+])
 
 JSON_KEYS_ATTR = "json_keys"
 

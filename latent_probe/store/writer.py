@@ -97,11 +97,14 @@ class RunWriter:
         self._error: BaseException | None = None
         self._initialised = False
         self._names: tuple[str, ...] = ()
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._steps_ds: h5py.Dataset | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self.steps_written = 0
         self.blocked_s = 0.0
         self.nonfinite_steps = 0
         self._warned_nonfinite = False
+        self._copy_stream: torch.cuda.Stream | None = None
         self._thread = threading.Thread(target=self._loop, name="latent_probe-writer", daemon=True)
         self._thread.start()
 
@@ -127,14 +130,14 @@ class RunWriter:
         meta.blocked_ms = blocked * 1e3
         event = None
         slot.held = {}
+        cuda = [t for t in tensors.values() if t.is_cuda]
+        ts = meta.timestep
+        if cuda or (isinstance(ts, torch.Tensor) and ts.is_cuda):
+            event = self._copy_to_host(slot, tensors, ts)
         for name, t in tensors.items():
             t = t.detach()
             if t.is_cuda:
-                buf = slot.buffers.get(name)
-                if buf is None or buf.shape != t.shape:
-                    buf = torch.empty(t.shape, dtype=self._torch_store_dtype, pin_memory=True)
-                    slot.buffers[name] = buf
-                buf.copy_(t, non_blocking=True)
+                continue
             elif name in owned:
                 slot.held[name] = t
             else:
@@ -143,16 +146,44 @@ class RunWriter:
                     buf = torch.empty(t.shape, dtype=t.dtype)
                     slot.buffers[name] = buf
                 buf.copy_(t)
-        ts = meta.timestep
-        if isinstance(ts, torch.Tensor) and ts.is_cuda:
-            if slot.timestep is None:
-                slot.timestep = torch.empty(1, dtype=torch.float64, pin_memory=True)
-            slot.timestep.copy_(ts.detach().reshape(-1)[:1], non_blocking=True)
-        if any(t.is_cuda for t in tensors.values()) or (isinstance(ts, torch.Tensor) and ts.is_cuda):
-            event = torch.cuda.Event()
-            event.record()
         self._todo.put((slot, meta, tuple(tensors), event, attrs))
         return blocked
+
+    def _copy_to_host(self, slot: _Slot, tensors: dict[str, torch.Tensor], ts: Any) -> torch.cuda.Event:
+        """Start device→pinned-host copies on a side stream; return the event that marks them done.
+
+        The side stream first waits for the producer's stream (so it copies the values as of this step),
+        and ``record_stream`` keeps the caching allocator from reusing the sources before the copy ran.
+        The sampling loop's stream never waits on the copies. (Sources must not be modified in place
+        afterwards; Wan2.2 and diffusers rebind their latents instead.)
+        """
+        device = next((t.device for t in tensors.values() if t.is_cuda), None) or ts.device
+        producer = torch.cuda.current_stream(device)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device)
+        stream = self._copy_stream
+        stream.wait_stream(producer)
+        with torch.cuda.stream(stream):
+            for name, t in tensors.items():
+                if not t.is_cuda:
+                    continue
+                t = t.detach()
+                buf = slot.buffers.get(name)
+                if buf is None or buf.shape != t.shape:
+                    buf = torch.empty(t.shape, dtype=self._torch_store_dtype, pin_memory=True)
+                    slot.buffers[name] = buf
+                src = t if t.dtype == buf.dtype else t.to(buf.dtype)  # cast on the GPU: fewer bytes to move
+                buf.copy_(src, non_blocking=True)
+                t.record_stream(stream)
+                src.record_stream(stream)
+            if isinstance(ts, torch.Tensor) and ts.is_cuda:
+                if slot.timestep is None:
+                    slot.timestep = torch.empty(1, dtype=torch.float64, pin_memory=True)
+                slot.timestep.copy_(ts.detach().reshape(-1)[:1], non_blocking=True)
+                ts.record_stream(stream)
+            event = torch.cuda.Event()
+            event.record(stream)
+        return event
 
     def close(self, attrs: dict[str, Any] | None = None) -> None:
         """Drain the queue, stop the thread, write final attributes. Raises WriterError if writing failed."""
@@ -241,21 +272,27 @@ class RunWriter:
         for key, value in schema.encode_attrs(base).items():
             f.attrs[key] = value
         lat = f.create_group(schema.LATENTS_GROUP)
+        self._datasets = {}
         for name, arr in arrays.items():
-            lat.create_dataset(name, shape=(0, *arr.shape), maxshape=(None, *arr.shape),
-                               chunks=(1, *arr.shape), dtype=arr.dtype)
+            self._datasets[name] = lat.create_dataset(
+                name, shape=(0, *arr.shape), maxshape=(None, *arr.shape), chunks=(1, *arr.shape), dtype=arr.dtype)
             self._shapes[name] = arr.shape
-        steps = f.create_group(schema.STEPS_GROUP)
-        for fname, dtype in schema.STEP_FIELDS.items():
-            dt = h5py.string_dtype() if dtype == "str" else dtype
-            steps.create_dataset(fname, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dt)
-        nf = steps.create_dataset("nonfinite", shape=(0, len(arrays)), maxshape=(None, len(arrays)),
-                                  chunks=(256, len(arrays)), dtype=bool)
-        nf.attrs["quantities"] = list(arrays)
+        self._steps_ds = f.create_dataset(schema.STEPS_DATASET, shape=(0,), maxshape=(None,), chunks=(256,),
+                                          dtype=schema.STEP_DTYPE)
+        self._steps_ds.attrs["quantities"] = list(arrays)
         self._names = tuple(arrays)
         if self.path is not None:
             f.swmr_mode = True
         self._initialised = True
+
+    @staticmethod
+    def _append(ds: h5py.Dataset, n: int, arr: np.ndarray) -> None:
+        """Write ``arr`` as row n of ``ds`` (growing it to n + 1) through h5py's low-level API (~30 µs)."""
+        row_shape = (1, *arr.shape)
+        ds.id.set_extent((n + 1, *arr.shape))
+        file_space = ds.id.get_space()
+        file_space.select_hyperslab((n,) + (0,) * arr.ndim, row_shape)
+        ds.id.write(h5py.h5s.create_simple(row_shape), file_space, np.ascontiguousarray(arr).reshape(row_shape))
 
     def _write(self, slot: _Slot, meta: StepMeta, names: tuple[str, ...], attrs: dict[str, Any] | None) -> None:
         arrays = self._arrays(slot, names)
@@ -268,38 +305,28 @@ class RunWriter:
                 raise ValueError(f"latent shape changed from {self._shapes[name]} to {arr.shape} within one run "
                                  f"({name}, step {meta.index}); use one LatentProbe per generation size")
         n = self.steps_written
-        f = self.file
-        nonfinite = []
-        for name in self._names:
+        bits = 0
+        for i, name in enumerate(self._names):
             arr = arrays[name]
             # A sum is finite iff every element is (float16 data cannot overflow a float32 sum).
-            nonfinite.append(not np.isfinite(arr.sum(dtype=np.float64 if arr.dtype == np.float32 else np.float32)))
-            ds = f[schema.LATENTS_GROUP][name]
-            ds.resize(n + 1, axis=0)
-            ds[n] = arr
-        if any(nonfinite):
+            if not np.isfinite(arr.sum(dtype=np.float64 if arr.dtype == np.float32 else np.float32)):
+                bits |= 1 << i
+            self._append(self._datasets[name], n, arr)
+        if bits:
             self.nonfinite_steps += 1
             if not self._warned_nonfinite:
                 self._warned_nonfinite = True
-                bad = [q for q, b in zip(self._names, nonfinite) if b]
+                bad = [q for i, q in enumerate(self._names) if bits >> i & 1]
                 warnings.warn(f"latent_probe: NaN/Inf in {bad} at step {meta.index}; recorded and flagged "
-                              "in /steps/nonfinite", RuntimeWarning, stacklevel=1)
+                              "in /steps (nonfinite)", RuntimeWarning, stacklevel=1)
         ts = meta.timestep
         if isinstance(ts, torch.Tensor):
             ts = float(slot.timestep[0]) if ts.is_cuda else float(ts.reshape(-1)[0])
-        values = {
-            "timestep": ts, "sigma": meta.sigma, "alpha": meta.alpha, "expert": meta.expert,
-            "guidance_scale": np.nan if meta.guidance_scale is None else meta.guidance_scale,
-            "generation": meta.generation, "model_calls": meta.model_calls, "blocked_ms": meta.blocked_ms,
-            "wall_time": meta.wall_time, schema.COMMIT_FIELD: meta.index,
-        }
-        steps = f[schema.STEPS_GROUP]
-        nf = steps["nonfinite"]
-        nf.resize(n + 1, axis=0)
-        nf[n] = nonfinite
-        for fname in schema.STEP_FIELDS:  # COMMIT_FIELD is last
-            ds = steps[fname]
-            ds.resize(n + 1, axis=0)
-            ds[n] = values[fname]
-        f.flush()
+        row = np.array([(
+            meta.index, ts, meta.sigma, meta.alpha, meta.expert.encode()[: schema.EXPERT_BYTES],
+            np.nan if meta.guidance_scale is None else meta.guidance_scale, meta.generation, meta.model_calls,
+            meta.blocked_ms, meta.wall_time, bits,
+        )], dtype=schema.STEP_DTYPE)
+        self._append(self._steps_ds, n, row[0])  # the commit: written last
+        self.file.flush()
         self.steps_written = n + 1

@@ -47,7 +47,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print("  experts     " + ", ".join(f"{e} ×{c}" for e, c in zip(experts, counts)))
         nonfinite = sum(int(v.any()) for v in run.nonfinite.values())
         if nonfinite:
-            print(f"  WARNING     NaN/Inf in {nonfinite} quantities (see /steps/nonfinite)")
+            print(f"  WARNING     NaN/Inf in {nonfinite} quantities (see /steps, field nonfinite)")
     return 0
 
 
