@@ -7,6 +7,20 @@ Data path: adapters (find DiTs and scheduler) → hooks (own every handle) → c
 from ._version import __version__
 from .adapters import TargetParts, UnsupportedTargetError
 from .capture import LayoutError
+from .metrics import (
+    AdjacentFrameMetrics,
+    adjacent_frame_metrics,
+    analyze_latent_continuity,
+    compute_cosine_similarity,
+    compute_normalized_l2_distance,
+    cond_uncond_gap,
+    frame_similarity_matrix,
+    lag_similarity,
+    noise_floor,
+    step_change,
+)
+from .metrics.phases import Phase, Summary, phase_ranges
+from .metrics.run_metrics import RunContinuity, RunStepChange
 from .parameterization import NoiseLevel, Parameterization, UnknownParameterizationError
 from .probe import LatentProbe
 from .store.reader import LatentView, Run, RunFileError, open_run
@@ -26,4 +40,21 @@ __all__ = [
     "RunFileError",
     "WriterError",
     "TargetParts",
+    # metrics
+    "AdjacentFrameMetrics",
+    "RunContinuity",
+    "RunStepChange",
+    "Phase",
+    "Summary",
+    "phase_ranges",
+    "adjacent_frame_metrics",
+    "lag_similarity",
+    "frame_similarity_matrix",
+    "step_change",
+    "cond_uncond_gap",
+    "noise_floor",
+    # drop-ins with the original analysis's names
+    "compute_normalized_l2_distance",
+    "compute_cosine_similarity",
+    "analyze_latent_continuity",
 ]

@@ -128,19 +128,20 @@ def estimate_x0_eps(
     level: NoiseLevel,
     sigma_tensor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂₀ and ε̂ from x_t and a prediction, both [B, C, F, H, W]; returned in float32.
+    """x̂₀ and ε̂ from x_t and a prediction, both [B, C, F, H, W]; float32 (float64 for float64 x_t).
 
     For flow matching, ``sigma_tensor`` (the scheduler's own ``sigmas[i]``) is used as is, so that x̂₀ is
     computed exactly as the scheduler computes its own (``sample - sigma_t * model_output``).
     """
     a, s = level.alpha, level.sigma
+    dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
     if param is Parameterization.FLOW:
         sig = sigma_tensor if sigma_tensor is not None else s
         x0 = x_t - sig * pred
         eps = x_t + (1 - sig) * pred
-        return x0.float(), eps.float()
-    x = x_t.float()
-    p = pred.float()
+        return x0.to(dtype), eps.to(dtype)
+    x = x_t.to(dtype)
+    p = pred.to(dtype)
     if param is Parameterization.EPSILON:
         if a <= 0:
             x0 = torch.full_like(x, float("nan"))

@@ -1,0 +1,257 @@
+"""Metrics of a whole recorded run: streamed one step at a time, cached in memory and in the file.
+
+Every function here reads a :class:`~latent_probe.store.reader.Run` step by step (a background thread
+reads step s+1 from HDF5 while step s is reduced), so memory stays at a few step tensors however long
+the run. Results are cached on the Run object and, when its file is writable, under ``/metrics`` keyed by
+``METRICS_VERSION`` and the number of steps, so a stale cache (older definitions, a run that grew) is
+recomputed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..parameterization import NoiseLevel, Parameterization, estimate_x0_eps
+from .continuity import _nanmean_last, adjacent_frame_metrics, frame_similarity_matrix, lag_similarity, \
+    noise_floor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..store.reader import Run
+
+__all__ = ["METRICS_VERSION", "RunContinuity", "RunStepChange", "continuity", "step_change", "gap",
+           "iter_steps"]
+
+# Bump when a definition or its numerics change: cached values with another version are recomputed.
+METRICS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunContinuity:
+    """Adjacent-frame metrics of one space for every step.
+
+    l2, cos, one_minus_cos, norm_ratio: [S, B, F−1] float64; l2_mean, cos_mean: [S, B] (means over pairs);
+    zero_frames: [S, B, F] bool.
+    """
+
+    space: str
+    l2: np.ndarray
+    cos: np.ndarray
+    one_minus_cos: np.ndarray
+    norm_ratio: np.ndarray
+    l2_mean: np.ndarray
+    cos_mean: np.ndarray
+    zero_frames: np.ndarray
+
+
+@dataclass(frozen=True)
+class RunStepChange:
+    """Change of a prediction between consecutive steps: rel_l1 and mag_ratio [S] (NaN at step 0).
+
+    ``expert_switch`` [S] is True where step s ran another expert than step s−1 (values there compare two
+    different networks; per-expert statistics leave them out).
+    """
+
+    space: str
+    rel_l1: np.ndarray
+    mag_ratio: np.ndarray
+    expert_switch: np.ndarray
+
+
+def iter_steps(run: "Run", name: str, device: str | torch.device = "cpu", prefetch: int = 2
+               ) -> Iterator[torch.Tensor]:
+    """Yield [B, C, F, H, W] tensors of one quantity, step by step, reading ahead in a thread."""
+    view = run.latents(name)
+    n = len(view)
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for i in range(n):
+                if stop.is_set():
+                    return
+                q.put(view[i])
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+        q.put(None)
+
+    thread = threading.Thread(target=reader, name="latent_probe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield torch.from_numpy(item).to(device)
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+# ------------------------------------------------------------------ file cache
+def _cache_group(run: "Run", key: str) -> Any:
+    g = run.file.get(f"metrics/{key}")
+    if g is None:
+        return None
+    if int(g.attrs.get("version", -1)) != METRICS_VERSION or int(g.attrs.get("num_steps", -1)) != run.num_steps:
+        return None
+    return g
+
+
+def _writable(run: "Run") -> bool:
+    try:
+        return run.file.mode == "r+" and not run.file.swmr_mode
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _store(run: "Run", key: str, arrays: dict[str, np.ndarray]) -> None:
+    if not _writable(run):
+        return
+    path = f"metrics/{key}"
+    if path in run.file:
+        del run.file[path]
+    g = run.file.require_group(path)
+    for k, v in arrays.items():
+        g.create_dataset(k, data=v)
+    g.attrs["version"] = METRICS_VERSION
+    g.attrs["num_steps"] = run.num_steps
+    run.file.flush()
+
+
+def _cached(run: "Run", key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    mem = run._metrics_cache
+    if key in mem:
+        return mem[key]
+    g = _cache_group(run, key)
+    if g is not None:
+        arrays = {k: g[k][()] for k in g}
+    else:
+        arrays = compute()
+        _store(run, key, arrays)
+    mem[key] = arrays
+    return arrays
+
+
+# ------------------------------------------------------------------ metrics
+def continuity(run: "Run", space: str = "x0", lag: int = 1, device: str = "cpu") -> RunContinuity:
+    """Adjacent-frame (or lag-k) metrics of ``space`` for every step, computed once and cached."""
+
+    def compute() -> dict[str, np.ndarray]:
+        S = run.num_steps
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("l2", "cos", "one_minus_cos", "norm_ratio",
+                                                              "zero_frames")}
+        for x in iter_steps(run, space, device):
+            m = adjacent_frame_metrics(x) if lag == 1 else lag_similarity(x, lag)
+            for k in rows:
+                rows[k].append(getattr(m, k))
+        if S == 0:
+            raise ValueError("the run has no committed step")
+        return {k: np.stack(v) for k, v in rows.items()}
+
+    key = f"{space}/adjacent" if lag == 1 else f"{space}/lag{lag}"
+    a = _cached(run, key, compute)
+    return RunContinuity(space=space, l2=a["l2"], cos=a["cos"], one_minus_cos=a["one_minus_cos"],
+                         norm_ratio=a["norm_ratio"], l2_mean=_nanmean_last(a["l2"]),
+                         cos_mean=_nanmean_last(a["cos"]), zero_frames=a["zero_frames"].astype(bool))
+
+
+def step_change(run: "Run", space: str = "pred") -> RunStepChange:
+    """Relative L1 change and magnitude ratio of ``space`` between consecutive steps (float64)."""
+
+    def compute() -> dict[str, np.ndarray]:
+        rel, mag = [np.nan], [np.nan]
+        prev = None
+        for x in iter_steps(run, space):
+            x = x.double()
+            if prev is not None:
+                l1_prev = prev.abs().sum()
+                rel.append(float((x - prev).abs().sum() / l1_prev) if l1_prev > 0 else np.nan)
+                n_prev = torch.linalg.vector_norm(prev)
+                mag.append(float(torch.linalg.vector_norm(x) / n_prev) if n_prev > 0 else np.nan)
+            prev = x
+        return {"rel_l1": np.asarray(rel[: run.num_steps]), "mag_ratio": np.asarray(mag[: run.num_steps])}
+
+    a = _cached(run, f"{space}/step_change", compute)
+    experts = run.experts
+    switch = np.zeros(len(experts), dtype=bool)
+    switch[1:] = experts[1:] != experts[:-1]
+    return RunStepChange(space=space, rel_l1=a["rel_l1"], mag_ratio=a["mag_ratio"], expert_switch=switch)
+
+
+def _eps_slope(param: Parameterization, level: NoiseLevel) -> float:
+    """dε̂/d(pred) for each parameterisation, so ε̂_c − ε̂_u = slope · (c − u) without cancellation."""
+    if param is Parameterization.FLOW:
+        return 1.0 - level.sigma
+    if param is Parameterization.EPSILON:
+        return 1.0
+    if param is Parameterization.V:
+        return level.alpha
+    return -level.alpha / level.sigma if level.sigma > 0 else float("nan")  # sample
+
+
+def gap(run: "Run") -> np.ndarray | None:
+    """‖ε̂_cond − ε̂_uncond‖ / ‖ε̂_cond‖ per step [S] (over all of a step's values); None without both branches.
+
+    The difference is taken as slope·(c − u) (flow: (1 − σ)(v_c − v_u)), never as a difference of two
+    large ε̂ estimates, which cancels at σ ≈ 1.
+    """
+    if not {"pred_cond", "pred_uncond", "x_t"} <= set(run.quantities):
+        return None
+    param = Parameterization(run.attrs.get("parameterization", "flow_prediction"))
+
+    def compute() -> dict[str, np.ndarray]:
+        out = []
+        sig, alp = run.sigmas, run.alphas
+        steps = zip(iter_steps(run, "x_t"), iter_steps(run, "pred_cond"), iter_steps(run, "pred_uncond"))
+        for i, (xt, c, u) in enumerate(steps):
+            level = NoiseLevel(alpha=float(alp[i]), sigma=float(sig[i]), flow=param is Parameterization.FLOW)
+            c, u = c.double(), u.double()
+            eps_c = estimate_x0_eps(param, xt.double(), c, level)[1]
+            diff = abs(_eps_slope(param, level)) * torch.linalg.vector_norm(c - u)
+            norm_c = torch.linalg.vector_norm(eps_c)
+            out.append(float(diff / norm_c) if norm_c > 0 else np.nan)
+        return {"eps_gap": np.asarray(out)}
+
+    return _cached(run, "cond_uncond/eps_gap", compute)["eps_gap"]
+
+
+def run_noise_floor(run: "Run") -> np.ndarray:
+    """Adjacent-frame cosine x_t would show from noise alone at each step's (α, σ) [S]."""
+    return noise_floor(run.sigmas, run.alphas)
+
+
+def frame_similarity(run: "Run", space: str, step: int) -> np.ndarray:
+    """Cosine similarity of every pair of frames at one step: [B, F, F]."""
+    return frame_similarity_matrix(torch.from_numpy(run.latents(space)[step]))
+
+
+def to_dataframe(run: "Run", space: str = "x0") -> Any:
+    """Tidy table (step, batch, pair, metric, value) of the adjacent-frame metrics (needs pandas)."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover
+        raise ImportError("to_dataframe needs pandas: pip install pandas") from None
+    m = continuity(run, space)
+    S, B, P = m.l2.shape
+    s, b, p = np.meshgrid(np.arange(S), np.arange(B), np.arange(P), indexing="ij")
+    frames = []
+    for name in ("l2", "cos", "one_minus_cos", "norm_ratio"):
+        frames.append(pd.DataFrame({"step": s.ravel(), "batch": b.ravel(), "pair": p.ravel(), "metric": name,
+                                    "value": getattr(m, name).ravel()}))
+    df = pd.concat(frames, ignore_index=True)
+    df["space"] = space
+    return df
+
