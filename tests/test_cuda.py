@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_pipe
+from conftest import run_pipe as _run_pipe
 from latent_probe import LatentProbe
+from latent_probe.testing import tiny_prompt_embeds
+
+
+def run_pipe(pipe, **kw):
+    """The CPU helper with its prompt embeddings moved to the GPU."""
+    kw.setdefault("prompt_embeds", tiny_prompt_embeds("a red ball rolls").cuda())
+    kw.setdefault("negative_prompt_embeds", tiny_prompt_embeds("").cuda())
+    return _run_pipe(pipe, **kw)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

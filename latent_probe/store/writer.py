@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,7 @@ class RunWriter:
                 raise FileNotFoundError(f"directory {parent} does not exist")
             self.file = h5py.File(self.path, "w", libver="latest")
         else:
-            self.file = h5py.File(f"latent_probe-{id(self)}.h5", "w", driver="core", backing_store=False)
+            self.file = h5py.File(f"latent_probe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
         self._free: queue.Queue[_Slot] = queue.Queue()
         for _ in range(slots):
             self._free.put(_Slot())
@@ -179,7 +180,10 @@ class RunWriter:
             if isinstance(ts, torch.Tensor) and ts.is_cuda:
                 if slot.timestep is None:
                     slot.timestep = torch.empty(1, dtype=torch.float64, pin_memory=True)
-                slot.timestep.copy_(ts.detach().reshape(-1)[:1], non_blocking=True)
+                # cast on the GPU first: a D2H copy that also converts dtype is synchronous
+                t64 = ts.detach().reshape(-1)[:1].to(torch.float64)
+                slot.timestep.copy_(t64, non_blocking=True)
+                t64.record_stream(stream)
                 ts.record_stream(stream)
             event = torch.cuda.Event()
             event.record(stream)
@@ -294,6 +298,13 @@ class RunWriter:
         file_space.select_hyperslab((n,) + (0,) * arr.ndim, row_shape)
         ds.id.write(h5py.h5s.create_simple(row_shape), file_space, np.ascontiguousarray(arr).reshape(row_shape))
 
+    @staticmethod
+    def _append_chunk(ds: h5py.Dataset, n: int, arr: np.ndarray) -> None:
+        """Write one step as chunk n: the chunk is exactly one step, uncompressed, so its bytes are the
+        array's bytes and HDF5's selection and conversion machinery is skipped."""
+        ds.id.set_extent((n + 1, *arr.shape))
+        ds.id.write_direct_chunk((n,) + (0,) * arr.ndim, np.ascontiguousarray(arr))
+
     def _write(self, slot: _Slot, meta: StepMeta, names: tuple[str, ...], attrs: dict[str, Any] | None) -> None:
         arrays = self._arrays(slot, names)
         if not self._initialised:
@@ -311,7 +322,7 @@ class RunWriter:
             # A sum is finite iff every element is (float16 data cannot overflow a float32 sum).
             if not np.isfinite(arr.sum(dtype=np.float64 if arr.dtype == np.float32 else np.float32)):
                 bits |= 1 << i
-            self._append(self._datasets[name], n, arr)
+            self._append_chunk(self._datasets[name], n, arr)
         if bits:
             self.nonfinite_steps += 1
             if not self._warned_nonfinite:
