@@ -99,6 +99,12 @@ class LatentProbe:
         if not writes:
             warnings.warn("latent_probe: not rank 0 of torch.distributed; this process records nothing",
                           RuntimeWarning, stacklevel=2)
+            if self.intervene is not None:  # every rank must run the same (changed) computation
+                try:
+                    self.intervene.attach(self._registry, parts, None)
+                except BaseException:
+                    self._registry.remove_all()
+                    raise
             self._active = True
             return self
         self._writer = RunWriter(self.path, self.store_dtype, self.slots, self.overwrite)

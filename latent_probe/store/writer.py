@@ -248,17 +248,27 @@ class RunWriter:
         except Exception:  # pragma: no cover
             pass
 
-    def _arrays(self, slot: _Slot, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _arrays(self, slot: _Slot, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int]:
+        """Host arrays in the store dtype, and a bitmask of the quantities holding NaN/Inf.
+
+        The check runs on the source values before the cast: a float32 sum is non-finite iff some element
+        is (or the data are beyond ~1e31, which a float16 store could not hold either), and it runs at
+        memory speed, unlike a float64-accumulated or float16 sum.
+        """
         dtype = _np_dtype(self.store_dtype)
-        out = {}
-        for name in names:
+        out, bits = {}, 0
+        for i, name in enumerate(names):
             t = slot.held.get(name)
             if t is None:
                 t = slot.buffers[name]
             if t.dtype == torch.bfloat16:
                 t = t.float()
-            out[name] = t.numpy().astype(dtype, copy=False)
-        return out
+            src = t.numpy()
+            finite = np.isfinite(src.sum()) if src.dtype.itemsize >= 4 else np.isfinite(src).all()
+            if not finite:
+                bits |= 1 << i
+            out[name] = src.astype(dtype, copy=False)
+        return out, bits
 
     def _create(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None) -> None:
         f = self.file
@@ -306,23 +316,18 @@ class RunWriter:
         ds.id.write_direct_chunk((n,) + (0,) * arr.ndim, np.ascontiguousarray(arr))
 
     def _write(self, slot: _Slot, meta: StepMeta, names: tuple[str, ...], attrs: dict[str, Any] | None) -> None:
-        arrays = self._arrays(slot, names)
+        arrays, bits = self._arrays(slot, names)
         if not self._initialised:
             self._create(arrays, attrs)
-        if set(arrays) != set(self._names):
+        if tuple(arrays) != self._names:
             raise ValueError(f"step {meta.index} recorded {sorted(arrays)}, the run records {sorted(self._names)}")
         for name, arr in arrays.items():
             if arr.shape != self._shapes[name]:
                 raise ValueError(f"latent shape changed from {self._shapes[name]} to {arr.shape} within one run "
                                  f"({name}, step {meta.index}); use one LatentProbe per generation size")
         n = self.steps_written
-        bits = 0
-        for i, name in enumerate(self._names):
-            arr = arrays[name]
-            # A sum is finite iff every element is (float16 data cannot overflow a float32 sum).
-            if not np.isfinite(arr.sum(dtype=np.float64 if arr.dtype == np.float32 else np.float32)):
-                bits |= 1 << i
-            self._append_chunk(self._datasets[name], n, arr)
+        for name in self._names:
+            self._append_chunk(self._datasets[name], n, arrays[name])
         if bits:
             self.nonfinite_steps += 1
             if not self._warned_nonfinite:

@@ -26,6 +26,15 @@ if rank != 0:
 gathered = [torch.zeros_like(out) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, out)
 assert all(torch.equal(g, gathered[0]) for g in gathered)
+# an intervention changes the computation on every rank, not only on the one that records
+from latent_probe.interventions import FrameTruncation  # noqa: E402
+
+with LatentProbe(pipe, None, intervene=FrameTruncation(keep=2, until="boundary")):
+    truncated = run_pipe(pipe, steps=6)
+gathered = [torch.zeros_like(truncated) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, truncated)
+assert all(torch.equal(g, gathered[0]) for g in gathered), "ranks diverged under the intervention"
+assert not torch.equal(truncated, out)
 dist.barrier()
 dist.destroy_process_group()
 print(f"rank {rank} ok", flush=True)

@@ -1,0 +1,53 @@
+"""``latent-probe truncation RUN.h5 --keep 3``: frame-truncation feasibility of a recorded baseline run.
+
+Wired into ``latent_probe.views.cli`` by ``add_truncation_parser(subparsers)`` (sets ``func``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .interpolation import FILLS
+
+__all__ = ["add_truncation_parser", "truncation_command"]
+
+
+def _keyframes(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--keyframes wants comma-separated integers, got {text!r}") from exc
+
+
+def add_truncation_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``truncation`` subcommand to a ``latent-probe`` subparsers object."""
+    p = subparsers.add_parser(
+        "truncation", help="how well K key frames predict all frames, step by step (frame-truncation feasibility)")
+    p.add_argument("run", help="RUN.h5 of a baseline (untruncated) generation")
+    p.add_argument("--keep", type=int, default=3, help="key latent frames, evenly spaced incl. first and last (3)")
+    p.add_argument("--keyframes", type=_keyframes, default=None, help="explicit key frames, e.g. 0,10,20")
+    p.add_argument("--space", default="x0", help="captured quantity to rebuild (x0)")
+    p.add_argument("--fill", choices=FILLS, default="linear")
+    p.add_argument("--threshold", type=float, default=0.1, help="rel L2 counted as good enough (0.1)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=truncation_command)
+    return p
+
+
+def truncation_command(args: argparse.Namespace) -> int:
+    """Print the feasibility table of ``args.run``; 0 on success (errors raise for the CLI to report)."""
+    from ..store.reader import open_run
+    from .feasibility import format_feasibility, truncation_feasibility
+
+    with open_run(args.run) as run:
+        result = truncation_feasibility(run, keep=args.keep, keyframes=args.keyframes, space=args.space,
+                                        fill=args.fill)
+    if args.json:
+        out = result.to_dict()
+        out["leading_steps_below_threshold"] = result.leading_steps_below(args.threshold)
+        out["threshold"] = args.threshold
+        print(json.dumps(out, allow_nan=True))
+    else:
+        print(format_feasibility(result, args.threshold))
+    return 0

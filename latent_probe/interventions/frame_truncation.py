@@ -1,0 +1,231 @@
+"""``FrameTruncation``: the DiT denoises only K key latent frames before ``until``, all frames after.
+
+Passed as ``LatentProbe(target, path, intervene=FrameTruncation(keep=3))``. Before ``until`` a forward
+pre-hook on each DiT expert keeps only the key frames of the model input (and shrinks what depends on the
+frame count: Wan2.2's ``seq_len`` and ``y``, per-token timesteps), and a forward hook expands the
+prediction back to all F frames by interpolation along the frame axis at the keys' true positions. The
+scheduler therefore always integrates full-size tensors, and the probe records them. See
+docs/frame-truncation.md for the assumptions (RoPE positions, I2V first frame, the VAE's causal frame).
+
+Counters (per attached run): ``frames_seen`` (latent frames each DiT call received), ``calls`` (one
+record per call), ``token_steps_full`` / ``token_steps_run`` (Σ over DiT calls of the tokens the call
+would have had with all frames / actually had; CFG's two calls per step both count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..adapters.base import TargetParts
+from ..hooks import HookRegistry
+from .dit_io import CallShape, DitIO, frame0_is_conditioning, is_image_conditioned
+from .interpolation import FILLS, FillPlan, default_keyframes, resolve_keyframes
+
+__all__ = ["FrameTruncation", "TruncatedCall"]
+
+# The expert that runs before the boundary, per family, when the model has two.
+_HIGH_NOISE = {"wan_repo": ("high_noise_model", "low_noise_model"), "diffusers": ("transformer", "transformer_2")}
+
+
+@dataclass(frozen=True)
+class TruncatedCall:
+    """One DiT call: the generation's step index, the expert, frames received / in the video, tokens."""
+
+    step: int
+    expert: str
+    frames: int
+    num_frames: int
+    tokens: int
+    tokens_full: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.frames < self.num_frames
+
+
+class FrameTruncation:
+    """Run the DiT on key frames only until ``until``; fill the other frames' prediction by interpolation.
+
+    Args:
+        keep: number of key frames, evenly spaced including the first and last latent frame
+            (``np.linspace(0, F−1, keep).round()``). Default 3 when ``keyframes`` is not given.
+        keyframes: explicit latent frame indices instead of ``keep`` (negatives count from the end).
+        until: ``"boundary"`` — truncate while the high-noise expert runs (t ≥ boundary; two-expert models
+            only); or an int step index — truncate the steps with index < until (0-based, per generation).
+        fill: ``"linear"``, ``"nearest"`` or ``"slerp"`` (see ``interpolation``).
+    """
+
+    kind = "frame_truncation"
+
+    def __init__(self, keep: int | None = None, *, keyframes: Sequence[int] | None = None,
+                 until: str | int = "boundary", fill: str = "linear") -> None:
+        if keep is not None and keyframes is not None:
+            raise ValueError("give keep= or keyframes=, not both")
+        if keyframes is None:
+            keep = 3 if keep is None else keep
+            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+                raise ValueError(f"keep must be a positive int, got {keep!r}")
+        else:
+            keyframes = [int(k) for k in keyframes]
+            if not keyframes:
+                raise ValueError("keyframes is empty")
+        if until != "boundary" and (isinstance(until, bool) or not isinstance(until, int) or until < 0):
+            raise ValueError(f"until must be 'boundary' or a step index >= 0, got {until!r}")
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        self.keep = keep
+        self.keyframes = keyframes
+        self.until = until
+        self.fill = fill
+        self._reset()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _reset(self) -> None:
+        self.calls: list[TruncatedCall] = []
+        self.keys_used: list[int] | None = None
+        self._pending: dict[int, FillPlan | None] = {}
+        self._plans: dict[int, FillPlan] = {}  # num_frames → plan
+        self._capture: Any = None
+        self._gen_start = 0
+        self._last_t: float | None = None
+        self._truncating: set[str] | None = None  # experts truncated under until="boundary"
+
+    @property
+    def frames_seen(self) -> list[int]:
+        """Latent frames each DiT call received, in call order."""
+        return [c.frames for c in self.calls]
+
+    @property
+    def token_steps_full(self) -> int:
+        return sum(c.tokens_full for c in self.calls)
+
+    @property
+    def token_steps_run(self) -> int:
+        return sum(c.tokens for c in self.calls)
+
+    @property
+    def token_steps_skipped_fraction(self) -> float:
+        full = self.token_steps_full
+        return 0.0 if full == 0 else 1.0 - self.token_steps_run / full
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description, stored by the probe as the run attribute ``intervention``."""
+        return {"kind": self.kind, "keep": self.keep, "keyframes": self.keyframes, "until": self.until,
+                "fill": self.fill}
+
+    def summary(self) -> dict[str, Any]:
+        """Counters after a run: keys, calls truncated / total, token-steps."""
+        return {**self.describe(), "keys_used": self.keys_used, "dit_calls": len(self.calls),
+                "truncated_calls": sum(c.truncated for c in self.calls),
+                "token_steps_full": self.token_steps_full, "token_steps_run": self.token_steps_run,
+                "token_steps_skipped_fraction": self.token_steps_skipped_fraction}
+
+    def keys_for(self, num_frames: int) -> list[int]:
+        """The key latent frames of a video of ``num_frames`` latent frames."""
+        if self.keyframes is not None:
+            return resolve_keyframes(self.keyframes, num_frames)
+        return default_keyframes(num_frames, self.keep)
+
+    def _plan(self, num_frames: int) -> FillPlan:
+        if num_frames not in self._plans:
+            self._plans[num_frames] = FillPlan(self.keys_for(num_frames), num_frames, self.fill)
+        return self._plans[num_frames]
+
+    # ------------------------------------------------------------------ attach
+    def attach(self, registry: HookRegistry, parts: TargetParts, capture: Any) -> None:
+        """Register a pre-hook and a hook on every expert of ``parts`` through ``registry`` (the probe's).
+
+        ``capture.steps`` (scheduler steps recorded so far) gives the step index for an int ``until``.
+        Raises ``ValueError`` for ``until="boundary"`` on a model without a high- and a low-noise expert,
+        and for explicit key frames without frame 0 on an image-to-video model.
+        """
+        self._reset()
+        self._capture = capture
+        if capture is not None:
+            self._gen_start = int(getattr(capture, "steps", 0))
+        self._truncating = self.validate(parts)
+        for name, module in parts.experts.items():
+            io = DitIO(module, parts.family)
+            registry.forward_pre(module, self._pre_hook(name, io))
+            registry.forward(module, self._post_hook(io))
+
+    def validate(self, parts: TargetParts) -> set[str] | None:
+        """Check this truncation can run on ``parts`` (a ``TargetParts``) without attaching anything.
+
+        Returns the experts truncated under ``until="boundary"`` (None for an int ``until``).
+        """
+        for name, module in parts.experts.items():
+            DitIO(module, parts.family)  # temporal patch size 1
+            if (self.keyframes is not None and 0 not in resolve_keyframes(self.keyframes, 10**9)
+                    and is_image_conditioned(module, parts.family)):
+                raise ValueError(f"{name} is an image-to-video expert: frame 0 carries the image and must be a "
+                                 f"key frame; keyframes={self.keyframes} lacks 0")
+        return self._boundary_experts(parts) if self.until == "boundary" else None
+
+    @staticmethod
+    def _boundary_experts(parts: TargetParts) -> set[str]:
+        names = _HIGH_NOISE.get(parts.family)
+        have = set(parts.experts)
+        if names is None or not set(names) <= have or parts.attrs.get("boundary_timestep") is None:
+            raise ValueError(
+                f"until='boundary' needs a two-expert model (a high-noise expert, then a low-noise expert after "
+                f"the boundary timestep); this {parts.family} target has experts {sorted(have)}"
+                f"{'' if parts.attrs.get('boundary_timestep') is not None else ' and no boundary'}. "
+                "Pass until=<step index> instead, e.g. FrameTruncation(keep=3, until=10) to truncate steps 0-9")
+        return {names[0]}
+
+    # ------------------------------------------------------------------ hooks
+    def _step_index(self, t: Any) -> int:
+        """0-based step of the current generation: steps recorded since it began. A timestep larger than the
+        previous call's starts a new generation."""
+        steps = int(getattr(self._capture, "steps", 0)) if self._capture is not None else 0
+        if isinstance(t, torch.Tensor) and t.numel():
+            now = float(t.detach().max())
+            if self._last_t is not None and now > self._last_t:
+                self._gen_start = steps
+            self._last_t = now
+        return steps - self._gen_start
+
+    def _should_truncate(self, expert: str, step: int) -> bool:
+        if self.until == "boundary":
+            return expert in (self._truncating or ())
+        return step < int(self.until)
+
+    def _pre_hook(self, expert: str, io: DitIO) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            shape = io.shape(args, kwargs)
+            t = io.timestep(args, kwargs)
+            step = self._step_index(t)
+            plan = None
+            if self._should_truncate(expert, step):
+                plan = self._plan(shape.frames)
+                self.keys_used = plan.keys
+                if 0 not in plan.keys and (io.conditioned(args, kwargs) or frame0_is_conditioning(t, shape)):
+                    raise ValueError(f"frame 0 is image conditioning in this call and must be a key frame; "
+                                     f"keys {plan.keys} lack it")
+            self._pending[id(module)] = plan
+            self._count(step, expert, shape, shape.frames if plan is None else len(plan.keys))
+            if plan is None:
+                return None
+            return io.take_frames(args, kwargs, plan, shape)
+
+        return hook
+
+    def _count(self, step: int, expert: str, shape: CallShape, frames: int) -> None:
+        self.calls.append(TruncatedCall(step=step, expert=expert, frames=frames, num_frames=shape.frames,
+                                        tokens=shape.tokens(frames), tokens_full=shape.tokens()))
+
+    def _post_hook(self, io: DitIO) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            plan = self._pending.pop(id(module), None)
+            return None if plan is None else io.fill_frames(output, plan)
+
+        return hook
+
+    def __repr__(self) -> str:
+        what = f"keep={self.keep}" if self.keyframes is None else f"keyframes={self.keyframes}"
+        return f"FrameTruncation({what}, until={self.until!r}, fill={self.fill!r})"
+
