@@ -22,9 +22,11 @@ from .metrics import (
 from .metrics.phases import Phase, Summary, phase_ranges
 from .metrics.run_metrics import RunContinuity, RunStepChange
 from .parameterization import NoiseLevel, Parameterization, UnknownParameterizationError
+from .interventions import FrameTruncation, compare_truncation, truncation_feasibility
 from .probe import LatentProbe
 from .store.reader import LatentView, Run, RunFileError, open_run
 from .store.writer import WriterError
+from .views.dashboard import build_figures, write_dashboard
 
 __all__ = [
     "__version__",
@@ -40,6 +42,13 @@ __all__ = [
     "RunFileError",
     "WriterError",
     "TargetParts",
+    # interventions
+    "FrameTruncation",
+    "truncation_feasibility",
+    "compare_truncation",
+    # views
+    "build_figures",
+    "write_dashboard",
     # metrics
     "AdjacentFrameMetrics",
     "RunContinuity",
@@ -58,3 +67,4 @@ __all__ = [
     "compute_cosine_similarity",
     "analyze_latent_continuity",
 ]
+

@@ -1,43 +1,92 @@
-"""``latent-probe``: a thin command line over the library. Exit status 0 ok, 1 failure, 2 usage."""
+"""``latent-probe``: a thin command line over the library.
+
+Subcommands: demo, info, metrics, dashboard, analyze (``latent-probe CMD --help``). Exit status 0 ok,
+1 failure, 2 usage. Errors are one line: ``latent-probe CMD: error: ...`` (set ``LATENT_PROBE_DEBUG=1``
+for the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError", "add_intervention_args", "variants_from_args"]
+
+DEMO_STEM = "temporal_continuity_demo"
+SIMULATED = "SIMULATED data (analytic denoiser, real flow-matching scheduler; no model weights)"
 
 
+class UsageError(Exception):
+    """A bad combination of arguments found after parsing: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _note(command: str, text: str) -> None:
+    print(f"latent-probe {command}: note: {text}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo_generation
+    from ..store.reader import open_run
+    from .dashboard import write_dashboard
+    from .figures import continuity_figure
+    from .report import write_npz
+    from .series import collect
+    from .static import StaticExportError, write_continuity_image
 
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "temporal_continuity_demo.h5")
-    print("latent-probe demo: SIMULATED data (analytic denoiser, real flow-matching scheduler; no model weights)")
-    _, run = run_demo_generation(path, steps=args.steps, frames=args.frames, seed=args.seed)
-    print(f"recorded {run.num_steps} steps of {run.quantities} to {path}")
-    for name, fn in _DEMO_OUTPUTS:
-        fn(run, args.out)
+    base = os.path.join(args.out, DEMO_STEM)
+    print(f"latent-probe demo: {SIMULATED}")
+    _, run = run_demo_generation(base + ".h5", steps=args.steps, frames=args.frames, seed=args.seed)
+    print(f"recorded {run.num_steps} steps of {run.quantities} to {base}.h5")
     run.close()
+    with open_run(base + ".h5", "r+") as run:  # writable: metrics are cached in the file
+        s = collect(run, label=DEMO_STEM)
+        for name, fn in _DEMO_OUTPUTS:
+            fn(run, args.out)
+    write_dashboard([s], base + ".html", title="latent_probe demo (SIMULATED data): temporal continuity")
+    print(f"wrote {base}.html (dashboard; open it in a browser)")
+    write_npz(s, base + ".npz")
+    print(f"wrote {base}.npz (step-wise arrays)")
+    if args.png:
+        try:
+            write_continuity_image([s], base + ".png", continuity_figure([s]))
+            print(f"wrote {base}.png")
+        except StaticExportError as exc:
+            _note("demo", str(exc))
+    print()
+    print(s.summary_text)
+    print(f"\n(The numbers above are {SIMULATED}.)")
     return 0
 
 
-# Views that the demo writes after recording: (name, fn(run, out_dir)); filled by the views modules.
+# Views that the demo runs after recording: (name, fn(run, out_dir)).
 _DEMO_OUTPUTS: list[tuple[str, Callable]] = []
 
 
+# ----------------------------------------------------------------------------- info
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..store.reader import open_run
 
     with open_run(args.run) as run:
         a = run.attrs
         print(f"{args.run}: latent_probe schema {a.get('schema_version')}, written by {a.get('library_version')}")
+        if a.get("simulated"):
+            print("  SIMULATED   analytic denoiser, not a model")
         print(f"  target      {a.get('target_class')} ({a.get('family')})")
         if a.get("prompt"):
             print(f"  prompt      {a['prompt']!r}")
-        print(f"  steps       {run.num_steps}{'' if run.complete else '  (INCOMPLETE: ' + str(a.get('error', 'interrupted')) + ')'}")
+        state = "" if run.complete else "  (INCOMPLETE: " + str(a.get("error", "interrupted")) + ")"
+        print(f"  steps       {run.num_steps}{state}")
         print(f"  quantities  {', '.join(run.quantities)}  [{a.get('store_dtype')}]")
         if run.num_steps:
             shape = run.latents(run.quantities[0]).shape
@@ -52,7 +101,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _runs_of(seq: list) -> tuple[list, list]:
-    names, counts = [], []
+    names: list = []
+    counts: list = []
     for x in seq:
         if names and names[-1] == x:
             counts[-1] += 1
@@ -62,40 +112,315 @@ def _runs_of(seq: list) -> tuple[list, list]:
     return names, counts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latent-probe", description="Record and analyse how a video DiT forms a video.")
-    sub = p.add_subparsers(dest="command", required=True)
+# ----------------------------------------------------------------------------- metrics
+def _open_for_metrics(path: str, cache: bool) -> Any:
+    from ..store.reader import open_run
 
-    d = sub.add_parser("demo", help="simulated run through the real capture path (CPU, no download)")
+    return open_run(path, "r+" if cache else "r")
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from .report import metrics_csv, metrics_json
+
+    with _open_for_metrics(args.run, args.cache) as run:
+        if args.space not in run.quantities:
+            raise KeyError(f"space {args.space!r} was not captured; captured: {', '.join(run.quantities)}")
+        if args.json:
+            text = metrics_json(run, args.space, args.phases)
+        elif args.csv:
+            text = metrics_csv(run, args.space)
+        else:
+            text = run.summary(args.space, args.phases).to_text()
+            if run.attrs.get("simulated"):
+                text = f"{SIMULATED}\n{text}"
+    _emit(text, args.output)
+    return 0
+
+
+# ----------------------------------------------------------------------------- dashboard
+def _labels(text: str | None, n: int) -> list[str] | None:
+    if text is None:
+        return None
+    labels = [t.strip() for t in text.split(",")]
+    if len(labels) != n:
+        raise UsageError(f"--labels has {len(labels)} labels for {n} runs")
+    return labels
+
+
+def _static_paths(html_path: str, fmt: str, names: Sequence[str]) -> list[str]:
+    stem = os.path.splitext(html_path)[0]
+    return [f"{stem}-{name}.{fmt}" for name in names]
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import build_figures, collect_series
+    from .figures import FIGURE_NAMES
+    from .page import render_page
+    from .static import StaticExportError, export_figures
+
+    labels = _labels(args.labels, len(args.runs))
+    missing = [r for r in args.runs if not os.path.exists(r)]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such file")
+    runs = []
+    try:
+        for path in args.runs:
+            runs.append(_open_for_metrics(path, args.cache))
+        series = collect_series(runs, labels, args.space, args.phases)
+    finally:
+        for run in runs:
+            run.close()
+    figures = build_figures(series)
+    page = render_page(figures, series, args.title)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    print(f"wrote {args.output} ({len(series)} run{'s' if len(series) > 1 else ''}, {len(figures)} figures)")
+    for fmt in [f for f, on in (("png", args.png), ("svg", args.svg)) if on]:
+        try:
+            written = export_figures(figures, _static_paths(args.output, fmt, FIGURE_NAMES[:len(figures)]))
+            print("wrote " + ", ".join(written))
+        except StaticExportError as exc:
+            _note("dashboard", str(exc))
+    if any(s.simulated for s in series):
+        print(f"note: {', '.join(s.label for s in series if s.simulated)}: {SIMULATED}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- analyze
+def add_intervention_args(parser: argparse.ArgumentParser) -> None:
+    """Frame truncation: ``--enable_half_frame [--keep K] [--until boundary|STEP] [--fill linear]``."""
+    parser.add_argument("--enable_half_frame", action="store_true",
+                        help="also run with frame truncation (same seed) and compare: token-steps skipped, "
+                             "DiT time saved, fidelity of the result")
+    parser.add_argument("--keep", type=int, default=3, help="key latent frames while truncating (default 3)")
+    parser.add_argument("--until", default="boundary",
+                        help="'boundary' (two-expert models: while the high-noise expert runs) or a step index")
+    parser.add_argument("--fill", default="linear", choices=("linear", "nearest", "slerp"),
+                        help="how the skipped frames' prediction is filled (default linear)")
+
+
+def truncation_from_args(args: argparse.Namespace) -> dict | None:
+    """The ``AnalyzeOptions.truncation`` setting, or None without ``--enable_half_frame``."""
+    if not getattr(args, "enable_half_frame", False):
+        return None
+    if args.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    until = args.until
+    if until != "boundary":
+        try:
+            until = int(until)
+        except ValueError:
+            raise UsageError(f"--until {args.until!r}: 'boundary' or a step index") from None
+    return {"keep": args.keep, "until": until, "fill": args.fill}
+
+
+def variants_from_args(args: argparse.Namespace) -> list:
+    """HOOK (frame truncation): the variants each sweep point is generated with.
+
+    Return ``[BASELINE, Variant("half_frame", lambda point: FrameTruncation(...))]`` when
+    ``--enable_half_frame`` is given; every variant is recorded into its own subfolder and all of them are
+    overlaid in the comparison dashboard (see ``latent_probe.views.analyze.Variant``).
+    """
+    from .analyze import BASELINE
+
+    return [BASELINE]
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import AnalyzeOptions, parse_size, run_analysis
+
+    if args.size:
+        try:
+            parse_size(args.size)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.guide_scale and len(args.guide_scale) > 2:
+        raise UsageError("--guide_scale takes one value or two (low-noise, high-noise)")
+    if any(v < 5 for v in args.num_frames or []):
+        raise UsageError("--num_frames values must be at least 5 (two latent frames, 4n+1 video frames)")
+    if any(v < 2 for v in args.num_inference_steps or []):
+        raise UsageError("--num_inference_steps values must be at least 2")
+    if args.task == "i2v-A14B" and not args.image:
+        raise UsageError("task i2v-A14B needs --image PATH (the first frame)")
+    o = AnalyzeOptions(
+        prompt=args.prompt, output_dir=args.output_dir, task=args.task, backend=args.backend,
+        model_path=args.model_path, num_frames=args.num_frames, num_inference_steps=args.num_inference_steps,
+        size=args.size, seed=args.seed, use_epsilon=args.use_epsilon, negative_prompt=args.negative_prompt,
+        image=args.image, wan_repo=args.wan_repo, wan_config=args.wan_config, sample_solver=args.sample_solver,
+        sample_shift=args.sample_shift, guide_scale=args.guide_scale,
+        offload_model=None if args.offload_model is None else args.offload_model == "true", t5_cpu=args.t5_cpu,
+        convert_model_dtype=args.convert_model_dtype, device=args.device, dtype=args.dtype,
+        store_dtype=args.store_dtype, cfg_branches=args.cfg_branches, phases=args.phases,
+        static_images=args.png, variants=variants_from_args(args), truncation=truncation_from_args(args))
+    result = run_analysis(o)
+    for note in result.notes:
+        _note("analyze", note)
+    print(f"wrote {len(result.runs)} run{'s' if len(result.runs) > 1 else ''} and {result.dashboard}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _phase_scheme(text: str) -> str:
+    """argparse type: 'thirds', 'original' or '1-5,6-10,11-40' (checked here, so a bad one is a usage error)."""
+    from ..metrics.phases import phase_ranges
+
+    try:
+        phase_ranges(1000, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+PHASES_HELP = "phase scheme: thirds (default), original (steps 1-5, 6-10, 11-20) or e.g. '1-5,6-10,11-40'"
+
+
+def _add_space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="x0", help="latent space of the metrics: x0 (default), eps, x_t, pred, ...")
+    p.add_argument("--phases", default="thirds", type=_phase_scheme, help=PHASES_HELP)
+    p.add_argument("--cache", action="store_true",
+                   help="open the file writable and keep the computed metrics in it (/metrics) for next time")
+
+
+def _build_analyze(sub: Any) -> None:
+    from .analyze import TASKS
+
+    a = sub.add_parser("analyze", help="record a real generation (Wan2.2 repo or diffusers) and write the views",
+                       description="Load a model once, record one generation per sweep point (several "
+                                   "--num_inference_steps or --num_frames values run one after another into "
+                                   "subfolders) and write run.h5, statistics, .npz and a dashboard.")
+    a.add_argument("--model_path", help="checkpoint folder (wan) or local diffusers-format folder (diffusers)")
+    a.add_argument("--prompt", default="A red fox trotting through fresh snow at dawn, cinematic lighting",
+                   help="text prompt (stored in the run; shown escaped in the dashboard)")
+    a.add_argument("--negative_prompt", default="",
+                   help="negative prompt (default: Wan2.2's own for the wan backend, empty for diffusers)")
+    a.add_argument("--output_dir", default="latent_analysis", help="output folder (default: latent_analysis)")
+    a.add_argument("--num_frames", type=int, nargs="+", metavar="N",
+                   help="video frames, 4n+1 (default: the task's, 81 or 121); several values make a sweep")
+    a.add_argument("--num_inference_steps", type=int, nargs="+", metavar="S",
+                   help="denoising steps (default: the task's, 40 or 50); several values make a sweep")
+    a.add_argument("--use_epsilon", action="store_true", help="metrics of the noise estimate ε̂ instead of x̂₀")
+    a.add_argument("--task", default="t2v-A14B", choices=TASKS)
+    a.add_argument("--size", help="WIDTH*HEIGHT as in Wan2.2 (default: 1280*720, ti2v-5B 1280*704)")
+    a.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    a.add_argument("--backend", default="wan", choices=("wan", "diffusers"))
+    a.add_argument("--wan_repo", metavar="PATH", help="clone of github.com/Wan-Video/Wan2.2 to import 'wan' from")
+    a.add_argument("--wan_config", default="full", choices=("full", "tiny"),
+                   help="for tests: 'tiny' builds wan.configs.tiny_*_config() models (tests/wan_standin)")
+    a.add_argument("--image", metavar="PATH", help="first frame for i2v-A14B")
+    a.add_argument("--sample_solver", default="unipc", choices=("unipc", "dpm++"), help="wan backend")
+    a.add_argument("--sample_shift", type=float, help="wan backend: flow shift (default: the task's)")
+    a.add_argument("--guide_scale", type=float, nargs="+", metavar="G",
+                   help="CFG scale, or two: low-noise high-noise (default: the task's)")
+    a.add_argument("--offload_model", choices=("true", "false"), help="wan backend (default true, as Wan2.2)")
+    a.add_argument("--t5_cpu", action="store_true", help="wan backend: keep umT5 on the CPU")
+    a.add_argument("--convert_model_dtype", action="store_true", help="wan backend: DiTs to param_dtype")
+    a.add_argument("--device", help="diffusers backend: device (default cuda if available)")
+    a.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="diffusers backend: weights dtype (default bfloat16 on CUDA, float32 on CPU)")
+    a.add_argument("--store_dtype", default="float16", choices=("float16", "float32"), help="latents on disk")
+    a.add_argument("--cfg_branches", action="store_true",
+                   help="also record the cond and uncond predictions (their step change and gap)")
+    a.add_argument("--phases", default="thirds", type=_phase_scheme, help=PHASES_HELP)
+    a.add_argument("--no-png", dest="png", action="store_false", help="skip the static PNG per run")
+    add_intervention_args(a)
+    a.set_defaults(func=_cmd_analyze)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="latent-probe", description="Record and analyse how a video DiT forms a video, "
+                                                 "step by step and frame by frame.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="simulated run through the real capture path (CPU, no download, seconds)",
+                       description=f"Record a {SIMULATED} and write {DEMO_STEM}.h5/.html/.png/.npz to --out, "
+                                   "then print the statistics table.")
     d.add_argument("--out", default="demo_continuity", help="output folder (default: demo_continuity)")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--frames", type=int, default=13, help="latent frames")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-png", dest="png", action="store_false", help="skip the static PNG")
     d.set_defaults(func=_cmd_demo)
 
-    i = sub.add_parser("info", help="summarise a recorded run")
+    i = sub.add_parser("info", help="summarise a recorded run", description="Summarise a recorded run file.")
     i.add_argument("run", help="RUN.h5")
     i.set_defaults(func=_cmd_info)
+
+    m = sub.add_parser("metrics", help="print the temporal-continuity statistics of a run (table, JSON or CSV)",
+                       description="Print the statistics table of the original analysis (default), JSON "
+                                   "(summary and per-step means) or tidy CSV (step, batch, pair, metric, value).")
+    m.add_argument("run", help="RUN.h5")
+    _add_space_args(m)
+    fmt = m.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON: summary and per-step means")
+    fmt.add_argument("--csv", action="store_true", help="tidy CSV, one row per step, batch item, pair and metric")
+    m.add_argument("-o", "--output", help="write to this file instead of standard output")
+    m.set_defaults(func=_cmd_metrics)
+
+    b = sub.add_parser("dashboard", help="one self-contained interactive HTML page of one or more runs",
+                       description="Write one self-contained HTML file (plotly.js inlined, nothing fetched) "
+                                   "with the runs overlaid.")
+    b.add_argument("runs", nargs="+", metavar="RUN.h5")
+    b.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    _add_space_args(b)
+    b.add_argument("--labels", help="comma-separated legend labels, one per run (default: file names)")
+    b.add_argument("--title", help="page title")
+    b.add_argument("--png", action="store_true", help="also write each figure as PNG (needs kaleido + Chromium)")
+    b.add_argument("--svg", action="store_true", help="also write each figure as SVG (needs kaleido + Chromium)")
+    b.set_defaults(func=_cmd_dashboard)
+
+    _build_analyze(sub)
+    _add_truncation(sub)
     for register in _EXTRA_COMMANDS:
         register(sub)
     return p
 
 
-# Other view modules add subcommands here: fn(subparsers).
+def _add_truncation(sub: Any) -> None:
+    """``latent-probe truncation`` (frame-truncation feasibility), from latent_probe.interventions."""
+    try:
+        from ..interventions.cli import add_truncation_parser
+    except ImportError:  # the interventions package is optional here
+        return
+    add_truncation_parser(sub)
+
+
+# Other modules add subcommands here: fn(subparsers).
 _EXTRA_COMMANDS: list[Callable] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    prog = f"latent-probe {args.command}"
     try:
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc} (see {prog} --help)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("latent-probe: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 1
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, ImportError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"latent-probe {args.command}: error: {msg}", file=sys.stderr)
+    except Exception as exc:  # one line for the user; LATENT_PROBE_DEBUG=1 for the traceback
+        if os.environ.get("LATENT_PROBE_DEBUG"):
+            raise
+        text = str(exc).strip()
+        if isinstance(exc, KeyError) and len(exc.args) == 1:
+            text = str(exc.args[0])
+        msg = text.splitlines()[0] if text else type(exc).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 1
 
 

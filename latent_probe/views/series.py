@@ -1,0 +1,170 @@
+"""What the views plot, gathered from a ``Run`` through its metrics API (no metric is computed here).
+
+``collect(run)`` returns a :class:`RunSeries`: plain numpy arrays indexed by step, with batch items
+averaged (B is 1 for Wan and diffusers runs). Strings are raw, as read from the file: whoever renders them
+escapes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["RunSeries", "collect", "default_labels", "expert_switches", "BRANCHES"]
+
+# Prediction quantities whose step-to-step change is shown, in this order, where captured.
+BRANCHES = ("pred", "pred_cond", "pred_uncond")
+
+
+@dataclass
+class RunSeries:
+    """Per-step data of one run for plotting.
+
+    steps:      [S] 1-based step numbers (the original analysis counts steps from 1)
+    timesteps:  [S] scheduler timesteps;  sigmas: [S] noise level σ;  experts: [S] expert names
+    l2, cos, one_minus_cos, norm_ratio: [S, F-1] adjacent-frame metrics in ``space`` (mean over batch)
+    l2_mean, cos_mean: [S] means over frame pairs (and batch items)
+    noise_floor: [S] adjacent-frame cosine x_t shows from noise alone at σ
+    xt_cos_mean: [S] adjacent-frame cosine of x_t itself, or None when x_t was not captured
+    step_change: branch → (rel_l1 [S], mag_ratio [S]); NaN at step 1
+    expert_switch: [S] bool, True where the step ran another expert than the step before
+    gap: [S] cond–uncond gap ‖c−u‖/‖c‖, or None without captured branches
+    phases: [(name, start, stop)] 0-based, stop exclusive
+    switches: 1-based steps at which a different expert takes over
+    frame_similarity: 1-based step → [F, F] cosine of every frame pair (first batch item)
+    """
+
+    label: str
+    source: str
+    space: str
+    attrs: dict[str, Any]
+    quantities: list[str]
+    steps: np.ndarray
+    timesteps: np.ndarray
+    sigmas: np.ndarray
+    experts: np.ndarray
+    l2: np.ndarray
+    cos: np.ndarray
+    one_minus_cos: np.ndarray
+    norm_ratio: np.ndarray
+    l2_mean: np.ndarray
+    cos_mean: np.ndarray
+    noise_floor: np.ndarray
+    xt_cos_mean: np.ndarray | None
+    step_change: dict[str, tuple[np.ndarray, np.ndarray]]
+    expert_switch: np.ndarray
+    gap: np.ndarray | None
+    phases: list[tuple[str, int, int]]
+    switches: list[int]
+    summary_text: str
+    summary: dict[str, Any]
+    frame_similarity: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.steps.shape[0])
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.l2.shape[1])
+
+    @property
+    def prompt(self) -> str:
+        return str(self.attrs.get("prompt") or "")
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.attrs.get("simulated", False))
+
+
+def _batch_mean(a: Any) -> np.ndarray:
+    """float64 mean over the batch axis (axis 1): [S, B, ...] → [S, ...]."""
+    return np.asarray(a, dtype=np.float64).mean(axis=1)
+
+
+def expert_switches(experts: Sequence[str]) -> list[int]:
+    """1-based steps where the expert differs from the previous step's."""
+    return [i + 1 for i in range(1, len(experts)) if experts[i] != experts[i - 1]]
+
+
+def default_labels(sources: Sequence[str]) -> list[str]:
+    """Short distinct labels from file paths: the file stem, or parent/stem where stems repeat."""
+    stems = [os.path.splitext(os.path.basename(s))[0] or s for s in sources]
+    if len(set(stems)) == len(stems):
+        return stems
+    longer = [os.path.join(os.path.basename(os.path.dirname(os.path.abspath(s))), t) for s, t in zip(sources, stems)]
+    if len(set(longer)) == len(longer):
+        return longer
+    return [f"{i + 1}: {t}" for i, t in enumerate(stems)]
+
+
+def _phase_tuples(run: Any, scheme: str) -> list[tuple[str, int, int]]:
+    return [(str(p.name), int(p.start), int(p.stop)) for p in run.phases(scheme)]
+
+
+def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for branch in BRANCHES:
+        if branch in quantities:
+            sc = run.step_change(branch)
+            out[branch] = (np.asarray(sc.rel_l1, dtype=np.float64), np.asarray(sc.mag_ratio, dtype=np.float64))
+    return out
+
+
+def collect(run: Any, label: str | None = None, space: str = "x0", phases: str = "thirds",
+            similarity_steps: Sequence[int] | None = None) -> RunSeries:
+    """Read everything the dashboard shows from ``run`` (a ``latent_probe.Run``).
+
+    ``similarity_steps``: 0-based steps for the F×F frame-similarity matrices (default first, middle, last).
+    """
+    quantities = list(run.quantities)
+    if space not in quantities:
+        raise KeyError(f"space {space!r} was not captured in {run.source or 'this run'}; captured: {quantities}")
+    S = int(run.num_steps)
+    if S == 0:
+        raise ValueError(f"{run.source or 'the run'} holds no committed step")
+    frames = run.latents(space).shape[3]
+    if frames < 2:
+        raise ValueError(f"{run.source or 'the run'} has {frames} latent frame: continuity needs at least 2")
+    m = run.metrics(space)
+    xt_cos = None
+    if "x_t" in quantities:
+        xt_cos = _batch_mean(run.metrics("x_t").cos_mean) if space != "x_t" else _batch_mean(m.cos_mean)
+    gap = run.cond_uncond_gap()
+    experts = np.asarray([str(e) for e in run.experts], dtype=object)
+    if similarity_steps is None:
+        similarity_steps = sorted({0, S // 2, S - 1})
+    summary = run.summary(space, phases)
+    switch = np.zeros(S, dtype=bool)
+    switch[1:] = experts[1:] != experts[:-1]
+    sim = {int(s) + 1: np.asarray(run.frame_similarity(space, int(s)), dtype=np.float64)[0] for s in similarity_steps}
+    return RunSeries(
+        label=label if label is not None else (os.path.basename(run.source) if run.source else "run"),
+        source=str(run.source or "in memory"),
+        space=space,
+        attrs=dict(run.attrs),
+        quantities=quantities,
+        steps=np.arange(1, S + 1),
+        timesteps=np.asarray(run.timesteps, dtype=np.float64),
+        sigmas=np.asarray(run.sigmas, dtype=np.float64),
+        experts=experts,
+        l2=_batch_mean(m.l2),
+        cos=_batch_mean(m.cos),
+        one_minus_cos=_batch_mean(m.one_minus_cos),
+        norm_ratio=_batch_mean(m.norm_ratio),
+        l2_mean=_batch_mean(m.l2_mean),
+        cos_mean=_batch_mean(m.cos_mean),
+        noise_floor=np.asarray(run.noise_floor(), dtype=np.float64),
+        xt_cos_mean=xt_cos,
+        step_change=_step_change(run, quantities),
+        expert_switch=switch,
+        gap=None if gap is None else np.asarray(gap, dtype=np.float64).reshape(S, -1).mean(axis=1),
+        phases=_phase_tuples(run, phases),
+        switches=expert_switches(list(experts)),
+        summary_text=summary.to_text(),
+        summary=summary.to_dict(),
+        frame_similarity=sim,
+    )
