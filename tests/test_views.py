@@ -92,7 +92,7 @@ def test_default_labels():
 
 def test_figures_overlay_and_hover(demo_path, two_expert_path):
     figs = build_figures([demo_path, two_expert_path], labels=["demo", "pipe"])
-    assert len(figs) == len(FIGURE_NAMES) == 5
+    assert len(figs) == len(FIGURE_NAMES) == 6  # the feasibility panel appears when x̂₀ was captured
     cont = figs[0]
     names = [t.name for t in cont.data]
     assert names.count("demo") == 2 and names.count("pipe") == 2  # both runs, both subplots

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from .series import RunSeries
 
 __all__ = ["continuity_figure", "heatmap_figure", "floor_and_norms_figure", "step_change_figure",
-           "similarity_figure", "all_figures", "esc", "space_name", "FIGURE_NAMES", "SPACE_NAMES"]
+           "similarity_figure", "feasibility_figure", "all_figures", "esc", "space_name", "FIGURE_NAMES", "SPACE_NAMES"]
 
 SPACE_NAMES = {"x0": "x̂₀ (clean estimate)", "eps": "ε̂ (noise estimate)", "x_t": "x_t (noisy latent)",
                "pred": "model prediction", "pred_cond": "conditional prediction",
@@ -302,10 +302,41 @@ def similarity_figure(s: RunSeries) -> go.Figure:
 
 
 # File-name stems of the figures of all_figures, in order.
-FIGURE_NAMES = ("continuity", "heatmaps", "noise_floor", "step_change", "frame_similarity")
+def feasibility_figure(series: Sequence[RunSeries]) -> go.Figure | None:
+    """Frame-truncation feasibility: error of x̂₀ rebuilt from K key frames by linear interpolation, per step.
+
+    Low error from some step on says the frames in between could be interpolated there instead of denoised.
+    None when no run has the curve (x̂₀ not captured).
+    """
+    have = [(i, s) for i, s in enumerate(series) if s.feasibility is not None]
+    if not have:
+        return None
+    keep = have[0][1].feasibility[0]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+        f"relative L2 error ‖x̂₀(interp. from {keep} key frames) − x̂₀‖ / ‖x̂₀‖", "cosine to the real x̂₀"))
+    for i, s in have:
+        _, rel, cos = s.feasibility
+        name, color, cd = esc(s.label), _color(i), _custom(s)
+        common = dict(x=s.steps, customdata=cd, mode="lines+markers", legendgroup=name, name=name,
+                      line=dict(color=color, width=2), marker=dict(size=5))
+        fig.add_trace(go.Scatter(y=rel, hovertemplate=_hover("rel. error"), **common), row=1, col=1)
+        fig.add_trace(go.Scatter(y=cos, hovertemplate=_hover("cosine"), showlegend=False, **common), row=1, col=2)
+        _mark_switches(fig, s, color if len(series) > 1 else "#555", annotate=(i == have[0][0]))
+    fig.add_hline(y=0.1, line=dict(color="#999", dash="dash", width=1), row=1, col=1)
+    _shade_phases(fig, have[0][1])
+    fig.update_xaxes(title_text="denoising step")
+    fig.update_yaxes(title_text="relative L2 error", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="cosine", row=1, col=2)
+    return _finish(fig, f"Frame truncation feasibility: x̂₀ of all frames from {keep} key frames "
+                        "(dashed: 10 % error)", 430)
+
+
+FIGURE_NAMES = ("continuity", "heatmaps", "noise_floor", "step_change", "frame_similarity", "feasibility")
 
 
 def all_figures(series: Sequence[RunSeries]) -> list[go.Figure]:
     """The dashboard's figures, in the order of FIGURE_NAMES."""
-    return [continuity_figure(series), heatmap_figure(series), floor_and_norms_figure(series),
-            step_change_figure(series), similarity_figure(series[0])]
+    figures = [continuity_figure(series), heatmap_figure(series), floor_and_norms_figure(series),
+               step_change_figure(series), similarity_figure(series[0])]
+    feasibility = feasibility_figure(series)
+    return figures + ([feasibility] if feasibility is not None else [])

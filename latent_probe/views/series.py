@@ -35,6 +35,8 @@ class RunSeries:
     phases: [(name, start, stop)] 0-based, stop exclusive
     switches: 1-based steps at which a different expert takes over
     frame_similarity: 1-based step → [F, F] cosine of every frame pair (first batch item)
+    feasibility: (keep, rel_l2 [S], cosine [S]) of rebuilding x̂₀ of all frames from ``keep`` key frames by
+        linear interpolation (frame truncation), or None when x̂₀ was not captured or F ≤ keep
     """
 
     label: str
@@ -62,6 +64,7 @@ class RunSeries:
     summary_text: str
     summary: dict[str, Any]
     frame_similarity: dict[int, np.ndarray] = field(default_factory=dict)
+    feasibility: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -115,7 +118,7 @@ def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndar
 
 
 def collect(run: Any, label: str | None = None, space: str = "x0", phases: str = "thirds",
-            similarity_steps: Sequence[int] | None = None) -> RunSeries:
+            similarity_steps: Sequence[int] | None = None, feasibility_keep: int = 3) -> RunSeries:
     """Read everything the dashboard shows from ``run`` (a ``latent_probe.Run``).
 
     ``similarity_steps``: 0-based steps for the F×F frame-similarity matrices (default first, middle, last).
@@ -141,6 +144,12 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     switch = np.zeros(S, dtype=bool)
     switch[1:] = experts[1:] != experts[:-1]
     sim = {int(s) + 1: np.asarray(run.frame_similarity(space, int(s)), dtype=np.float64)[0] for s in similarity_steps}
+    feasibility = None
+    if "x0" in quantities and run.latents("x0").shape[3] > feasibility_keep > 0:
+        from ..interventions.feasibility import truncation_feasibility
+
+        f = truncation_feasibility(run, keep=feasibility_keep, space="x0")
+        feasibility = (feasibility_keep, np.asarray(f.rel_l2, dtype=np.float64), np.asarray(f.cosine, dtype=np.float64))
     return RunSeries(
         label=label if label is not None else (os.path.basename(run.source) if run.source else "run"),
         source=str(run.source or "in memory"),
@@ -167,4 +176,5 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         summary_text=summary.to_text(),
         summary=summary.to_dict(),
         frame_similarity=sim,
+        feasibility=feasibility,
     )
