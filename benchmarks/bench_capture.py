@@ -39,6 +39,8 @@ class BusyDiT(torch.nn.Module):
         self.ms = ms
         self.cycles = 0
         if device.type == "cuda" and ms > 0:
+            torch.cuda._sleep(1_000_000)  # warm up: the first launch would inflate the calibration
+            torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             torch.cuda._sleep(1_000_000)

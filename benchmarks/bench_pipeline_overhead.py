@@ -38,7 +38,10 @@ def median_ms(fn, n: int = 7) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: as imported)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pipe = tiny_wan_pipeline()
 
     def probed() -> None:

@@ -26,7 +26,6 @@ from .interventions import FrameTruncation, compare_truncation, truncation_feasi
 from .probe import LatentProbe
 from .store.reader import LatentView, Run, RunFileError, open_run
 from .store.writer import WriterError
-from .views.dashboard import build_figures, write_dashboard
 
 __all__ = [
     "__version__",
@@ -68,3 +67,11 @@ __all__ = [
     "analyze_latent_continuity",
 ]
 
+
+
+def __getattr__(name: str):  # PEP 562: the views (and plotly) load on first use, not with the capture path
+    if name in ("build_figures", "write_dashboard"):
+        from .views import dashboard
+
+        return getattr(dashboard, name)
+    raise AttributeError(f"module 'latent_probe' has no attribute {name!r}")

@@ -60,6 +60,16 @@ class _Slot:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     timestep: torch.Tensor | None = None
     held: dict[str, torch.Tensor] = field(default_factory=dict)  # own tensors passed by reference (CPU)
+    staging: dict[str, torch.Tensor] = field(default_factory=dict)  # GPU buffers for the cast (CUDA)
+
+
+def _wait_for(event: torch.cuda.Event) -> None:
+    """Wait for the copies behind ``event`` without holding the GIL: ``Event.synchronize`` would block the
+    sampling loop's thread too, for as long as the GPU works on what precedes the copies."""
+    delay = 1e-4
+    while not event.query():
+        time.sleep(delay)
+        delay = min(delay * 2, 2e-3)
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -173,17 +183,24 @@ class RunWriter:
                 if buf is None or buf.shape != t.shape:
                     buf = torch.empty(t.shape, dtype=self._torch_store_dtype, pin_memory=True)
                     slot.buffers[name] = buf
-                src = t if t.dtype == buf.dtype else t.to(buf.dtype)  # cast on the GPU: fewer bytes to move
-                buf.copy_(src, non_blocking=True)
+                if t.dtype == buf.dtype:
+                    buf.copy_(t, non_blocking=True)
+                else:  # cast on the GPU into this slot's own staging buffer: half the bytes to move for float16
+                    stage = slot.staging.get(name)
+                    if stage is None or stage.shape != t.shape:
+                        stage = torch.empty(t.shape, dtype=buf.dtype, device=t.device)
+                        slot.staging[name] = stage
+                    stage.copy_(t)
+                    buf.copy_(stage, non_blocking=True)
                 t.record_stream(stream)
-                src.record_stream(stream)
             if isinstance(ts, torch.Tensor) and ts.is_cuda:
                 if slot.timestep is None:
                     slot.timestep = torch.empty(1, dtype=torch.float64, pin_memory=True)
-                # cast on the GPU first: a D2H copy that also converts dtype is synchronous
-                t64 = ts.detach().reshape(-1)[:1].to(torch.float64)
-                slot.timestep.copy_(t64, non_blocking=True)
-                t64.record_stream(stream)
+                    slot.staging["timestep"] = torch.empty(1, dtype=torch.float64, device=ts.device)
+                # cast on the GPU first: a device-to-host copy that also converts dtype is synchronous
+                stage = slot.staging["timestep"]
+                stage.copy_(ts.detach().reshape(-1)[:1])
+                slot.timestep.copy_(stage, non_blocking=True)
                 ts.record_stream(stream)
             event = torch.cuda.Event()
             event.record(stream)
@@ -236,7 +253,7 @@ class RunWriter:
             try:
                 if self._error is None:
                     if event is not None:
-                        event.synchronize()
+                        _wait_for(event)
                     self._write(slot, meta, names, attrs)
             except BaseException as exc:  # noqa: BLE001 - reported to the producer
                 self._error = exc
