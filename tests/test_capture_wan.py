@@ -115,3 +115,22 @@ def test_exception_inside_generate_restores_everything(t2v, tmp_path):
     assert "generate" not in vars(t2v) and not t2v.high_noise_model._forward_hooks
     with open_run(path) as run:
         assert run.num_steps == 3 and not run.complete and "DiT exploded" in run.attrs["error"]
+
+
+def test_i2v_records_the_sampled_latent_not_the_conditioned_input(scheduler_x0):
+    """WanI2V feeds the DiT [x_t ‖ y] (16 + 20 channels); the probe stores the 16-channel latent `step` integrates."""
+    from PIL import Image
+
+    i2v = wan.WanI2V(wan.configs.tiny_i2v_config())
+    img = Image.fromarray((np.random.default_rng(0).random((48, 72, 3)) * 255).astype("uint8"))
+    kw = dict(max_area=64 * 96, frame_num=17, sampling_steps=6, seed=0, offload_model=False)
+    base = i2v.generate("a boat", img, **kw)
+    scheduler_x0.clear()
+    with LatentProbe(i2v, store_dtype="float32") as probe:
+        out = i2v.generate("a boat", img, **kw)
+    assert torch.equal(out, base)
+    run = probe.run
+    assert run.num_steps == 6 and run.latents("x_t").shape[2] == 16
+    assert set(run.experts) == {"high_noise_model", "low_noise_model"}  # boundary 0.9
+    for i, ref in enumerate(scheduler_x0):
+        np.testing.assert_allclose(run.latents("x0")[i], ref.numpy(), atol=1e-6)
