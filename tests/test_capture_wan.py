@@ -49,7 +49,7 @@ def test_t2v_two_experts(t2v, solver, scheduler_x0, tmp_path):
     scheduler_x0.clear()
     classes = {c: vars(c)["step"] for c in SOLVER_CLASS.values()}
     path = tmp_path / "wan.h5"
-    with LatentProbe(t2v, path, store_dtype="float32", cfg_branches=True) as probe:
+    with LatentProbe(t2v, path, store_dtype="float32", cfg_branches=True):
         out = t2v.generate("a cat on a skateboard", sample_solver=solver, guide_scale=(3.0, 4.0), **KW)
     internal_x0 = list(scheduler_x0)
     # the probe's class-level patches are gone: each class has exactly the step it had before

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from ..interventions.cli import add_truncation_parser
 
 __all__ = ["main", "build_parser", "UsageError", "add_intervention_args", "variants_from_args"]
 
@@ -51,8 +53,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run.close()
     with open_run(base + ".h5", "r+") as run:  # writable: metrics are cached in the file
         s = collect(run, label=DEMO_STEM)
-        for name, fn in _DEMO_OUTPUTS:
-            fn(run, args.out)
     write_dashboard([s], base + ".html", title="latent_probe demo (SIMULATED data): temporal continuity")
     print(f"wrote {base}.html (dashboard; open it in a browser)")
     write_npz(s, base + ".npz")
@@ -67,10 +67,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(s.summary_text)
     print(f"\n(The numbers above are {SIMULATED}.)")
     return 0
-
-
-# Views that the demo runs after recording: (name, fn(run, out_dir)).
-_DEMO_OUTPUTS: list[tuple[str, Callable]] = []
 
 
 # ----------------------------------------------------------------------------- info
@@ -378,23 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_dashboard)
 
     _build_analyze(sub)
-    _add_truncation(sub)
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    add_truncation_parser(sub)  # `latent-probe truncation`, from latent_probe.interventions
     return p
-
-
-def _add_truncation(sub: Any) -> None:
-    """``latent-probe truncation`` (frame-truncation feasibility), from latent_probe.interventions."""
-    try:
-        from ..interventions.cli import add_truncation_parser
-    except ImportError:  # the interventions package is optional here
-        return
-    add_truncation_parser(sub)
-
-
-# Other modules add subcommands here: fn(subparsers).
-_EXTRA_COMMANDS: list[Callable] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
