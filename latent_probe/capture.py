@@ -71,6 +71,12 @@ def _step_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, torch.Tens
     return model_output, timestep, sample
 
 
+def _shares_storage(t: torch.Tensor, *others: torch.Tensor) -> bool:
+    """``t`` is (a view of) one of ``others``: the caller may overwrite it, so the writer must copy it."""
+    ptr = t.untyped_storage().data_ptr()
+    return any(o.untyped_storage().data_ptr() == ptr for o in others)
+
+
 class StepCapture:
     """Turns hook events and ``step`` calls into records for a :class:`RunWriter`."""
 
@@ -183,7 +189,8 @@ class StepCapture:
             for name, t in (("x0", x0), ("eps", eps)):
                 if name in self.capture:
                     tensors[name] = t
-                    owned.add(name)
+                    if not _shares_storage(t, sample, model_output):  # ε̂ of ε-prediction *is* the output
+                        owned.add(name)
         if self.cfg_branches:
             for name, t in self._branches(calls, x_t.shape[0]).items():
                 tensors[name] = self._to_stored(t, f"an expert output ({name})")
@@ -204,11 +211,10 @@ class StepCapture:
             observe({"meta": meta, "tensors": tensors})
         if self.writer is not None:
             attrs = None
-            if first:
-                attrs = dict(self.parts.attrs)
-                attrs.update(jsonable(dict(self.parts.call_args)))
+            if first:  # what is known only once the generation runs (the rest was written at creation)
+                call = jsonable(dict(self.parts.call_args))
+                attrs = {k: v for k, v in call.items() if k not in self._attrs}
                 attrs.update(parameterization=param.value, capture=list(self.capture),
                              cfg_branches=self.cfg_branches, step_layout=self.parts.step_layout,
-                             experts=list(self.parts.experts))
-                attrs.update(self._attrs)
+                             call_args=call)
             self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs)

@@ -12,8 +12,9 @@ from .adapters import TargetParts, resolve_target
 from .capture import BRANCHES, CAPTURABLE, StepCapture
 from .hooks import HookRegistry, static_lookup
 from .parameterization import Parameterization, parameterization_of
+from .store import schema
 from .store.reader import Run, open_run
-from .store.writer import RunWriter
+from .store.writer import DiskFullError, RunWriter
 
 __all__ = ["LatentProbe"]
 
@@ -42,8 +43,12 @@ class LatentProbe:
         layout: einops layout of the tensors ``step`` receives, for ``(modules, scheduler)`` targets.
         parameterization: override the prediction type read from the scheduler's configuration.
         slots: host buffers in flight; the sampling loop blocks only when all are being written.
-        attrs: extra run attributes (JSON-serialisable), e.g. ``{"prompt": ...}``.
+        attrs: extra run attributes (JSON-serialisable), e.g. ``{"prompt": ...}``; names the library writes
+            itself (``schema``, ``parameterization``, ``experts``, ``boundary``, ...) are refused.
         intervene: an intervention (e.g. ``FrameTruncation``) — the only way the probe changes a generation.
+        on_write_error: ``"raise"`` (default): a failed write — a full disk — ends the generation with one
+            WriterError; ``"warn"``: recording stops with one warning and the generation goes on. Either
+            way every step committed before stays readable.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class LatentProbe:
         slots: int = 3,
         attrs: dict[str, Any] | None = None,
         intervene: Any = None,
+        on_write_error: str = "raise",
     ) -> None:
         capture = tuple(capture)
         unknown = [c for c in capture if c not in CAPTURABLE]
@@ -68,6 +74,13 @@ class LatentProbe:
                              f"{BRANCHES})")
         if not capture and not cfg_branches:
             raise ValueError("nothing to capture: give capture= or cfg_branches=True")
+        if on_write_error not in ("raise", "warn"):
+            raise ValueError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
+        user_attrs = dict(attrs or {})
+        reserved = sorted(set(user_attrs) & schema.RESERVED_ATTRS)
+        if reserved:
+            raise ValueError(f"attrs {reserved} are written by latent_probe itself; choose other names")
+        schema.encode_attrs(user_attrs)  # a value that cannot be stored fails here, before anything runs
         self.target = target
         self.path = None if path is None else os.fspath(path)
         self.capture = capture
@@ -77,8 +90,9 @@ class LatentProbe:
         self.layout = layout
         self.parameterization = None if parameterization is None else Parameterization(parameterization)
         self.slots = slots
-        self.attrs = dict(attrs or {})
+        self.attrs = user_attrs
         self.intervene = intervene
+        self.on_write_error = on_write_error
         self.parts: TargetParts | None = None
         self.capture_state: StepCapture | None = None
         self._registry = HookRegistry()
@@ -99,6 +113,24 @@ class LatentProbe:
         if not writes:
             warnings.warn("latent_probe: not rank 0 of torch.distributed; this process records nothing",
                           RuntimeWarning, stacklevel=2)
+        clash = sorted(set(self.attrs) & set(parts.attrs))
+        if clash:
+            raise ValueError(f"attrs {clash} are recorded by latent_probe from the target itself; choose other "
+                             "names")
+        attrs = dict(parts.attrs)
+        attrs.update(self.attrs)
+        if self.intervene is not None:
+            attrs["intervention"] = self.intervene.describe()
+        if writes:
+            try:
+                self._writer = RunWriter(self.path, self.store_dtype, self.slots, self.overwrite, attrs=attrs,
+                                         experts=list(parts.experts), on_error=self.on_write_error)
+            except DiskFullError as exc:
+                if self.on_write_error == "raise":
+                    raise
+                warnings.warn(f"{exc}; the generation goes on unrecorded", RuntimeWarning, stacklevel=2)
+                writes = False
+        if not writes:
             if self.intervene is not None:  # every rank must run the same (changed) computation
                 try:
                     self.intervene.attach(self._registry, parts, None)
@@ -107,10 +139,6 @@ class LatentProbe:
                     raise
             self._active = True
             return self
-        self._writer = RunWriter(self.path, self.store_dtype, self.slots, self.overwrite)
-        attrs = dict(self.attrs)
-        if self.intervene is not None:
-            attrs["intervention"] = self.intervene.describe()
         self.capture_state = StepCapture(parts, self._writer, self.capture, self.cfg_branches,
                                          self.parameterization, attrs)
         try:
@@ -143,7 +171,7 @@ class LatentProbe:
             return False
         final: dict[str, Any] = {"complete": exc_type is None}
         if exc_type is not None:
-            final["error"] = f"{exc_type.__name__}: {exc}".splitlines()[0][:500]
+            final["error"] = (f"{exc_type.__name__}: {exc}".splitlines() or [exc_type.__name__])[0]
         if self.capture_state is not None:
             final["steps_seen"] = self.capture_state.steps
         writer, self._writer = self._writer, None

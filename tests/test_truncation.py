@@ -282,7 +282,7 @@ def test_wan_i2v_slices_conditioning_and_needs_frame0():
 # ---------------------------------------------------------------------------------------------- feasibility
 def synthetic_run(x0: np.ndarray, path=None) -> Run:
     """A run whose x0 is ``x0`` [S, B, C, F, H, W] (float32, stored exactly)."""
-    w = RunWriter(path, "float32")
+    w = RunWriter(path, "float32", experts=["transformer", "transformer_2"])
     for i, x in enumerate(x0):
         meta = StepMeta(index=i, timestep=1000.0 - 100 * i, sigma=1.0 - 0.1 * i, alpha=0.1 * i,
                         expert="transformer" if i < 2 else "transformer_2", guidance_scale=None, generation=0,

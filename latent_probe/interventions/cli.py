@@ -36,8 +36,10 @@ def add_truncation_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def truncation_command(args: argparse.Namespace) -> int:
-    """Print the feasibility table of ``args.run``; 0 on success (errors raise for the CLI to report)."""
+    """Print the feasibility table of ``args.run`` (control characters escaped); 0 on success (errors raise
+    for the CLI to report)."""
     from ..store.reader import open_run
+    from ..views.safe_text import terminal_lines
     from .feasibility import format_feasibility, truncation_feasibility
 
     with open_run(args.run) as run:
@@ -47,7 +49,7 @@ def truncation_command(args: argparse.Namespace) -> int:
         out = result.to_dict()
         out["leading_steps_below_threshold"] = result.leading_steps_below(args.threshold)
         out["threshold"] = args.threshold
-        print(json.dumps(out, allow_nan=True))
+        print(json.dumps(out, allow_nan=True))  # ensure_ascii: control characters come out as \u escapes
     else:
-        print(format_feasibility(result, args.threshold))
+        print(terminal_lines(format_feasibility(result, args.threshold)))
     return 0

@@ -118,7 +118,10 @@ def truncation_feasibility(run: Any, keep: int = 3, *, keyframes: Sequence[int] 
 
 
 def format_feasibility(result: FeasibilityResult, threshold: float | None = 0.1) -> str:
-    """A text table (one row per step) and a summary, for ``latent-probe truncation``."""
+    """A text table (one row per step) and a summary, for ``latent-probe truncation``; expert names are
+    printed with control characters escaped."""
+    from ..views.safe_text import terminal
+
     r = result
     lines = [f"frame truncation feasibility: {r.space} of all {r.num_frames} latent frames rebuilt from "
              f"{len(r.keys)} key frames {r.keys} ({r.fill} fill)",
@@ -129,12 +132,13 @@ def format_feasibility(result: FeasibilityResult, threshold: float | None = 0.1)
     for i in range(r.num_steps):
         worst = float(np.max(r.frame_rel_l2[i])) if r.num_frames else 0.0
         bar = "#" * int(round(20 * min(r.rel_l2[i] / scale, 1.0))) if np.isfinite(r.rel_l2[i]) else "?"
-        lines.append(f"{int(r.step_index[i]):>5} {r.timestep[i]:>8.1f} {r.sigma[i]:>7.4f} {str(r.expert[i])[:18]:<18} "
+        expert = terminal(r.expert[i])[:18]
+        lines.append(f"{int(r.step_index[i]):>5} {r.timestep[i]:>8.1f} {r.sigma[i]:>7.4f} {expert:<18} "
                      f"{r.rel_l2[i]:>8.4f} {r.cosine[i]:>9.6f} {worst:>8.4f}  {bar}")
     lines.append("")
     for name in dict.fromkeys(str(e) for e in r.expert):
         sel = np.asarray([str(e) == name for e in r.expert])
-        lines.append(f"{name}: {int(sel.sum())} steps, mean rel L2 {np.mean(r.rel_l2[sel]):.4f}, "
+        lines.append(f"{terminal(name)}: {int(sel.sum())} steps, mean rel L2 {np.mean(r.rel_l2[sel]):.4f}, "
                      f"mean cos {np.mean(r.cosine[sel]):.6f}")
     if threshold is not None:
         n = r.leading_steps_below(threshold)

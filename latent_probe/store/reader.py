@@ -1,12 +1,15 @@
 """``Run``: one read API for a recorded run, in memory or in an HDF5 file.
 
 Latents are read lazily: ``run.latents("x0")`` is a view of shape [S, B, C, F, H, W] that reads only
-what is indexed. S counts committed steps (the ``/steps`` row is written last in each step), so a file
-from a killed process, or one still being written, reads consistently.
+what is indexed. S counts committed steps (``/run_state``'s counter, written after each step's data), so a
+file from a killed process, one that ran out of space, or one still being written, reads consistently.
+Opening checks the file against the bytes present (store/validate.py): a damaged or crafted file is refused
+in one line, in bounded time and memory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterator
 
@@ -14,12 +17,11 @@ import h5py
 import numpy as np
 
 from . import schema
+from .liveness import writer_alive
+from .superblock import SuperblockError, UnmarkedFile, held_by_another_process, read_superblock
+from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, chunk_within
 
 __all__ = ["Run", "LatentView", "open_run", "RunFileError"]
-
-
-class RunFileError(ValueError):
-    """The file is not a (readable) latent_probe run."""
 
 
 class LatentView:
@@ -28,7 +30,7 @@ class LatentView:
     def __init__(self, run: "Run", name: str) -> None:
         self._run = run
         self.name = name
-        self._ds = run._file[schema.LATENTS_GROUP][name]
+        self._ds = run._latents[name]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,31 +93,152 @@ class Run:
         self._file = file
         self._owns = owns_file
         self.source = source
-        self._check()
         self._metrics_cache: dict[Any, Any] = {}
+        self._where = source or "in-memory run"
+        try:
+            self._check()
+        except RunFileError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            raise RunFileError(f"{self._where} is corrupt ({type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
     # -------------------------------------------------------------- opening and validation
+    def _file_size(self) -> int:
+        if self.source is not None:
+            return os.path.getsize(self.source)
+        return int(self._file.id.get_filesize())
+
     def _check(self) -> None:
-        f = self._file
-        where = self.source or "in-memory run"
-        if f.attrs.get("schema") != schema.SCHEMA_NAME:
+        f, where = self._file, self._where
+        size = self._file_size()
+        for name in f.attrs:
+            if f.attrs.get_id(name).get_storage_size() > min(MAX_ATTR_BYTES, size):
+                raise RunFileError(f"{where}: root attribute {name!r} claims more bytes than a run file holds")
+        raw_attrs = dict(f.attrs)
+        if raw_attrs.get("schema") not in (schema.SCHEMA_NAME, schema.SCHEMA_NAME.encode()):
             raise RunFileError(f"{where} is an HDF5 file but not a latent_probe run (no schema attribute)")
-        version = int(f.attrs.get("schema_version", -1))
+        try:
+            version = int(raw_attrs.get("schema_version"))
+        except (TypeError, ValueError):
+            raise RunFileError(f"{where} has an unreadable schema_version") from None
         if version > schema.SCHEMA_VERSION:
             raise RunFileError(f"{where} has schema version {version}; this latent_probe reads up to "
                                f"{schema.SCHEMA_VERSION}: upgrade latent_probe")
-        if schema.STEPS_DATASET not in f or schema.LATENTS_GROUP not in f:
-            raise RunFileError(f"{where} holds no recorded step (it was closed before the first step)")
+        if version < 1:
+            raise RunFileError(f"{where} has an invalid schema version {version}")
+        self._version = version
+        self._root_attrs = schema.decode_attrs(raw_attrs)
+        self._state_ds = None
+        if version >= 2:
+            check_link(f, schema.STATE_DATASET, where)
+            ds = f[schema.STATE_DATASET]
+            check_dataset(ds, where, size)
+            if ds.shape != (1,) or ds.dtype.names is None or not set(schema.STATE_FIELDS) <= set(ds.dtype.names):
+                raise RunFileError(f"{where}: /{schema.STATE_DATASET} is not a run state")
+            self._state_ds = ds
+        if schema.LATENTS_GROUP not in f:
+            error = self._state().get("error") if version >= 2 else self._root_attrs.get("error")
+            raise RunFileError(f"{where} holds no recorded step (it was closed before the first step"
+                               + (f": {error})" if error else ")"))
+        check_link(f, schema.STEPS_DATASET, where)
+        check_link(f, schema.LATENTS_GROUP, where)
+        steps = f[schema.STEPS_DATASET]
+        check_dataset(steps, where, size, chunked_rows=True)
+        expected = schema.STEP_DTYPE if version >= 2 else schema.STEP_DTYPE_V1
+        names = steps.dtype.names or ()
+        if steps.ndim != 1 or any(n not in names or steps.dtype[n].kind != expected[n].kind
+                                  for n in expected.names):
+            raise RunFileError(f"{where}: /{schema.STEPS_DATASET} is not a table of steps")
+        group = f[schema.LATENTS_GROUP]
+        if not isinstance(group, h5py.Group):
+            raise RunFileError(f"{where}: /{schema.LATENTS_GROUP} is not a group")
+        shape = None
+        self._latents: dict[str, h5py.Dataset] = {}
+        for name in group:
+            check_link(group, name, where)
+            ds = group[name]
+            check_dataset(ds, where, size, chunked_rows=True)
+            if ds.ndim != 6 or ds.dtype.kind != "f" or ds.dtype.itemsize not in (2, 4):
+                raise RunFileError(f"{where}: {ds.name} is not a [S, B, C, F, H, W] float16/float32 latent")
+            if shape is not None and ds.shape[1:] != shape:
+                raise RunFileError(f"{where}: latents of different shapes ({ds.name}: {ds.shape[1:]}, {shape})")
+            if ds.chunks != (1, *ds.shape[1:]):
+                raise RunFileError(f"{where}: {ds.name} is not stored one step per chunk")
+            shape = ds.shape[1:]
+            self._latents[name] = ds
+        if not self._latents:
+            raise RunFileError(f"{where} holds no latent dataset")
+        try:
+            self._quantity_bits = [q.decode() if isinstance(q, bytes) else str(q)
+                                   for q in steps.attrs.get("quantities", [])]
+        except (TypeError, ValueError, AttributeError):
+            raise RunFileError(f"{where}: /{schema.STEPS_DATASET} lists unreadable quantities") from None
+        experts = self._root_attrs.get("experts", [])
+        if version >= 2 and (not isinstance(experts, list) or not all(isinstance(e, str) for e in experts)):
+            raise RunFileError(f"{where}: the attribute 'experts' is not a list of names")
+        self._expert_names = list(experts) if version >= 2 else []
+        self._n = 0
+        self._count()
+
+    def _state(self) -> dict[str, Any]:
+        return {} if self._state_ds is None else schema.state_dict(self._state_ds[0])
+
+    def _count(self) -> None:
+        """Committed steps, each checked to be present in the file (bounded: no step is read)."""
+        where, size = self._where, self._file_size()
+        steps = self._file[schema.STEPS_DATASET]
+        claimed = None
+        if self._state_ds is not None:  # the counter first: a live writer writes it after the data
+            claimed = int(self._state_ds.fields("steps")[0])
+            if self._file.swmr_mode:
+                steps.refresh()
+                for ds in self._latents.values():
+                    ds.refresh()
+        present = min([steps.shape[0], *(ds.shape[0] for ds in self._latents.values())])
+        if claimed is not None:
+            if not 0 <= claimed <= present:
+                raise RunFileError(f"{where} claims {claimed} committed steps but holds {present}")
+        else:
+            claimed = present
+        step_bytes = sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in self._latents.values())
+        if claimed * step_bytes > size or claimed * steps.dtype.itemsize > size:
+            raise RunFileError(f"{where} claims {claimed} steps of {step_bytes} bytes; the file has {size}")
+        rows = steps.chunks[0] if steps.chunks else None
+        for i in range(self._n, claimed):
+            for name, ds in self._latents.items():
+                nbytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+                if not chunk_within(ds, (i, 0, 0, 0, 0, 0), nbytes, size):
+                    raise RunFileError(f"{where}: step {i} of {name} is missing from the file (corrupt)")
+            if rows and i % rows == 0 and not chunk_within(steps, (i,), rows * steps.dtype.itemsize, size):
+                raise RunFileError(f"{where}: the metadata of step {i} is missing from the file (corrupt)")
+        if claimed and self._expert_names is not None and self._version >= 2:
+            idx = steps.fields("expert")[:claimed]
+            if idx.min() < -1 or idx.max() >= len(self._expert_names):
+                raise RunFileError(f"{where}: a step names an expert that the run does not list")
+        self._n = claimed
 
     @property
     def file(self) -> h5py.File:
         return self._file
 
+    @property
+    def schema_version(self) -> int:
+        return self._version
+
     def refresh(self) -> None:
-        """Re-read dataset lengths (following a run that is still being written, SWMR)."""
+        """Re-read the committed steps of a run that is still being written (SWMR)."""
         self._file[schema.STEPS_DATASET].refresh()
-        for ds in self._file[schema.LATENTS_GROUP].values():
+        for ds in self._latents.values():
             ds.refresh()
+        if self._state_ds is not None:
+            self._state_ds.refresh()
+        try:
+            self._count()
+        except (OSError, KeyError, ValueError) as exc:
+            if isinstance(exc, RunFileError):
+                raise
+            raise RunFileError(f"{self._where} is corrupt ({type(exc).__name__}: {exc})") from None
         self._metrics_cache.clear()
 
     def close(self) -> None:
@@ -131,21 +254,38 @@ class Run:
     # -------------------------------------------------------------- metadata
     @property
     def attrs(self) -> dict[str, Any]:
-        return schema.decode_attrs(dict(self._file.attrs))
+        """Root attributes, with the end-of-run state (complete, steps, error, ...) merged in."""
+        out = dict(self._root_attrs)
+        out.update(self._state())
+        return out
+
+    @property
+    def recording(self) -> bool:
+        """A writer is still recording this file (SWMR); False once it closed it, or died without closing it."""
+        if self.source is None or not self._file.swmr_mode or self._state().get("closed"):
+            return False
+        alive = writer_alive(self.source)
+        return True if alive is None else alive  # without OFD locks: not closed yet
 
     @property
     def complete(self) -> bool:
-        return bool(self._file.attrs.get("complete", False))
+        """The block ended without an exception and every step was written."""
+        if self._state_ds is not None:
+            return bool(self._state()["complete"])
+        return bool(self._root_attrs.get("complete", False))
+
+    @property
+    def error(self) -> str | None:
+        """Why the run is incomplete (the exception that ended the block, or the writer's failure)."""
+        a = self.attrs
+        return a.get("writer_error") or a.get("error") or None
 
     @property
     def num_steps(self) -> int:
-        n = self._file[schema.STEPS_DATASET].shape[0]
-        for ds in self._file[schema.LATENTS_GROUP].values():
-            n = min(n, ds.shape[0])
-        return int(n)
+        return self._n
 
     def _steps(self, name: str) -> np.ndarray:
-        return self._file[schema.STEPS_DATASET].fields(name)[: self.num_steps]
+        return self._file[schema.STEPS_DATASET].fields(name)[: self._n]
 
     @property
     def step_indices(self) -> np.ndarray:
@@ -165,7 +305,12 @@ class Run:
 
     @property
     def experts(self) -> np.ndarray:
-        return np.asarray([e.decode() for e in self._steps("expert")], dtype=object)
+        """Name of the expert that ran each step [S] ("unknown" where no expert hook fired)."""
+        raw = self._steps("expert")
+        if self._version < 2:
+            return np.asarray([e.decode("utf-8", "replace") for e in raw], dtype=object)
+        names = np.asarray([*self._expert_names, "unknown"], dtype=object)
+        return names[raw.astype(np.int64)]  # -1 → "unknown"
 
     @property
     def guidance_scales(self) -> np.ndarray:
@@ -179,24 +324,33 @@ class Run:
     def blocked_ms(self) -> np.ndarray:
         return self._steps("blocked_ms")
 
+    def _bitmask(self, field: str) -> dict[str, np.ndarray]:
+        bits = self._steps(field)
+        return {n: (bits >> i & 1).astype(bool) for i, n in enumerate(self._quantity_bits)}
+
     @property
     def nonfinite(self) -> dict[str, np.ndarray]:
-        """quantity → [S] bool, True where that step's latent held NaN or Inf."""
-        ds = self._file[schema.STEPS_DATASET]
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in ds.attrs["quantities"]]
-        bits = self._steps("nonfinite")
-        return {n: (bits >> i & 1).astype(bool) for i, n in enumerate(names)}
+        """quantity → [S] bool, True where that step's stored latent holds NaN or ±Inf."""
+        return self._bitmask("nonfinite")
+
+    @property
+    def overflow(self) -> dict[str, np.ndarray]:
+        """quantity → [S] bool, True where finite values exceeded the store dtype and are stored as ±Inf."""
+        if self._version < 2:
+            return {n: np.zeros(self._n, bool) for n in self._quantity_bits}
+        return self._bitmask("overflow")
 
     # -------------------------------------------------------------- latents
     @property
     def quantities(self) -> list[str]:
         """Captured quantities in capture order (x_t, pred, x0, eps, pred_cond, pred_uncond)."""
-        present = list(self._file[schema.LATENTS_GROUP].keys())
-        order = [q for q in self.attrs.get("quantities", []) if q in present]
+        present = list(self._latents)
+        declared = self._root_attrs.get("quantities", [])
+        order = [q for q in declared if q in present] if isinstance(declared, list) else []
         return order + [q for q in present if q not in order]
 
     def latents(self, name: str) -> LatentView:
-        if name not in self._file[schema.LATENTS_GROUP]:
+        if name not in self._latents:
             raise KeyError(f"{name!r} was not captured in this run; captured: {self.quantities}")
         return LatentView(self, name)
 
@@ -263,60 +417,49 @@ class Run:
                 f"complete={self.complete})")
 
 
-def _declared_end_of_file(path: str) -> int | None:
-    """The end-of-file address the HDF5 superblock (at offset 0) declares, or None if it can't be read.
-
-    HDF5 can loop forever reading a truncated file, so truncation is detected up front from this.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(128)
-    if len(head) < 16 or head[:8] != b"\x89HDF\r\n\x1a\n":
-        return None
-    version = head[8]
-    if version in (0, 1):
-        size_of_offsets = head[13]
-        pos = 24 + (4 if version == 1 else 0)
-        fields = 3  # base address, free-space address, end-of-file address
-    elif version in (2, 3):
-        size_of_offsets = head[9]
-        pos = 12
-        fields = 3  # base address, superblock extension address, end-of-file address
-    else:
-        return None
-    if size_of_offsets not in (2, 4, 8) or len(head) < pos + fields * size_of_offsets:
-        return None
-    base = int.from_bytes(head[pos:pos + size_of_offsets], "little")
-    eof = int.from_bytes(head[pos + 2 * size_of_offsets:pos + 3 * size_of_offsets], "little")
-    return base + eof
-
-
 def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = None) -> Run:
     """Open a recorded run. ``mode="r+"`` lets metrics be cached in the file.
 
-    A file still being written (or left by a killed writer) is opened in SWMR read mode automatically.
+    A file still being recorded (or left by a killed writer) is opened in SWMR read mode automatically; call
+    ``run.refresh()`` to see steps committed since. Anything but a readable run raises RunFileError (one
+    line); a missing file FileNotFoundError.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if not h5py.is_hdf5(path):
-        raise RunFileError(f"{path} is not an HDF5 file")
-    declared, actual = _declared_end_of_file(path), os.path.getsize(path)
-    if declared is not None and declared > actual:
-        raise RunFileError(f"{path} is truncated: the HDF5 superblock declares {declared} bytes, the file has "
-                           f"{actual}")
-    attempts = [swmr] if swmr is not None else ([False, True] if mode == "r" else [False])
-    last: Exception | None = None
-    for use_swmr in attempts:
-        try:
-            f = h5py.File(path, mode, swmr=bool(use_swmr) and mode == "r", libver="latest" if use_swmr else None)
-            break
-        except OSError as exc:
-            last = exc
-    else:
-        msg = str(last).splitlines()[0] if last else "unknown error"
-        raise RunFileError(f"{path} cannot be read (corrupt HDF5 file: {msg})") from last
+    if mode not in ("r", "r+"):
+        raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    try:
+        superblock, size = read_superblock(path)
+    except SuperblockError as exc:
+        raise RunFileError(f"{path} {exc}") from None
+    live = superblock.open_for_swmr_write
+    if superblock.end_of_file > size and not live:
+        raise RunFileError(f"{path} is truncated: the HDF5 superblock declares {superblock.end_of_file} bytes, "
+                           f"the file has {size}")
+    stale = False
+    if superblock.open_for_write and not live:  # marked open for writing, not by a SWMR recorder
+        if held_by_another_process(path):
+            raise RunFileError(f"{path} is locked by another process that has it open for writing; try again "
+                               "once it is closed")
+        stale = True  # its writer was killed: read it as it is on disk, without changing it
+    if mode == "r+" and (live or stale):
+        raise RunFileError(f"{path} is being recorded, or a process that wrote it was killed; open it read-only"
+                           + ("" if live else f" (`h5clear -s {path}` clears the stale mark)"))
+    use_swmr = live if swmr is None else bool(swmr) and mode == "r" and not stale
+    try:
+        if stale:
+            f = h5py.File(UnmarkedFile(path, superblock), "r")
+        else:
+            f = h5py.File(path, mode, swmr=use_swmr, libver="latest" if use_swmr else None)
+    except BlockingIOError:
+        raise RunFileError(f"{path} is locked by another process that has it open for writing; try again once "
+                           "it is closed") from None
+    except OSError as exc:
+        msg = (str(exc).splitlines() or ["unknown error"])[0]
+        if "already open for write" in msg:
+            raise RunFileError(f"{path} is locked by another process that has it open for writing") from None
+        raise RunFileError(f"{path} cannot be read (corrupt HDF5 file: {msg})") from None
     try:
         return Run(f, owns_file=True, source=path)
-    except Exception:
+    except BaseException:
         f.close()
         raise

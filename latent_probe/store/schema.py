@@ -1,13 +1,17 @@
 """Names, dimensions and version of the HDF5 layout (documented in docs/hdf5-schema.md).
 
-/                       attrs: schema="latent_probe", schema_version, library_version, created, complete,
-                               parameterization, store_dtype, quantities, layout, run metadata
-/latents/<quantity>     [S, B, C, F, H, W], float16 or float32, chunked one step per chunk
-/steps                  [S] compound per-step metadata (index, timestep, sigma, alpha, expert, guidance_scale,
-                        generation, model_calls, blocked_ms, wall_time, nonfinite bitmask)
+/                       attrs, written before the first step is committed and never changed afterwards:
+                        schema="latent_probe", schema_version, library_version, created, store_dtype, layout,
+                        quantities, parameterization, experts, run metadata, the user's attrs
+/run_state              [1] compound: the mutable end-of-run state (committed steps, complete, errors),
+                        updated in place — never deleted and rewritten
+/latents/<quantity>     [S, B, C, F, H, W], float16 or float32, one uncompressed chunk per step
+/steps                  [S] compound per-step metadata (index, timestep, sigma, alpha, expert index,
+                        guidance_scale, generation, model_calls, blocked_ms, wall_time, nonfinite, overflow)
 /metrics/...            cached metric values (written by latent_probe.metrics)
 
-A step is committed once ``/steps`` holds its row: written last, after the latents, then flushed.
+A step is committed once ``/run_state`` counts it: written after its latents and its ``/steps`` row have
+been flushed, then flushed itself.
 """
 
 from __future__ import annotations
@@ -18,61 +22,142 @@ from typing import Any
 import numpy as np
 
 SCHEMA_NAME = "latent_probe"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LATENT_LAYOUT = "s b c f h w"
 LATENTS_GROUP = "latents"
 METRICS_GROUP = "metrics"
 STORE_DTYPES = ("float16", "float32")
 QUANTITIES = ("x_t", "pred", "x0", "eps", "pred_cond", "pred_uncond")
 
-# /steps: one compound row per step. "expert" is a fixed-length UTF-8 byte string; "nonfinite" a bitmask
-# over the quantities in the order of the dataset's attribute "quantities" (bit i = quantity i).
+# /steps: one compound row per step. "expert" indexes the root attribute "experts" (-1: no expert ran);
+# "nonfinite" is a bitmask over the quantities in the order of the dataset's attribute "quantities" (bit i:
+# quantity i as stored holds NaN/Inf), "overflow" the same for finite values beyond the store dtype's range
+# (stored as ±inf; float16 holds |x| < 65520).
 STEPS_DATASET = "steps"
-EXPERT_BYTES = 64
 STEP_DTYPE = np.dtype([
     ("index", np.int32),
     ("timestep", np.float64),
     ("sigma", np.float64),
     ("alpha", np.float64),
-    ("expert", f"S{EXPERT_BYTES}"),
+    ("expert", np.int16),
     ("guidance_scale", np.float64),
     ("generation", np.int32),
     ("model_calls", np.int32),
     ("blocked_ms", np.float64),
     ("wall_time", np.float64),
     ("nonfinite", np.uint32),
+    ("overflow", np.uint32),
 ])
+# schema version 1 stored the expert's name in the row, cut to 64 bytes
+EXPERT_BYTES_V1 = 64
+STEP_DTYPE_V1 = np.dtype([
+    ("index", np.int32), ("timestep", np.float64), ("sigma", np.float64), ("alpha", np.float64),
+    ("expert", f"S{EXPERT_BYTES_V1}"), ("guidance_scale", np.float64), ("generation", np.int32),
+    ("model_calls", np.int32), ("blocked_ms", np.float64), ("wall_time", np.float64), ("nonfinite", np.uint32),
+])
+
+# /run_state: one row, rewritten in place. "steps" is the commit counter; "closed" is 1 once the writer
+# finished cleanly; error messages are UTF-8, cut at a character boundary to ERROR_BYTES.
+STATE_DATASET = "run_state"
+ERROR_BYTES = 1024
+STATE_DTYPE = np.dtype([
+    ("steps", np.int64),
+    ("steps_seen", np.int64),
+    ("complete", np.uint8),
+    ("closed", np.uint8),
+    ("nonfinite_steps", np.int64),
+    ("blocked_ms_total", np.float64),
+    ("error", f"S{ERROR_BYTES}"),
+    ("writer_error", f"S{ERROR_BYTES}"),
+])
+STATE_FIELDS = ("steps", "steps_seen", "complete", "closed", "nonfinite_steps", "blocked_ms_total", "error",
+                "writer_error")
 
 JSON_KEYS_ATTR = "json_keys"
 
+# Root attribute names the library writes itself: user attrs may not use them (refused at entry).
+RESERVED_ATTRS = frozenset({
+    "schema", "schema_version", "library_version", "created", "store_dtype", "layout", "quantities",
+    "parameterization", "capture", "cfg_branches", "step_layout", "experts", "intervention", "call_args",
+    JSON_KEYS_ATTR, *STATE_FIELDS,
+})
+
+
+def utf8_cut(text: str, limit: int = ERROR_BYTES) -> bytes:
+    """``text`` as UTF-8, at most ``limit`` bytes, never cut inside a character ("…" marks a cut)."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return raw
+    return raw[: limit - 3].decode("utf-8", "ignore").encode() + "…".encode()
+
 
 def encode_attrs(values: dict[str, Any]) -> dict[str, Any]:
-    """Plain scalars and strings stay as they are; anything else becomes a JSON string (never pickle)."""
+    """Plain scalars and strings stay as they are; anything else becomes a JSON string (never pickle).
+
+    Raises ValueError naming the attribute that cannot be stored (NUL in a string, a value JSON refuses).
+    """
     out: dict[str, Any] = {}
     json_keys: list[str] = []
     for key, value in values.items():
         if value is None:
             continue
+        if not isinstance(key, str) or not key or "\x00" in key or "/" in key or key == ".":
+            raise ValueError(f"attribute name {key!r} cannot be stored (a non-empty string without NUL or '/')")
         if isinstance(value, (bool, np.bool_)):
             out[key] = bool(value)
-        elif isinstance(value, (int, float, str, np.integer, np.floating)):
+        elif isinstance(value, (int, np.integer)) and not -2**63 <= int(value) < 2**63:
+            out[key] = json.dumps(int(value))
+            json_keys.append(key)
+        elif isinstance(value, (int, float, np.integer, np.floating)):
+            out[key] = value
+        elif isinstance(value, str) and "\x00" not in value:
             out[key] = value
         else:
-            out[key] = json.dumps(value, default=str)
+            try:
+                out[key] = json.dumps(value, default=str, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"attribute {key!r} cannot be stored as JSON: {exc}") from None
+            if "\x00" in out[key]:  # json escapes NUL as \u0000; only a str subclass could get here
+                raise ValueError(f"attribute {key!r} cannot be stored (NUL character)")
             json_keys.append(key)
     out[JSON_KEYS_ATTR] = json.dumps(sorted(json_keys))
     return out
 
 
 def decode_attrs(raw: dict[str, Any]) -> dict[str, Any]:
-    json_keys = set(json.loads(raw.get(JSON_KEYS_ATTR, "[]")))
+    try:
+        json_keys = set(json.loads(raw.get(JSON_KEYS_ATTR, "[]")))
+    except (TypeError, ValueError):
+        json_keys = set()
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key == JSON_KEYS_ATTR:
             continue
         if isinstance(value, bytes):
-            value = value.decode()
+            value = value.decode("utf-8", "replace")
         if isinstance(value, np.generic):
             value = value.item()
-        out[key] = json.loads(value) if key in json_keys else value
+        if key in json_keys and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out[key] = value
+    return out
+
+
+def state_dict(row: np.void | None) -> dict[str, Any]:
+    """The /run_state row as plain Python values (strings decoded)."""
+    if row is None:
+        return {}
+    out: dict[str, Any] = {}
+    for name in STATE_FIELDS:
+        value = row[name]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[name] = value
+    out["complete"] = bool(out["complete"])
+    out["closed"] = bool(out["closed"])
     return out

@@ -1,19 +1,32 @@
-"""Stream step records to HDF5 from a background thread.
+"""Stream step records to HDF5 from a background thread, crash-consistently.
 
 The producer (the sampling loop) only copies tensors into one of ``slots`` preallocated host buffers and
 queues it; the writer thread waits for the copy (a CUDA event, never a host-wide synchronisation),
-writes every quantity and the step's metadata, and flushes (SWMR), so a reader can follow a live run and
-a killed process leaves a readable file. When every slot is in flight the producer blocks until one
+writes every quantity and the step's metadata. When every slot is in flight the producer blocks until one
 frees — nothing is dropped — and the time it blocked is recorded per step.
 
+Durability (docs/hdf5-schema.md states the guarantee):
+
+* The file is written beside its final path (``.<name>.<id>.partial.h5``) and moved into place once its
+  first step is committed (or at close, for a run that ended cleanly without one): an existing run that
+  ``overwrite=True`` replaces survives a generation that fails before its first step.
+* Everything that is not per-step — root attributes, datasets — is created before the first commit, then
+  the file switches to SWMR mode; afterwards the writer only appends chunks and rows and updates the
+  one-row ``/run_state`` dataset in place. A step is committed by flushing its data, then counting it in
+  ``/run_state`` and flushing again, so a reader never counts a step whose data are not on disk.
+* Before each step the writer reserves the disk space the step needs (``posix_fallocate``): a full disk
+  stops recording *before* HDF5 writes anything, so the file keeps every committed step.
+
 On CUDA, buffers are pinned and already in ``store_dtype`` (the cast runs on the GPU, halving the copy
-for float16). On the CPU, tensors the caller owns are copied (a memcpy) and the probe's own derived
-tensors are passed by reference; the cast to ``store_dtype`` happens in the writer thread.
+for float16). On the CPU, tensors the caller owns are copied (a memcpy) and tensors the probe created
+itself are passed by reference; the cast to ``store_dtype`` happens in the writer thread.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
+import json
 import os
 import queue
 import threading
@@ -29,14 +42,22 @@ import torch
 
 from .._version import __version__
 from . import schema
+from .liveness import hold_writer_lock
 
-__all__ = ["StepMeta", "RunWriter", "WriterError"]
+__all__ = ["StepMeta", "RunWriter", "WriterError", "DiskFullError"]
 
 _STOP = object()
+# metadata an HDF5 step adds besides its latents (chunk index entries, the /steps chunk, object headers)
+_METADATA_MARGIN = 256 * 1024
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class WriterError(RuntimeError):
     """The background writer failed; steps committed before the failure remain in the file."""
+
+
+class DiskFullError(WriterError):
+    """No space left for the next step; every committed step remains in the file."""
 
 
 @dataclass
@@ -59,7 +80,9 @@ class StepMeta:
 class _Slot:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     timestep: torch.Tensor | None = None
+    ranges: torch.Tensor | None = None  # [Q, 2] float64 min/max of the sources (CUDA), pinned
     held: dict[str, torch.Tensor] = field(default_factory=dict)  # own tensors passed by reference (CPU)
+    from_cuda: frozenset[str] = frozenset()  # quantities copied from the GPU (their min/max are in ranges)
     staging: dict[str, torch.Tensor] = field(default_factory=dict)  # GPU buffers for the cast (CUDA)
 
 
@@ -72,76 +95,204 @@ def _wait_for(event: torch.cuda.Event) -> None:
         delay = min(delay * 2, 2e-3)
 
 
-def _np_dtype(name: str) -> np.dtype:
-    return np.dtype(name)
+def partial_path(path: str) -> str:
+    """Where a run is written until its first step is committed: hidden, beside ``path``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.partial.h5")
+
+
+class _SpaceReservation:
+    """Keeps the disk blocks for the next write allocated ahead of HDF5 (``posix_fallocate``)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd: int | None = os.open(path, os.O_RDWR)
+        self.supported = hasattr(os, "posix_fallocate")
+
+    def ensure(self, end: int) -> None:
+        """Make bytes [0, end) of the file allocated on disk; DiskFullError when the device is full."""
+        if not self.supported or self.fd is None:
+            return
+        size = os.fstat(self.fd).st_size
+        if end <= size:
+            return
+        try:
+            os.posix_fallocate(self.fd, size, end - size)
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise DiskFullError(f"no space left on its device ({end - size} more bytes needed)") from None
+            self.supported = False  # EOPNOTSUPP / EINVAL: this file system cannot reserve; HDF5 writes as usual
+
+    def hold(self) -> None:
+        """Mark the file as being recorded by a live process (store/liveness.py)."""
+        if self.fd is not None:
+            hold_writer_lock(self.fd)
+
+    def close(self, keep: int | None) -> None:
+        """Give back reserved bytes beyond ``keep`` (the HDF5 end of file) and close the descriptor."""
+        if self.fd is None:
+            return
+        try:
+            if keep is not None and os.fstat(self.fd).st_size > keep:
+                os.ftruncate(self.fd, keep)
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def declared_end_of_file(head: bytes) -> int | None:
+    """The end-of-file address an HDF5 superblock (the file's first bytes) declares, or None."""
+    if len(head) < 16 or head[:8] != b"\x89HDF\r\n\x1a\n":
+        return None
+    version = head[8]
+    if version in (0, 1):
+        size_of_offsets, pos = head[13], 24 + (4 if version == 1 else 0)
+    elif version in (2, 3):
+        size_of_offsets, pos = head[9], 12
+    else:
+        return None
+    if size_of_offsets not in (2, 4, 8) or len(head) < pos + 3 * size_of_offsets:
+        return None
+    base = int.from_bytes(head[pos:pos + size_of_offsets], "little")
+    eof = int.from_bytes(head[pos + 2 * size_of_offsets:pos + 3 * size_of_offsets], "little")
+    return base + eof
 
 
 class RunWriter:
     """Owns the HDF5 file (or in-memory HDF5 image) of one run while it is being recorded.
 
     path=None keeps the run in memory (HDF5 core driver, no backing store); ``file`` stays open after
-    :meth:`close` for reading.
+    :meth:`close` for reading. ``attrs`` become root attributes at once (the schema is on disk from
+    creation); ``experts`` lists the names ``StepMeta.expert`` may take (others are learnt at the first
+    step). ``on_error="warn"`` turns a writer failure into one warning: recording stops, the caller goes on.
     """
 
     def __init__(self, path: str | os.PathLike | None, store_dtype: str = "float16", slots: int = 3,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, *, attrs: dict[str, Any] | None = None,
+                 experts: list[str] | tuple[str, ...] | None = None, on_error: str = "raise") -> None:
         if store_dtype not in schema.STORE_DTYPES:
             raise ValueError(f"store_dtype must be one of {schema.STORE_DTYPES}, got {store_dtype!r}")
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
         self.path = None if path is None else os.fspath(path)
         self.store_dtype = store_dtype
+        self.on_error = on_error
         self._torch_store_dtype = getattr(torch, store_dtype)
+        self._experts: list[str] = list(dict.fromkeys(experts or ()))
+        self.published = self.path is None
+        self._space: _SpaceReservation | None = None
         if self.path is not None:
+            if os.path.isdir(self.path):
+                raise IsADirectoryError(f"{self.path} is a directory")
             if os.path.exists(self.path) and not overwrite:
                 raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
                 raise FileNotFoundError(f"directory {parent} does not exist")
-            self.file = h5py.File(self.path, "w", libver="latest")
+            self.overwrite = overwrite
+            self.write_path = partial_path(self.path)
+            self.file = h5py.File(self.write_path, "w", libver="latest")
         else:
+            self.overwrite = False
+            self.write_path = None
             self.file = h5py.File(f"latent_probe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
+        try:
+            if self.write_path is not None:
+                self._space = _SpaceReservation(self.write_path)
+                self._space.ensure(_METADATA_MARGIN)
+            self._begin(attrs or {})
+        except BaseException as exc:
+            self._discard()
+            if isinstance(exc, DiskFullError):
+                raise DiskFullError(f"latent_probe: disk full, cannot start recording {self.path}: {exc}") from None
+            raise
         self._free: queue.Queue[_Slot] = queue.Queue()
         for _ in range(slots):
             self._free.put(_Slot())
         self._todo: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
+        self._warned_error = False
         self._initialised = False
         self._names: tuple[str, ...] = ()
         self._datasets: dict[str, h5py.Dataset] = {}
-        self._steps_ds: h5py.Dataset | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._step_nbytes = 0
         self.steps_written = 0
         self.blocked_s = 0.0
         self.nonfinite_steps = 0
         self._warned_nonfinite = False
+        self._warned_overflow = False
         self._copy_stream: torch.cuda.Stream | None = None
         self._thread = threading.Thread(target=self._loop, name="latent_probe-writer", daemon=True)
         self._thread.start()
+
+    # ------------------------------------------------------------------ creation (before any step)
+    def _begin(self, attrs: dict[str, Any]) -> None:
+        f = self.file
+        base = {
+            "schema": schema.SCHEMA_NAME,
+            "schema_version": schema.SCHEMA_VERSION,
+            "library_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "store_dtype": self.store_dtype,
+            "layout": schema.LATENT_LAYOUT,
+        }
+        clash = sorted(set(attrs) & set(base))
+        if clash:
+            raise ValueError(f"attrs {clash} are written by latent_probe itself; choose other names")
+        base.update(attrs)
+        for key, value in schema.encode_attrs(base).items():
+            f.attrs[key] = value
+        self._state_ds = f.create_dataset(schema.STATE_DATASET, shape=(1,), dtype=schema.STATE_DTYPE)
+        self._state = np.zeros(1, dtype=schema.STATE_DTYPE)
+        self._state_ds[0] = self._state[0]
+        self._steps_ds = f.create_dataset(schema.STEPS_DATASET, shape=(0,), maxshape=(None,), chunks=(256,),
+                                          dtype=schema.STEP_DTYPE)
+        f.flush()
+
+    def _discard(self) -> None:
+        """Remove a file that holds no committed step (never the published run)."""
+        try:
+            self.file.close()
+        except Exception:
+            pass
+        if self._space is not None:
+            self._space.close(None)
+        if self.write_path is not None and not self.published:
+            try:
+                os.unlink(self.write_path)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ producer side (hot path)
     def submit(self, meta: StepMeta, tensors: dict[str, torch.Tensor], owned: frozenset[str] = frozenset(),
                attrs: dict[str, Any] | None = None) -> float:
         """Queue one step; returns seconds the caller was blocked waiting for a free slot.
 
-        tensors: quantity → [B, C, F, H, W]. ``owned`` names tensors the probe created itself (they are
-        not modified afterwards, so on the CPU they travel by reference). ``attrs`` (first step only)
-        become the file's root attributes.
+        tensors: quantity → [B, C, F, H, W]. ``owned`` names tensors the probe created itself and shares
+        with nobody (on the CPU they travel by reference). ``attrs`` (first step only) are added to the root
+        attributes before the first commit.
         """
-        self._raise_if_failed()
+        if self._failed():
+            return 0.0
         t0 = time.perf_counter()
         while True:
             try:
                 slot = self._free.get(timeout=0.5)
                 break
             except queue.Empty:
-                self._raise_if_failed()
+                if self._failed():
+                    return 0.0
         blocked = time.perf_counter() - t0
         self.blocked_s += blocked
         meta.blocked_ms = blocked * 1e3
         event = None
         slot.held = {}
         cuda = [t for t in tensors.values() if t.is_cuda]
+        slot.from_cuda = frozenset(n for n, t in tensors.items() if t.is_cuda)
         ts = meta.timestep
         if cuda or (isinstance(ts, torch.Tensor) and ts.is_cuda):
             event = self._copy_to_host(slot, tensors, ts)
@@ -160,13 +311,26 @@ class RunWriter:
         self._todo.put((slot, meta, tuple(tensors), event, attrs))
         return blocked
 
+    def _failed(self) -> bool:
+        """True when recording has stopped (on_error="warn"); raises when it failed (on_error="raise")."""
+        if self._error is None:
+            return False
+        if self.on_error == "raise":
+            raise self._writer_error()
+        if not self._warned_error:
+            self._warned_error = True
+            warnings.warn(f"latent_probe: recording stopped, the generation goes on: {self._message()}",
+                          RuntimeWarning, stacklevel=3)
+        return True
+
     def _copy_to_host(self, slot: _Slot, tensors: dict[str, torch.Tensor], ts: Any) -> torch.cuda.Event:
         """Start device→pinned-host copies on a side stream; return the event that marks them done.
 
         The side stream first waits for the producer's stream (so it copies the values as of this step),
         and ``record_stream`` keeps the caching allocator from reusing the sources before the copy ran.
         The sampling loop's stream never waits on the copies. (Sources must not be modified in place
-        afterwards; Wan2.2 and diffusers rebind their latents instead.)
+        afterwards; Wan2.2 and diffusers rebind their latents instead.) Each source's min and max travel
+        with it, so a value the float16 cast turns into ±inf is told from a non-finite source.
         """
         device = next((t.device for t in tensors.values() if t.is_cuda), None) or ts.device
         producer = torch.cuda.current_stream(device)
@@ -175,7 +339,13 @@ class RunWriter:
         stream = self._copy_stream
         stream.wait_stream(producer)
         with torch.cuda.stream(stream):
-            for name, t in tensors.items():
+            names = list(tensors)
+            if slot.ranges is None or slot.ranges.shape[0] != len(names):
+                slot.ranges = torch.empty(len(names), 2, dtype=torch.float64, pin_memory=True)
+                slot.staging["ranges"] = torch.empty(len(names), 2, dtype=torch.float64, device=device)
+            ranges = slot.staging["ranges"]
+            for i, name in enumerate(names):
+                t = tensors[name]
                 if not t.is_cuda:
                     continue
                 t = t.detach()
@@ -192,7 +362,12 @@ class RunWriter:
                         slot.staging[name] = stage
                     stage.copy_(t)
                     buf.copy_(stage, non_blocking=True)
+                if t.numel():
+                    lo, hi = torch.aminmax(t)
+                    ranges[i, 0].copy_(lo)
+                    ranges[i, 1].copy_(hi)
                 t.record_stream(stream)
+            slot.ranges.copy_(ranges, non_blocking=True)
             if isinstance(ts, torch.Tensor) and ts.is_cuda:
                 if slot.timestep is None:
                     slot.timestep = torch.empty(1, dtype=torch.float64, pin_memory=True)
@@ -206,42 +381,99 @@ class RunWriter:
             event.record(stream)
         return event
 
-    def close(self, attrs: dict[str, Any] | None = None) -> None:
-        """Drain the queue, stop the thread, write final attributes. Raises WriterError if writing failed."""
+    # ------------------------------------------------------------------ end of the run
+    def close(self, final: dict[str, Any] | None = None) -> None:
+        """Drain the queue, stop the thread, write the end-of-run state in place, close the file.
+
+        final: ``complete`` (bool), ``error`` (str), ``steps_seen`` (int). Raises WriterError if writing
+        failed (unless ``on_error="warn"``); every committed step stays readable either way.
+        """
+        final = dict(final or {})
+        unknown = set(final) - {"complete", "error", "steps_seen"}
+        if unknown:
+            raise ValueError(f"close() takes complete, error and steps_seen, not {sorted(unknown)}")
         if self._thread.is_alive():
             self._todo.put(_STOP)
             self._thread.join()
-        final = dict(attrs or {})
-        final.update(steps=self.steps_written, blocked_ms_total=self.blocked_s * 1e3,
-                     nonfinite_steps=self.nonfinite_steps)
+        complete = bool(final.get("complete", False)) and self._error is None
+        state = self._state
+        state["steps"] = self.steps_written
+        state["steps_seen"] = int(final.get("steps_seen", self.steps_written))
+        state["complete"] = complete
+        state["closed"] = 1
+        state["nonfinite_steps"] = self.nonfinite_steps
+        state["blocked_ms_total"] = self.blocked_s * 1e3
+        if final.get("error"):
+            state["error"] = schema.utf8_cut(str(final["error"]))
         if self._error is not None:
-            final["complete"] = False
-            final["writer_error"] = repr(self._error)
+            state["writer_error"] = schema.utf8_cut(self._message())
+        try:  # in place: one row; a failure here leaves the previous state, whose counter is still right
+            self._state_ds[0] = state[0]
+            self.file.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._error = self._error or exc
         if self.path is not None:
-            try:
-                self.file.close()
-            except Exception:  # pragma: no cover - already closed by a failure
-                pass
-            with h5py.File(self.path, "r+") as f:
-                self._update_attrs(f, final)
+            self._close_file(complete)
+        if self._error is not None:
+            if self.on_error == "raise":
+                raise self._writer_error() from self._error
+            if not self._warned_error:  # the last step failed: no later submit could have said so
+                self._warned_error = True
+                warnings.warn(f"latent_probe: recording stopped: {self._message()}", RuntimeWarning, stacklevel=3)
+
+    def _close_file(self, complete: bool) -> None:
+        try:
+            self.file.close()
+        except Exception as exc:  # noqa: BLE001 - a failed disk; committed steps are already on it
+            self._error = self._error or exc
+        keep = None
+        try:
+            with open(self.write_path, "rb") as fh:
+                keep = declared_end_of_file(fh.read(64))
+        except OSError:
+            pass
+        if self._space is not None:
+            self._space.close(keep)
+        if not self.published:
+            if self.steps_written == 0 and not complete:
+                self._discard()  # nothing committed: leave the path (and any run it holds) as it was
+            else:
+                try:
+                    self._publish()
+                except OSError as exc:
+                    self._error = self._error or exc
+
+    def _publish(self) -> None:
+        """Move the file being written to its path: replace (overwrite) or create it (never clobbering)."""
+        if self.overwrite:
+            os.replace(self.write_path, self.path)
         else:
-            self._update_attrs(self.file, final)
-        if self._error is not None:
-            raise WriterError(f"latent_probe writer failed after {self.steps_written} steps: {self._error}") \
-                from self._error
+            try:
+                os.link(self.write_path, self.path)
+            except FileExistsError:
+                raise FileExistsError(f"{self.path} appeared while recording; this run is kept at "
+                                      f"{self.write_path}") from None
+            except OSError:  # no hard links on this file system
+                if os.path.exists(self.path):
+                    raise FileExistsError(f"{self.path} appeared while recording; this run is kept at "
+                                          f"{self.write_path}") from None
+                os.rename(self.write_path, self.path)
+            else:
+                os.unlink(self.write_path)
+        self.published = True
 
-    @staticmethod
-    def _update_attrs(f: h5py.File, new: dict[str, Any]) -> None:
-        merged = schema.decode_attrs(dict(f.attrs))
-        merged.update(new)
-        for key in list(f.attrs):
-            del f.attrs[key]
-        for key, value in schema.encode_attrs(merged).items():
-            f.attrs[key] = value
+    def _message(self) -> str:
+        exc = self._error
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = self.path or "in-memory run"
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE):
+            return f"{where}: disk full after {self.steps_written} committed steps ({text}); they stay readable"
+        return f"{where}: writer failed after {self.steps_written} committed steps: {type(exc).__name__}: {text}"
 
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise WriterError(f"latent_probe writer failed after {self.steps_written} steps: {self._error}")
+    def _writer_error(self) -> WriterError:
+        cls = DiskFullError if isinstance(self._error, DiskFullError) or (
+            isinstance(self._error, OSError) and self._error.errno in _NO_SPACE) else WriterError
+        return cls(f"latent_probe: {self._message()}")
 
     # ------------------------------------------------------------------ writer thread
     def _loop(self) -> None:
@@ -260,20 +492,15 @@ class RunWriter:
             finally:
                 slot.held = {}
                 self._free.put(slot)
-        try:
-            self.file.flush()
-        except Exception:  # pragma: no cover
-            pass
 
-    def _arrays(self, slot: _Slot, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int]:
-        """Host arrays in the store dtype, and a bitmask of the quantities holding NaN/Inf.
+    def _arrays(self, slot: _Slot, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int, int]:
+        """Host arrays in the store dtype; bitmasks of the quantities whose stored values hold NaN/Inf, and
+        of those whose finite values overflowed the store dtype (stored as ±inf).
 
-        The check runs on the source values before the cast: a float32 sum is non-finite iff some element
-        is (or the data are beyond ~1e31, which a float16 store could not hold either), and it runs at
-        memory speed, unlike a float64-accumulated or float16 sum.
-        """
-        dtype = _np_dtype(self.store_dtype)
-        out, bits = {}, 0
+        Both come from the source's min and max (NaN propagates through both; one pass each, at memory
+        speed), taken on the GPU for CUDA sources."""
+        dtype = np.dtype(self.store_dtype)
+        out, nonfinite, overflow = {}, 0, 0
         for i, name in enumerate(names):
             t = slot.held.get(name)
             if t is None:
@@ -281,39 +508,60 @@ class RunWriter:
             if t.dtype == torch.bfloat16:
                 t = t.float()
             src = t.numpy()
-            finite = np.isfinite(src.sum()) if src.dtype.itemsize >= 4 else np.isfinite(src).all()
-            if not finite:
-                bits |= 1 << i
+            if name in slot.from_cuda:
+                lo, hi = float(slot.ranges[i, 0]), float(slot.ranges[i, 1])
+            elif src.size:
+                lo, hi = float(src.min()), float(src.max())
+            else:
+                lo = hi = 0.0
+            finite = np.isfinite(lo) and np.isfinite(hi)
+            with np.errstate(over="ignore"):
+                over = finite and not (np.isfinite(dtype.type(lo)) and np.isfinite(dtype.type(hi)))
+            if not finite or over:
+                nonfinite |= 1 << i
+            if over:
+                overflow |= 1 << i
             out[name] = src.astype(dtype, copy=False)
-        return out, bits
+        return out, nonfinite, overflow
 
-    def _create(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None) -> None:
+    def _expert_index(self, name: str) -> int:
+        if name == "unknown":
+            return -1
+        if name not in self._experts:
+            if self._initialised:
+                raise ValueError(f"expert {name!r} is not among the run's experts {self._experts}")
+            self._experts.append(name)
+        return self._experts.index(name)
+
+    def _create(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None, expert: str) -> None:
+        """First step: the latent datasets and the attributes known only now; then SWMR mode."""
         f = self.file
-        base = {
-            "schema": schema.SCHEMA_NAME,
-            "schema_version": schema.SCHEMA_VERSION,
-            "library_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "complete": False,
-            "store_dtype": self.store_dtype,
-            "layout": schema.LATENT_LAYOUT,
-            "quantities": list(arrays),
-        }
-        base.update(attrs or {})
-        for key, value in schema.encode_attrs(base).items():
+        self._expert_index(expert)
+        extra = dict(attrs or {})
+        extra.update(quantities=list(arrays), experts=list(self._experts))
+        clash = sorted(set(extra) & set(f.attrs))
+        if clash:
+            raise ValueError(f"attrs {clash} are already set on this run")
+        encoded = schema.encode_attrs(extra)
+        json_keys = set(json.loads(encoded.pop(schema.JSON_KEYS_ATTR)))
+        json_keys |= set(json.loads(f.attrs.get(schema.JSON_KEYS_ATTR, "[]")))
+        for key, value in encoded.items():
             f.attrs[key] = value
+        f.attrs[schema.JSON_KEYS_ATTR] = json.dumps(sorted(json_keys))
         lat = f.create_group(schema.LATENTS_GROUP)
         self._datasets = {}
         for name, arr in arrays.items():
             self._datasets[name] = lat.create_dataset(
                 name, shape=(0, *arr.shape), maxshape=(None, *arr.shape), chunks=(1, *arr.shape), dtype=arr.dtype)
             self._shapes[name] = arr.shape
-        self._steps_ds = f.create_dataset(schema.STEPS_DATASET, shape=(0,), maxshape=(None,), chunks=(256,),
-                                          dtype=schema.STEP_DTYPE)
+        self._step_nbytes = sum(a.nbytes for a in arrays.values())
         self._steps_ds.attrs["quantities"] = list(arrays)
         self._names = tuple(arrays)
         if self.path is not None:
+            f.flush()
             f.swmr_mode = True
+            if self._space is not None:
+                self._space.hold()
         self._initialised = True
 
     @staticmethod
@@ -333,33 +581,52 @@ class RunWriter:
         ds.id.write_direct_chunk((n,) + (0,) * arr.ndim, np.ascontiguousarray(arr))
 
     def _write(self, slot: _Slot, meta: StepMeta, names: tuple[str, ...], attrs: dict[str, Any] | None) -> None:
-        arrays, bits = self._arrays(slot, names)
+        arrays, bits, over = self._arrays(slot, names)
+        if self._space is not None:  # reserve first: a full disk stops here, before HDF5 writes anything
+            need = sum(a.nbytes for a in arrays.values()) + _METADATA_MARGIN
+            self._space.ensure(self.file.id.get_filesize() + need)
         if not self._initialised:
-            self._create(arrays, attrs)
+            self._create(arrays, attrs, meta.expert)
         if tuple(arrays) != self._names:
             raise ValueError(f"step {meta.index} recorded {sorted(arrays)}, the run records {sorted(self._names)}")
         for name, arr in arrays.items():
             if arr.shape != self._shapes[name]:
                 raise ValueError(f"latent shape changed from {self._shapes[name]} to {arr.shape} within one run "
                                  f"({name}, step {meta.index}); use one LatentProbe per generation size")
+        expert = self._expert_index(meta.expert)
         n = self.steps_written
         for name in self._names:
             self._append_chunk(self._datasets[name], n, arrays[name])
         if bits:
             self.nonfinite_steps += 1
-            if not self._warned_nonfinite:
-                self._warned_nonfinite = True
-                bad = [q for i, q in enumerate(self._names) if bits >> i & 1]
-                warnings.warn(f"latent_probe: NaN/Inf in {bad} at step {meta.index}; recorded and flagged "
-                              "in /steps (nonfinite)", RuntimeWarning, stacklevel=1)
+            self._warn_values(meta.index, bits, over)
         ts = meta.timestep
         if isinstance(ts, torch.Tensor):
             ts = float(slot.timestep[0]) if ts.is_cuda else float(ts.reshape(-1)[0])
         row = np.array([(
-            meta.index, ts, meta.sigma, meta.alpha, meta.expert.encode()[: schema.EXPERT_BYTES],
+            meta.index, ts, meta.sigma, meta.alpha, expert,
             np.nan if meta.guidance_scale is None else meta.guidance_scale, meta.generation, meta.model_calls,
-            meta.blocked_ms, meta.wall_time, bits,
+            meta.blocked_ms, meta.wall_time, bits, over,
         )], dtype=schema.STEP_DTYPE)
-        self._append(self._steps_ds, n, row[0])  # the commit: written last
-        self.file.flush()
+        self._append(self._steps_ds, n, row[0])
+        self.file.flush()  # the step's data are on disk ...
+        self._state["steps"] = n + 1
+        self._state["nonfinite_steps"] = self.nonfinite_steps
+        self._state_ds[0] = self._state[0]
+        self.file.flush()  # ... before the counter that commits it
+        if not self.published and self.path is not None:
+            self._publish()  # the first committed step moves the file to its path
         self.steps_written = n + 1
+
+    def _warn_values(self, index: int, bits: int, over: int) -> None:
+        if over and not self._warned_overflow:
+            self._warned_overflow = True
+            bad = [q for i, q in enumerate(self._names) if over >> i & 1]
+            warnings.warn(f"latent_probe: {bad} at step {index} exceed {self.store_dtype}'s range and are stored "
+                          "as ±inf (flagged in /steps: overflow); use store_dtype='float32'", RuntimeWarning,
+                          stacklevel=1)
+        if bits & ~over and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            bad = [q for i, q in enumerate(self._names) if (bits & ~over) >> i & 1]
+            warnings.warn(f"latent_probe: NaN/Inf in {bad} at step {index}; recorded and flagged "
+                          "in /steps (nonfinite)", RuntimeWarning, stacklevel=1)

@@ -291,6 +291,7 @@ def _compare_point(o: AnalyzeOptions, backend: Any, point: SweepPoint, attrs: di
                    views: Callable[[str, str, str], None], log: Callable[[str], None]) -> None:
     """Baseline and frame-truncated generation of one sweep point (same seed), their report and views."""
     from ..interventions import compare_truncation, format_comparison
+    from .safe_text import terminal, terminal_lines
 
     sub, label = _name(point, BASELINE, o, 1)
     base = os.path.join(o.output_dir, sub) if sub else o.output_dir
@@ -298,8 +299,8 @@ def _compare_point(o: AnalyzeOptions, backend: Any, point: SweepPoint, attrs: di
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
     t = o.truncation or {}
-    log(f"comparing baseline and frame truncation (keep {t.get('keep', 3)}) at {point.num_frames} frames, "
-        f"{point.num_inference_steps} steps")
+    log(terminal(f"comparing baseline and frame truncation (keep {t.get('keep', 3)}) at {point.num_frames} "
+                 f"frames, {point.num_inference_steps} steps"))
     result = compare_truncation(
         backend.target, lambda: backend.generate(point), keep=t.get("keep", 3), until=t.get("until", "boundary"),
         fill=t.get("fill", "linear"), baseline_path=os.path.join(folders["baseline"], "run.h5"),
@@ -308,7 +309,7 @@ def _compare_point(o: AnalyzeOptions, backend: Any, point: SweepPoint, attrs: di
                       "cfg_branches": o.cfg_branches, "attrs": dict(attrs, label=label), "overwrite": True},
         output_range=2.0 if o.backend == "wan" else None)
     report = format_comparison(result)
-    log(report)
+    log(terminal_lines(report))
     with open(os.path.join(base, "truncation_comparison.txt"), "w", encoding="utf-8") as fh:
         fh.write(report + "\n")
     for run in (result.baseline_run, result.truncated_run):
@@ -319,13 +320,17 @@ def _compare_point(o: AnalyzeOptions, backend: Any, point: SweepPoint, attrs: di
 
 
 def run_analysis(o: AnalyzeOptions, log: Callable[[str], None] = print) -> AnalysisResult:
-    """Record every (sweep point × variant) generation into ``o.output_dir`` and write the views."""
+    """Record every (sweep point × variant) generation into ``o.output_dir`` and write the views.
+
+    ``log`` receives progress text with control characters escaped (safe to print to a terminal).
+    """
     from ..probe import LatentProbe
     from ..store.reader import open_run
     from .dashboard import write_dashboard
     from .figures import continuity_figure
     from .progress import progress
-    from .report import write_npz, write_statistics
+    from .report import terminal_summary, write_npz, write_statistics
+    from .safe_text import terminal
     from .series import collect
     from .static import StaticExportError, write_continuity_image
 
@@ -341,7 +346,7 @@ def run_analysis(o: AnalyzeOptions, log: Callable[[str], None] = print) -> Analy
             s = collect(run, label=label, space=o.space, phases=o.phases)
         write_statistics(s, folder)
         write_npz(s, os.path.join(folder, "temporal_continuity.npz"))
-        log(s.summary_text)
+        log(terminal_summary(s.summary))
         paths.append(path)
         labels.append(label)
         series.append(s)
@@ -355,7 +360,7 @@ def run_analysis(o: AnalyzeOptions, log: Callable[[str], None] = print) -> Analy
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, "run.h5")
         intervene = variant.intervene(point) if variant.intervene else None
-        log(f"recording {label}: {point.num_frames} frames, {point.num_inference_steps} steps → {path}")
+        log(terminal(f"recording {label}: {point.num_frames} frames, {point.num_inference_steps} steps → {path}"))
         with LatentProbe(backend.target, path, overwrite=True, store_dtype=o.store_dtype,
                          cfg_branches=o.cfg_branches, attrs=dict(attrs, label=label), intervene=intervene):
             backend.generate(point)

@@ -2,7 +2,8 @@
 
 Subcommands: demo, info, metrics, dashboard, analyze (``latent-probe CMD --help``). Exit status 0 ok,
 1 failure, 2 usage. Errors are one line: ``latent-probe CMD: error: ...`` (set ``LATENT_PROBE_DEBUG=1``
-for the traceback).
+for the traceback). Text from run files, paths and error messages is printed with control characters
+escaped (``safe_text.terminal``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from typing import Any, Sequence
 
 from ..interventions.cli import add_truncation_parser
+from .safe_text import terminal, terminal_lines
 
 __all__ = ["main", "build_parser", "UsageError", "add_intervention_args", "variants_from_args"]
 
@@ -28,11 +30,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit status 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{terminal(self.prog)}: error: {terminal(message)} (see {terminal(self.prog)} --help)\n")
 
 
 def _note(command: str, text: str) -> None:
-    print(f"latent-probe {command}: note: {text}", file=sys.stderr)
+    print(f"latent-probe {command}: note: {terminal(text)}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- demo
@@ -41,7 +43,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..store.reader import open_run
     from .dashboard import write_dashboard
     from .figures import continuity_figure
-    from .report import write_npz
+    from .report import terminal_summary, write_npz
     from .series import collect
     from .static import StaticExportError, write_continuity_image
 
@@ -49,22 +51,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     base = os.path.join(args.out, DEMO_STEM)
     print(f"latent-probe demo: {SIMULATED}")
     _, run = run_demo_generation(base + ".h5", steps=args.steps, frames=args.frames, seed=args.seed)
-    print(f"recorded {run.num_steps} steps of {run.quantities} to {base}.h5")
+    print(f"recorded {run.num_steps} steps of {run.quantities} to {terminal(base)}.h5")
     run.close()
     with open_run(base + ".h5", "r+") as run:  # writable: metrics are cached in the file
         s = collect(run, label=DEMO_STEM)
     write_dashboard([s], base + ".html", title="latent_probe demo (SIMULATED data): temporal continuity")
-    print(f"wrote {base}.html (dashboard; open it in a browser)")
+    print(f"wrote {terminal(base)}.html (dashboard; open it in a browser)")
     write_npz(s, base + ".npz")
-    print(f"wrote {base}.npz (step-wise arrays)")
+    print(f"wrote {terminal(base)}.npz (step-wise arrays)")
     if args.png:
         try:
             write_continuity_image([s], base + ".png", continuity_figure([s]))
-            print(f"wrote {base}.png")
+            print(f"wrote {terminal(base)}.png")
         except StaticExportError as exc:
             _note("demo", str(exc))
     print()
-    print(s.summary_text)
+    print(terminal_summary(s.summary))
     print(f"\n(The numbers above are {SIMULATED}.)")
     return 0
 
@@ -73,27 +75,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..store.reader import open_run
 
+    t = terminal  # every value read from the file is printed escaped
     with open_run(args.run) as run:
         a = run.attrs
-        print(f"{args.run}: latent_probe schema {a.get('schema_version')}, written by {a.get('library_version')}")
+        print(f"{t(args.run)}: latent_probe schema {t(a.get('schema_version'))}, "
+              f"written by {t(a.get('library_version'))}")
         if a.get("simulated"):
             print("  SIMULATED   analytic denoiser, not a model")
-        print(f"  target      {a.get('target_class')} ({a.get('family')})")
+        print(f"  target      {t(a.get('target_class'))} ({t(a.get('family'))})")
         if a.get("prompt"):
-            print(f"  prompt      {a['prompt']!r}")
-        state = "" if run.complete else "  (INCOMPLETE: " + str(a.get("error", "interrupted")) + ")"
+            print(f"  prompt      {t(repr(a['prompt']))}")
+        if run.complete:
+            state = ""
+        elif run.recording:
+            state = "  (being recorded: latent-probe info --follow shows each step as it is committed)"
+        else:
+            state = "  (INCOMPLETE: " + t(run.error or "interrupted: the writer stopped without closing the file") + ")"
         print(f"  steps       {run.num_steps}{state}")
-        print(f"  quantities  {', '.join(run.quantities)}  [{a.get('store_dtype')}]")
+        print(f"  quantities  {t(', '.join(run.quantities))}  [{t(a.get('store_dtype'))}]")
         if run.num_steps:
             shape = run.latents(run.quantities[0]).shape
             print(f"  latent      [S, B, C, F, H, W] = {list(shape)}")
-            print(f"  sigma       {run.sigmas[0]:.4f} → {run.sigmas[-1]:.4f}  ({a.get('parameterization')})")
+            print(f"  sigma       {run.sigmas[0]:.4f} → {run.sigmas[-1]:.4f}  ({t(a.get('parameterization'))})")
             experts, counts = _runs_of(list(run.experts))
-            print("  experts     " + ", ".join(f"{e} ×{c}" for e, c in zip(experts, counts)))
+            print("  experts     " + ", ".join(f"{t(e)} ×{c}" for e, c in zip(experts, counts)))
         nonfinite = sum(int(v.any()) for v in run.nonfinite.values())
         if nonfinite:
             print(f"  WARNING     NaN/Inf in {nonfinite} quantities (see /steps, field nonfinite)")
+        overflow = [q for q, v in run.overflow.items() if v.any()]
+        if overflow:
+            print(f"  WARNING     {t(', '.join(overflow))} exceeded {t(a.get('store_dtype'))}'s range: stored as ±inf "
+                  "(see /steps, field overflow)")
+        if args.follow:
+            _follow(run, args.interval)
     return 0
+
+
+def _follow(run: Any, interval: float) -> None:
+    """Print each step as it is committed, until the writer closes the file or dies."""
+    import time
+
+    shown = 0
+    print("  following (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            recording = run.recording  # read before the steps: a step committed meanwhile is still shown
+            run.refresh()
+            sigmas, experts = run.sigmas, run.experts
+            for i in range(shown, run.num_steps):
+                print(f"  step {i:4d}  sigma {sigmas[i]:.4f}  {terminal(experts[i])}", flush=True)
+            shown = run.num_steps
+            if not recording:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+    end = "complete" if run.complete else "INCOMPLETE: " + terminal(run.error or "the writer stopped without "
+                                                                                 "closing the file")
+    print(f"  {shown} steps, {end}")
 
 
 def _runs_of(seq: list) -> tuple[list, list]:
@@ -116,15 +155,17 @@ def _open_for_metrics(path: str, cache: bool) -> Any:
 
 
 def _emit(text: str, out: str | None) -> None:
+    """Write ``text`` to the file ``out`` as it is, or to standard output with control characters escaped."""
     if out:
         with open(out, "w", encoding="utf-8") as fh:
             fh.write(text if text.endswith("\n") else text + "\n")
     else:
+        text = terminal_lines(text)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from .report import metrics_csv, metrics_json
+    from .report import metrics_csv, metrics_json, terminal_summary
 
     with _open_for_metrics(args.run, args.cache) as run:
         if args.space not in run.quantities:
@@ -134,7 +175,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         elif args.csv:
             text = metrics_csv(run, args.space)
         else:
-            text = run.summary(args.space, args.phases).to_text()
+            text = terminal_summary(run.summary(args.space, args.phases))
             if run.attrs.get("simulated"):
                 text = f"{SIMULATED}\n{text}"
     _emit(text, args.output)
@@ -179,15 +220,16 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as fh:
         fh.write(page)
-    print(f"wrote {args.output} ({len(series)} run{'s' if len(series) > 1 else ''}, {len(figures)} figures)")
+    print(f"wrote {terminal(args.output)} ({len(series)} run{'s' if len(series) > 1 else ''}, "
+          f"{len(figures)} figures)")
     for fmt in [f for f, on in (("png", args.png), ("svg", args.svg)) if on]:
         try:
             written = export_figures(figures, _static_paths(args.output, fmt, FIGURE_NAMES[:len(figures)]))
-            print("wrote " + ", ".join(written))
+            print("wrote " + terminal(", ".join(written)))
         except StaticExportError as exc:
             _note("dashboard", str(exc))
     if any(s.simulated for s in series):
-        print(f"note: {', '.join(s.label for s in series if s.simulated)}: {SIMULATED}")
+        print(f"note: {terminal(', '.join(s.label for s in series if s.simulated))}: {SIMULATED}")
     return 0
 
 
@@ -260,7 +302,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     result = run_analysis(o)
     for note in result.notes:
         _note("analyze", note)
-    print(f"wrote {len(result.runs)} run{'s' if len(result.runs) > 1 else ''} and {result.dashboard}")
+    print(f"wrote {len(result.runs)} run{'s' if len(result.runs) > 1 else ''} and {terminal(result.dashboard)}")
     return 0
 
 
@@ -348,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="summarise a recorded run", description="Summarise a recorded run file.")
     i.add_argument("run", help="RUN.h5")
+    i.add_argument("--follow", action="store_true",
+                   help="follow a run that is being recorded: print each step as it is committed, until the "
+                        "writer closes the file (or dies)")
+    i.add_argument("--interval", type=float, default=0.5, help="seconds between looks with --follow (default 0.5)")
     i.set_defaults(func=_cmd_info)
 
     m = sub.add_parser("metrics", help="print the temporal-continuity statistics of a run (table, JSON or CSV)",
@@ -389,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"{prog}: error: {exc} (see {prog} --help)", file=sys.stderr)
+        print(f"{prog}: error: {terminal(exc)} (see {prog} --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -400,8 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = str(exc).strip()
         if isinstance(exc, KeyError) and len(exc.args) == 1:
             text = str(exc.args[0])
-        msg = text.splitlines()[0] if text else type(exc).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+        msg = text.split("\n", 1)[0].rstrip("\r") if text else type(exc).__name__
+        print(f"{prog}: error: {terminal(msg)}", file=sys.stderr)
         return 1
 
 

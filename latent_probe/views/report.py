@@ -5,7 +5,6 @@ Every number comes from the ``Run`` metrics API; nothing is computed here but fo
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -14,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from .safe_text import csv_writer, terminal, terminal_lines
 from .series import RunSeries
 
-__all__ = ["metrics_json", "metrics_csv", "write_npz", "write_statistics", "jsonable"]
+__all__ = ["metrics_json", "metrics_csv", "write_npz", "write_statistics", "jsonable", "terminal_summary"]
 
 
 def jsonable(x: Any) -> Any:
@@ -56,13 +56,23 @@ def metrics_json(run: Any, space: str = "x0", phases: str = "thirds") -> str:
     return json.dumps(jsonable(doc), indent=2, allow_nan=False)
 
 
+def terminal_summary(summary: Any) -> str:
+    """``Summary.to_text()`` (a ``Summary`` or its ``to_dict()``) with control characters in labels escaped."""
+    from ..metrics.phases import Summary
+
+    d = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
+    rows = [dict(r, label=terminal(r.get("label", ""))) for r in d.get("rows", [])]
+    return terminal_lines(Summary(space=d["space"], num_steps=d["num_steps"], rows=rows).to_text())
+
+
 def metrics_csv(run: Any, space: str = "x0") -> str:
     """Tidy CSV, one row per (step, batch item, frame pair, metric); step is 0-based as in ``run.to_dataframe``,
-    with the step's timestep, σ and expert."""
+    with the step's timestep, σ and expert. Text cells starting with = + - @ TAB CR get a leading ``'``
+    (spreadsheet formula injection); numbers stay numbers."""
     m = run.metrics(space)
     t, sig, exp = run.timesteps, run.sigmas, [str(e) for e in run.experts]
     out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
+    w = csv_writer(out)
     w.writerow(["step", "batch", "pair", "metric", "value", "space", "timestep", "sigma", "expert"])
     S, B, P = m.l2.shape
     for name in ("l2", "cos", "one_minus_cos", "norm_ratio"):
@@ -70,8 +80,7 @@ def metrics_csv(run: Any, space: str = "x0") -> str:
         for s in range(S):
             for b in range(B):
                 for p in range(P):
-                    w.writerow([s, b, p, name, repr(float(a[s, b, p])), space, repr(float(t[s])),
-                                repr(float(sig[s])), exp[s]])
+                    w.writerow([s, b, p, name, float(a[s, b, p]), space, float(t[s]), float(sig[s]), exp[s]])
     return out.getvalue()
 
 
@@ -90,12 +99,13 @@ def write_npz(s: RunSeries, path: str | os.PathLike) -> str:
 
 
 def write_statistics(s: RunSeries, out_dir: str | os.PathLike, stem: str = "statistics") -> list[str]:
-    """``<stem>.txt`` (the original table) and ``<stem>.json`` (``Summary.to_dict()``) in ``out_dir``."""
+    """``<stem>.txt`` (the original table, control characters escaped) and ``<stem>.json``
+    (``Summary.to_dict()``) in ``out_dir``."""
     out_dir = os.fspath(out_dir)
     txt, js = os.path.join(out_dir, stem + ".txt"), os.path.join(out_dir, stem + ".json")
     header = "SIMULATED DATA (analytic denoiser, not a model)\n" if s.simulated else ""
     with open(txt, "w", encoding="utf-8") as fh:
-        fh.write(f"{header}{s.label}: {s.source}\n{s.summary_text}\n")
+        fh.write(f"{header}{terminal(s.label)}: {terminal(s.source)}\n{terminal_summary(s.summary)}\n")
     with open(js, "w", encoding="utf-8") as fh:
         json.dump(jsonable({"file": s.source, "label": s.label, "simulated": s.simulated, **s.summary}), fh,
                   indent=2, allow_nan=False)
