@@ -110,7 +110,7 @@ def loop_blocked(device: torch.device, steps: int, dit_ms: float, mode: str, tmp
     return out
 
 
-def writer_throughput(tmpdir: str, steps: int) -> dict:
+def writer_throughput(tmpdir: str, steps: int, repeats: int = 3) -> dict:
     """MB/s of the writer (float32, three latents a step, CPU tensors) vs tofile + fsync of the same bytes
     (alternating, median of 3)."""
     from latent_probe.store.writer import RunWriter, StepMeta
@@ -145,11 +145,12 @@ def writer_throughput(tmpdir: str, steps: int) -> dict:
         return dt
 
     raw_times, our_times = [], []
-    for _ in range(3):  # alternate, so both see the same disk and page-cache state
+    for _ in range(repeats):  # alternate, so both see the same disk and page-cache state
         raw_times.append(raw_once())
         our_times.append(ours_once())
     raw_s, ours_s = statistics.median(raw_times), statistics.median(our_times)
-    return {"raw_MBps": nbytes / raw_s / 1e6, "ours_MBps": nbytes / ours_s / 1e6, "ratio": raw_s / ours_s}
+    return {"raw_MBps": nbytes / raw_s / 1e6, "ours_MBps": nbytes / ours_s / 1e6, "ratio": raw_s / ours_s,
+            "ratios": [round(r / o, 3) for r, o in zip(raw_times, our_times)]}
 
 
 def pipeline_ratio(repeats: int = 5) -> dict:
@@ -183,7 +184,16 @@ def main() -> None:
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--writer-steps", type=int, default=20)
+    ap.add_argument("--writer-only", action="store_true", help="only the writer-throughput measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="writer throughput: alternating repeats (median)")
     args = ap.parse_args()
+    if args.writer_only:
+        import latent_probe
+
+        w = writer_throughput(args.dir, args.writer_steps, args.repeats)
+        print(f"latent_probe {latent_probe.__file__}: raw {w['raw_MBps']:.0f} MB/s, RunWriter {w['ours_MBps']:.0f} "
+              f"MB/s ({w['ratio'] * 100:.1f}% of raw; per-repeat ratios {w['ratios']})")
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"# capture benchmarks on {name}, torch {torch.__version__}\n")

@@ -53,3 +53,25 @@ def test_float16_cast_on_gpu_matches_host_cast():
     with LatentProbe(pipe, store_dtype="float32") as p32:
         run_pipe(pipe, steps=4, generator=torch.Generator("cuda").manual_seed(0))
     np.testing.assert_array_equal(p16.run.latents("x_t")[:], p32.run.latents("x_t")[:].astype(np.float16))
+
+
+def test_float16_overflow_flagged_from_the_gpu_range(tmp_path):
+    """On CUDA the cast runs on the GPU; the source's min/max travel with it, so overflow is told from NaN."""
+    from diffusers import UniPCMultistepScheduler
+
+    from latent_probe import open_run
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    sched.set_timesteps(4, device="cuda")
+    x = torch.ones(1, 4, 3, 4, 4, device="cuda")
+    fills = [0.5, 1e5, float("nan"), -7e4]
+    with pytest.warns(RuntimeWarning), LatentProbe((torch.nn.Identity(), sched), tmp_path / "o.h5",
+                                                   capture=("x_t", "pred")):
+        for t, fill in zip(sched.timesteps, fills):
+            sched.step(torch.full_like(x, fill), t, x)
+    with open_run(tmp_path / "o.h5") as run:
+        assert list(run.overflow["pred"]) == [False, True, False, True]
+        assert list(run.nonfinite["pred"]) == [False, True, True, True]
+        assert not run.nonfinite["x_t"].any()
+        pred = run.latents("pred")[:]
+        assert np.isposinf(pred[1]).all() and np.isnan(pred[2]).all() and np.isneginf(pred[3]).all()

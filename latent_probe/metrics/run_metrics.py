@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import h5py
 import numpy as np
 import torch
 
@@ -102,12 +103,21 @@ def iter_steps(run: "Run", name: str, device: str | torch.device = "cpu", prefet
 
 # ------------------------------------------------------------------ file cache
 def _cache_group(run: "Run", key: str) -> Any:
-    g = run.file.get(f"metrics/{key}")
-    if g is None:
+    """The cache group of ``key`` when it is current; links are never followed (a crafted file's cache is a
+    miss, not a read of another file)."""
+    node: Any = run.file
+    for part in f"metrics/{key}".split("/"):
+        if not isinstance(node, h5py.Group) or not isinstance(node.get(part, getlink=True), h5py.HardLink):
+            return None
+        node = node[part]
+    if not isinstance(node, h5py.Group):
         return None
-    if int(g.attrs.get("version", -1)) != METRICS_VERSION or int(g.attrs.get("num_steps", -1)) != run.num_steps:
+    try:
+        current = int(node.attrs.get("version", -1)) == METRICS_VERSION and \
+            int(node.attrs.get("num_steps", -1)) == run.num_steps
+    except (TypeError, ValueError):
         return None
-    return g
+    return node if current else None
 
 
 def _writable(run: "Run") -> bool:
@@ -136,9 +146,8 @@ def _cached(run: "Run", key: str, compute: Callable[[], dict[str, np.ndarray]]) 
     if key in mem:
         return mem[key]
     g = _cache_group(run, key)
-    if g is not None:
-        arrays = {k: g[k][()] for k in g}
-    else:
+    arrays = run.read_arrays(g.name, rows=run.num_steps) if g is not None else None
+    if not arrays:
         arrays = compute()
         _store(run, key, arrays)
     mem[key] = arrays

@@ -99,7 +99,7 @@ class Run:
             self._check()
         except RunFileError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes h5py or numpy raise
             raise RunFileError(f"{self._where} is corrupt ({type(exc).__name__}: "
                                f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
@@ -120,7 +120,7 @@ class Run:
             raise RunFileError(f"{where} is an HDF5 file but not a latent_probe run (no schema attribute)")
         try:
             version = int(raw_attrs.get("schema_version"))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RunFileError(f"{where} has an unreadable schema_version") from None
         if version > schema.SCHEMA_VERSION:
             raise RunFileError(f"{where} has schema version {version}; this latent_probe reads up to "
@@ -221,6 +221,26 @@ class Run:
     @property
     def file(self) -> h5py.File:
         return self._file
+
+    def read_arrays(self, group: str, rows: int | None = None) -> dict[str, np.ndarray] | None:
+        """Every dataset of ``group`` as an array, or None when the group is absent or not plainly stored
+        (a link, external or filtered storage, a size beyond the file, a first dimension other than
+        ``rows``): a cache that cannot be trusted is a miss, never an answer."""
+        g = self._file.get(group)
+        if not isinstance(g, h5py.Group):
+            return None
+        size, out = self._file_size(), {}
+        try:
+            for name in g:
+                check_link(g, name, self._where)
+                ds = g[name]
+                check_dataset(ds, self._where, size)
+                if ds.dtype.kind not in "fiub" or (rows is not None and (ds.ndim == 0 or ds.shape[0] != rows)):
+                    return None
+                out[name] = ds[()]
+        except (RunFileError, OSError, KeyError, ValueError, TypeError):
+            return None
+        return out
 
     @property
     def schema_version(self) -> int:
@@ -431,16 +451,15 @@ def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = No
         superblock, size = read_superblock(path)
     except SuperblockError as exc:
         raise RunFileError(f"{path} {exc}") from None
-    live = superblock.open_for_swmr_write
-    if superblock.end_of_file > size and not live:
+    marked = superblock.open_for_write
+    live = superblock.open_for_swmr_write and writer_alive(path) is not False  # a recorder is writing it
+    if marked and not superblock.open_for_swmr_write and held_by_another_process(path):
+        raise RunFileError(f"{path} is locked by another process that has it open for writing; try again once "
+                           "it is closed")
+    stale = marked and not live  # its writer died: read it as it is on disk, without changing the file
+    if superblock.end_of_file > size and not stale:
         raise RunFileError(f"{path} is truncated: the HDF5 superblock declares {superblock.end_of_file} bytes, "
                            f"the file has {size}")
-    stale = False
-    if superblock.open_for_write and not live:  # marked open for writing, not by a SWMR recorder
-        if held_by_another_process(path):
-            raise RunFileError(f"{path} is locked by another process that has it open for writing; try again "
-                               "once it is closed")
-        stale = True  # its writer was killed: read it as it is on disk, without changing it
     if mode == "r+" and (live or stale):
         raise RunFileError(f"{path} is being recorded, or a process that wrote it was killed; open it read-only"
                            + ("" if live else f" (`h5clear -s {path}` clears the stale mark)"))

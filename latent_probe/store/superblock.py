@@ -98,12 +98,16 @@ def held_by_another_process(path: str) -> bool:
 
 
 class UnmarkedFile(io.RawIOBase):
-    """A read-only view of an HDF5 file whose superblock reads as closed (for h5py's ``fileobj`` driver)."""
+    """A read-only view of an HDF5 file whose superblock reads as closed (for h5py's ``fileobj`` driver).
+
+    The view is as long as the superblock declares: bytes a writer had allocated but not written when it
+    died read as zeros (nothing a committed step refers to lies there)."""
 
     def __init__(self, path: str, superblock: Superblock) -> None:
         self._fh = open(path, "rb", buffering=0)
         self._head = superblock.unmarked()
         self._pos = 0
+        self._size = max(os.fstat(self._fh.fileno()).st_size, superblock.end_of_file)
 
     def readable(self) -> bool:
         return True
@@ -112,20 +116,25 @@ class UnmarkedFile(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = self._fh.seek(offset, whence)
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
         return self._pos
 
     def tell(self) -> int:
         return self._pos
 
     def readinto(self, buf) -> int:
+        view = memoryview(buf).cast("B")
+        want = max(0, min(len(view), self._size - self._pos))
         self._fh.seek(self._pos)
-        n = self._fh.readinto(buf)
-        if n and self._pos < len(self._head):
-            k = min(n, len(self._head) - self._pos)
-            memoryview(buf)[:k] = self._head[self._pos:self._pos + k]
-        self._pos += n or 0
-        return n
+        n = self._fh.readinto(view[:want]) or 0
+        if n < want:  # allocated, never written: zeros
+            view[n:want] = bytes(want - n)
+        if want and self._pos < len(self._head):
+            k = min(want, len(self._head) - self._pos)
+            view[:k] = self._head[self._pos:self._pos + k]
+        self._pos += want
+        return want
 
     def close(self) -> None:
         self._fh.close()

@@ -8,6 +8,7 @@ damaged file ends in one line instead of a hang, a huge allocation or a read of 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import h5py
@@ -19,7 +20,14 @@ MAX_ATTR_BYTES = 16 * 2**20  # the largest root attribute a run file holds is a 
 
 
 class RunFileError(ValueError):
-    """The file is not a (readable) latent_probe run."""
+    """The file is not a (readable) latent_probe run. The message is one line: control characters in names
+    read from the file (or in its path) are shown escaped."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(message)))
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def check_link(group: h5py.Group, name: str, where: str) -> None:
