@@ -14,6 +14,7 @@ the scheduler's ``step`` is called; the intercepted ``step`` then builds one rec
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import threading
 from typing import Any, Callable
@@ -36,6 +37,10 @@ __all__ = ["StepCapture", "model_output_tensor", "LayoutError", "CAPTURABLE"]
 CAPTURABLE = ("x_t", "pred", "x0", "eps")
 BRANCHES = ("pred_cond", "pred_uncond")
 STORED_LAYOUT = "b c f h w"
+
+
+# the captures whose generation call is running in this context (thread): routes class-level step calls
+_ACTIVE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("latent_probe_active", default=frozenset())
 
 
 class LayoutError(ValueError):
@@ -104,24 +109,40 @@ class StepCapture:
 
         return hook
 
-    # ------------------------------------------------------------------ step interception
-    def wrap_bound_step(self, scheduler: Any, original: Callable) -> Callable:
-        """Replacement for ``scheduler.step`` on one instance."""
+    # ------------------------------------------------------------------ step interception (hooks.py listeners)
+    def step_listener(self, scheduler: Any) -> Callable:
+        """Listener for ``scheduler.step`` replaced on that instance."""
 
-        @functools.wraps(original)
-        def step(*args: Any, **kwargs: Any) -> Any:
-            return self.on_step(scheduler, original, args, kwargs)
+        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+            return self.on_step(scheduler, call_next, args, kwargs)
 
-        return step
+        return listener
 
-    def wrap_class_step(self, original: Callable) -> Callable:
-        """Replacement for ``SchedulerClass.step`` (a plain function taking ``self``)."""
+    def class_step_listener(self, scoped: bool) -> Callable:
+        """Listener for ``SchedulerClass.step`` (called with the scheduler first). ``scoped``: record only
+        calls made inside this probe's own generation call (two targets in two threads share the class)."""
 
-        @functools.wraps(original)
-        def step(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
-            return self.on_step(scheduler, functools.partial(original, scheduler), args, kwargs)
+        def listener(call_next: Callable, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+            if scoped and not self.in_scope():
+                return call_next(scheduler, *args, **kwargs)
+            return self.on_step(scheduler, functools.partial(call_next, scheduler), args, kwargs)
 
-        return step
+        return listener
+
+    def scope_listener(self) -> Callable:
+        """Listener for the call that runs one generation (Wan2.2's ``generate``): marks this context."""
+
+        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+            token = _ACTIVE.set(_ACTIVE.get() | {id(self)})
+            try:
+                return call_next(*args, **kwargs)
+            finally:
+                _ACTIVE.reset(token)
+
+        return listener
+
+    def in_scope(self) -> bool:
+        return id(self) in _ACTIVE.get()
 
     def parameterization_for(self, scheduler: Any) -> Parameterization:
         if self._fixed_param is not None:

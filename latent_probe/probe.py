@@ -157,18 +157,27 @@ class LatentProbe:
         for name, module in parts.experts.items():
             reg.forward(module, cap.forward_hook(name))
         if parts.scheduler is not None:
-            reg.patch(parts.scheduler, "step", cap.wrap_bound_step(parts.scheduler, parts.scheduler.step))
-        originals = {cls: static_lookup(cls, "step") for cls in parts.scheduler_classes}
-        for cls, original in originals.items():
-            reg.patch(cls, "step", cap.wrap_class_step(original))
+            reg.intercept(parts.scheduler, "step", cap.step_listener(parts.scheduler))
+        scoped = parts.generation_call is not None
+        for cls in parts.scheduler_classes:
+            reg.intercept(cls, "step", cap.class_step_listener(scoped))
         for owner, attr, make in parts.call_patches:
-            reg.patch(owner, attr, make(getattr(owner, attr)))
+            reg.intercept(owner, attr, make(static_lookup(owner, attr)))
+        if scoped:
+            owner, attr = parts.generation_call
+            reg.intercept(owner, attr, cap.scope_listener())
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self._active = False
-        self._registry.remove_all()
+        try:
+            self._registry.remove_all()
+        finally:
+            self._close(exc_type, exc)
+        return False
+
+    def _close(self, exc_type: Any, exc: Any) -> None:
         if self._writer is None:
-            return False
+            return
         final: dict[str, Any] = {"complete": exc_type is None}
         if exc_type is not None:
             final["error"] = (f"{exc_type.__name__}: {exc}".splitlines() or [exc_type.__name__])[0]
@@ -182,7 +191,6 @@ class LatentProbe:
                 raise
         if self.path is None:
             self._run = Run(writer.file, owns_file=True, source=None) if writer.steps_written else None
-        return False
 
     # ------------------------------------------------------------------ results
     @property

@@ -437,7 +437,7 @@ def test_analyze_latent_continuity():
     refs = [ref_pairs(x[b].double().numpy().reshape(5, -1)) for b in range(2)]
     assert l2 == pytest.approx(np.mean([r["l2"] for r in refs]), rel=1e-6)
     assert cos == pytest.approx(np.mean([r["cos"] for r in refs]), abs=ATOL_COS)
-    l2s, coss = analyze_latent_continuity(x[1], 7)  # [F, C, H, W]
+    l2s, coss = analyze_latent_continuity(x[1], 7, layout="f c h w")  # [F, C, H, W]
     assert l2s == pytest.approx(np.mean(refs[1]["l2"]), rel=1e-6)
     assert coss == pytest.approx(np.mean(refs[1]["cos"]), abs=ATOL_COS)
     wan = x.permute(0, 2, 1, 3, 4).contiguous()  # b c f h w

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 from typing import Any, Callable, Iterable
@@ -23,7 +22,8 @@ def jsonable(obj: Any) -> Any:
 
 
 def capture_call_args(names: Iterable[str], into: Callable[[dict], None]) -> Callable[[Callable], Callable]:
-    """Make a wrapper factory: the wrapper binds the call's arguments and hands those in ``names`` on."""
+    """Make a listener factory (hooks.py): the listener binds the call's arguments against the original's
+    signature and hands those in ``names`` on, then continues the call."""
     names = tuple(names)
 
     def make(original: Callable) -> Callable:
@@ -32,8 +32,7 @@ def capture_call_args(names: Iterable[str], into: Callable[[dict], None]) -> Cal
         except (TypeError, ValueError):  # pragma: no cover - builtins
             sig = None
 
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
             if sig is not None:
                 try:
                     bound = sig.bind(*args, **kwargs)
@@ -41,8 +40,8 @@ def capture_call_args(names: Iterable[str], into: Callable[[dict], None]) -> Cal
                     into({k: bound.arguments[k] for k in names if k in bound.arguments})
                 except TypeError:
                     pass  # let the original raise its own error
-            return original(*args, **kwargs)
+            return call_next(*args, **kwargs)
 
-        return wrapper
+        return listener
 
     return make

@@ -24,8 +24,10 @@ class TargetParts:
         inside ``generate``).
     step_layout: einops pattern of the tensors ``step`` receives, e.g. ``"b c f h w"``.
     guidance_scale: expert name → guidance scale in force for it, or None when unknown.
-    call_patches: (owner, attribute, make_wrapper) — wrappers that read call arguments (prompt, seed, size)
-        into ``call_args``; ``make_wrapper(original)`` returns the replacement.
+    call_patches: (owner, attribute, make_listener) — listeners (hooks.py) that read call arguments (prompt,
+        seed, size) into ``call_args``; ``make_listener(original)`` returns the listener.
+    generation_call: (owner, attribute) of the call that runs one generation, when class-level ``step``
+        patches must be routed to the probe whose target runs them (Wan2.2's ``generate``).
     call_args: the arguments of the latest generation call, as far as the adapter could read them.
     attrs: run attributes known up front (target class, model configuration, boundary).
     """
@@ -38,4 +40,5 @@ class TargetParts:
     guidance_scale: Callable[[str | None], float | None] = lambda expert: None
     call_patches: list[tuple[Any, str, Callable[[Callable], Callable]]] = field(default_factory=list)
     call_args: dict[str, Any] = field(default_factory=dict)
+    generation_call: tuple[Any, str] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)

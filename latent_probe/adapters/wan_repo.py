@@ -80,6 +80,7 @@ def parts(target: Any) -> TargetParts:
         step_layout="b c f h w",
         guidance_scale=lambda expert: _scale_for(call.get("guide_scale"), expert),
         call_patches=[(target, "generate", capture_call_args(GENERATE_ARGS, remember))],
+        generation_call=(target, "generate"),
         attrs=attrs,
         call_args=call,
     )

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..adapters import resolve_target
+from ..hooks import HookRegistry
 from .frame_truncation import FrameTruncation
 
 __all__ = ["DiTTimer", "TruncationComparison", "compare_truncation", "format_comparison", "fidelity"]
@@ -30,7 +31,7 @@ class DiTTimer:
 
     def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
         self.modules = list(modules)
-        self._handles: list[Any] = []
+        self._registry = HookRegistry()
         self._open: dict[int, Any] = {}
         self._events: list[tuple[Any, Any]] = []
         self._cpu_s = 0.0
@@ -38,19 +39,18 @@ class DiTTimer:
 
     def attach(self) -> "DiTTimer":
         for m in self.modules:
-            self._handles.append(m.register_forward_pre_hook(self._start, prepend=True))
-            self._handles.append(m.register_forward_hook(self._stop))
+            self._registry.forward_pre(m, self._start, prepend=True)
+            self._registry.forward(m, self._stop)
         return self
 
     def detach(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+        self._registry.remove_all()
 
     def _cuda(self, module: torch.nn.Module) -> bool:
         p = next(module.parameters(), None)
         return p is not None and p.is_cuda
 
-    def _start(self, module: torch.nn.Module, args: tuple) -> None:
+    def _start(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if self._cuda(module):
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
@@ -58,7 +58,7 @@ class DiTTimer:
         else:
             self._open[id(module)] = time.perf_counter()
 
-    def _stop(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+    def _stop(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         start = self._open.pop(id(module), None)
         self.calls += 1
         if isinstance(start, float):

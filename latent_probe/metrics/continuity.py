@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from . import kernels as _k
 from .kernels import DEFAULT_FRAME_AXES
@@ -298,21 +300,86 @@ def compute_cosine_similarity(latent_f: Array, latent_f_plus_1: Array) -> float:
     return float(_pair_of(latent_f, latent_f_plus_1).cos[0])
 
 
+#: The original analysis's reading of a 5-D latent (used when ``layout`` is not given).
+ORIGINAL_LAYOUT = "b f c h w"
+_LATENT_AXES = ("c", "f", "h", "w")
+_warned_5d_default = False  # the 5-D-without-layout warning is shown once per process
+
+
+def _warn_5d_default(stacklevel: int) -> None:
+    global _warned_5d_default
+    if _warned_5d_default:
+        return
+    _warned_5d_default = True
+    warnings.warn(
+        "analyze_latent_continuity: no layout= given, reading this 5-D latent as the original "
+        "analysis's [B, F, C, H, W]; Wan's pipeline latents are [B, C, F, H, W]: pass "
+        'layout="b c f h w" (shown once per process)',
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def _dropin_latent(latent: Array, layout: str | None, stacklevel: int) -> tuple[torch.Tensor, str]:
+    """``latent`` as a 5-D tensor ``[N, *the c f h w axes in the order layout gives]`` and its layout.
+
+    ``layout=None``: 5-D is the original's [B, F, C, H, W] (one-time warning),
+    anything else is refused.  Batch axes (any names besides c, f, h, w, or
+    ``...``) are merged into one with einops ``rearrange`` (a view); c, f, h, w
+    keep their order, so the kernels see the same memory layout as the input.
+    """
+    t = _k.as_tensor(latent)
+    if layout is None:
+        if t.ndim == 4:
+            raise ValueError(
+                "a 4-D latent is ambiguous: pass layout='c f h w' (Wan2.2) or layout='f c h w' "
+                "(the original analysis's [F, C, H, W])"
+            )
+        if t.ndim != 5:
+            raise ValueError(
+                f"a {t.ndim}-D latent (shape {tuple(t.shape)}) needs layout=, e.g. "
+                "layout='s b c f h w' for [S, B, C, F, H, W]"
+            )
+        _warn_5d_default(stacklevel + 1)
+        layout = ORIGINAL_LAYOUT
+    if not isinstance(layout, str):
+        raise TypeError(f"layout must be a string such as 'b c f h w', got {type(layout).__name__}")
+    names = layout.split()
+    hint = "name c, f, h, w once each plus optional batch axes, e.g. layout='b c f h w' or 'c f h w'"
+    bad = [n for n in names if n != "..." and not n.isidentifier()]
+    if bad or names.count("...") > 1:
+        raise ValueError(f"invalid layout {layout!r}: {hint}")
+    if any(names.count(a) != 1 for a in _LATENT_AXES) or len(set(names)) != len(names):
+        raise ValueError(f"invalid layout {layout!r}: {hint}")
+    if t.ndim == 4 and sorted(names) == ["b", "c", "f", "h", "w"]:
+        names.remove("b")  # a 4-D latent under a 5-D layout such as "b c f h w": one batch item
+    n_fixed = len(names) - names.count("...")
+    if ("..." in names and t.ndim < n_fixed) or ("..." not in names and t.ndim != n_fixed):
+        raise ValueError(
+            f"layout {' '.join(names)!r} names {n_fixed} axes, the latent has {t.ndim} (shape {tuple(t.shape)})"
+        )
+    batch = [n for n in names if n not in _LATENT_AXES]
+    inner = " ".join(n for n in names if n in _LATENT_AXES)
+    y = rearrange(t, f"{' '.join(names)} -> ({' '.join(batch)}) {inner}")
+    return y, "b " + inner
+
+
 def analyze_latent_continuity(
-    latent: Array, step_idx: int | None = None, layout: str = "b f c h w"
+    latent: Array, step_idx: int | None = None, layout: str | None = None
 ) -> tuple[float, float]:
     """Mean adjacent-frame normalised L2 and cosine of one step's latent.
 
-    ``latent``: [B, F, C, H, W] or [F, C, H, W] under the default layout;
-    pass ``layout="b c f h w"`` for Wan's [B, C, F, H, W] (a 4-D tensor with a
-    5-name layout drops "b").  Averages over all pairs and batch items (NaN
-    pairs left out).  ``step_idx`` is only logged (kept for compatibility).
+    ``layout``: an einops pattern naming the latent's axes, e.g. ``"b c f h w"``
+    (Wan's [B, C, F, H, W] pipeline latents), ``"c f h w"`` (one Wan latent),
+    ``"b f c h w"`` / ``"f c h w"`` (the original analysis's); axes other than
+    c, f, h, w are batch axes.  A 4-D latent under a 5-name layout drops "b".
+    Without ``layout`` a 5-D latent is read as the original's [B, F, C, H, W]
+    (with a one-time warning) and any other one raises ``ValueError``.
+    Averages over all pairs and batch items (NaN pairs left out).
+    ``step_idx`` is only logged (kept for compatibility).
     """
-    t = _k.as_tensor(latent)
-    names = layout.split()
-    if t.ndim == len(names) - 1 and "b" in names:
-        layout = " ".join(n for n in names if n != "b")
-    m = adjacent_frame_metrics(t, layout)
+    x, inner = _dropin_latent(latent, layout, stacklevel=2)
+    m = adjacent_frame_metrics(x, inner)
     avg_l2 = float(_nanmean_last(m.l2.reshape(-1)))
     avg_cos = float(_nanmean_last(m.cos.reshape(-1)))
     log.debug("step %s: avg normalised L2 %.6g, avg cosine %.6g", step_idx, avg_l2, avg_cos)

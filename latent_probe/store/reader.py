@@ -116,6 +116,10 @@ class Run:
             if f.attrs.get_id(name).get_storage_size() > min(MAX_ATTR_BYTES, size):
                 raise RunFileError(f"{where}: root attribute {name!r} claims more bytes than a run file holds")
         raw_attrs = dict(f.attrs)
+        for name, value in raw_attrs.items():  # variable-length strings live outside the attribute's storage
+            if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_BYTES:
+                raise RunFileError(f"{where}: root attribute {name!r} holds {len(value)} characters, more than a "
+                                   "run file's attributes ever do")
         if raw_attrs.get("schema") not in (schema.SCHEMA_NAME, schema.SCHEMA_NAME.encode()):
             raise RunFileError(f"{where} is an HDF5 file but not a latent_probe run (no schema attribute)")
         try:

@@ -1,25 +1,27 @@
 """Open hostile run files under supervision (for tests/test_store_hostile.py).
 
-    python hostile_open.py MANIFEST.json [--limit 5] [--mem-mb 1024] [--max-hangs 3]
+    python hostile_open.py MANIFEST.json [--limit 5] [--mem-mb 1024] [--max-hangs 3] [--lanes 2]
 
 MANIFEST.json: {"scratch": DIR, "cases": [{"name", "family", "path", "truncate"?: N, "flip"?: BIT}, ...]}.
 A case with "truncate" and/or "flip" is materialised from the bytes of "path" (cut to N bytes, then bit BIT
 — byte BIT // 8, bit BIT % 8 — inverted) into a fresh file under DIR just before it is opened.
 
 This process imports latent_probe once, then forks --lanes supervisors; each forks a worker that runs
-its share of the cases one after another. Per
-case the worker calls ``latent_probe.open_run(path)`` and, for a Run, reads everything a user reads
-(``num_steps``, ``sigmas``, ``experts``, ``attrs``, ``complete``, ``latents(q)[i]`` for every quantity
-and committed step, ``metrics("x0")``). The supervisor gives each case ``--limit`` seconds: a worker
-that overruns is killed (outcome "hang"), one that dies is reported with its signal (outcome "crash"),
-and a fresh worker (fork) carries on with the next case. A worker also restarts after any case that is
-not clean, so one case cannot spoil the next. Workers run under RLIMIT_AS = (address space at start)
-+ 2 × --mem-mb, and a case whose peak resident memory grew by more than --mem-mb is "bad".
+its share of the cases one after another. Per case the worker calls ``latent_probe.open_run(path)``
+and, for a Run, reads everything a user reads (``num_steps``, ``sigmas``, ``experts``, ``attrs``,
+``complete``, ``latents(q)[i]`` for every quantity and committed step, ``metrics("x0")``, which must
+finish: an exception from it is noted in the message, not judged). The supervisor gives each case
+``--limit`` seconds: a worker that overruns is killed (outcome "hang"), one that dies is reported with
+its signal (outcome "crash"), and a fresh worker (fork) carries on with the next case. A worker also
+restarts after any case that is not clean, so one case cannot spoil the next. Workers run under
+RLIMIT_AS = (address space at start) + 2 × --mem-mb, and a case whose peak resident memory grew by more
+than --mem-mb is "bad".
 
 One JSON line per case on stdout: {"name", "family", "outcome", "seconds", "peak_mb", "message"} where
 outcome is "error" (one-line RunFileError), "run" (a Run on which every read worked), "bad" (anything
-else raised, a multi-line message, a failed read, memory growth), "hang", "crash", or "not_run" (the
-family already had --max-hangs hangs: it is not run further so that the suite stays bounded).
+else raised, a multi-line message, a failed read, memory growth), "hang", "crash", "not_run" (the
+family already had --max-hangs hangs: it is not run further so that the suite stays bounded), or
+"harness" (the case file could not be built).
 """
 
 from __future__ import annotations
@@ -163,7 +165,12 @@ def _worker(cases: list, start: int, skip: set, wfd: int, scratch: str, mem_mb: 
             send("R " + json.dumps({"i": idx, "outcome": "not_run", "seconds": 0.0, "peak_mb": 0.0,
                                     "message": f"not run: family {case['family']!r} already hung too often"}))
             continue
-        path = _materialise(case, scratch, cache)
+        try:
+            path = _materialise(case, scratch, cache)
+        except OSError as exc:  # the harness's own failure (a source file gone): say so, not "crash"
+            send("R " + json.dumps({"i": idx, "outcome": "harness", "seconds": 0.0, "peak_mb": 0.0,
+                                    "message": f"could not build the case file: {exc}"}))
+            continue
         exact = _reset_peak()
         before = _status_kb("VmRSS")
         maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
