@@ -44,6 +44,7 @@ MAX_HANGS = 1  # per family and lane: after this many hangs a family is abandone
 CHILD_TIMEOUT_S = 420  # the whole child; only reached when many cases hang
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 QUANTITY = "x0"  # the quantity that crafted cases replace
+KILL_AT_BYTES = 250_000  # the killed run: SIGKILL once its file is this big (a few steps of slow_generation.py)
 
 
 # ------------------------------------------------------------------------------------------ file helpers
@@ -74,13 +75,36 @@ def _latent_chunk_ranges(path: str) -> list[tuple[int, int]]:
     return sorted(ranges)
 
 
-def _metadata_bits(path: str, count: int, rng: random.Random) -> list[int]:
-    """``count`` distinct bit positions outside raw latent data (and outside unused chunk space)."""
+def _hdf5_end(path: str) -> int:
+    """Where HDF5's view of the file ends: base address + the superblock's end-of-file address (superblock at
+    offset 0, versions 0-3), or the file size. Bytes past it (space a writer reserved ahead, say) are no
+    metadata: HDF5 never reads them."""
     size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head[:8] != SIGNATURE or len(head) < 16:
+        return size
+    if head[8] in (0, 1):
+        width, pos = head[13], 24 + (4 if head[8] == 1 else 0)
+    elif head[8] in (2, 3):
+        width, pos = head[9], 12
+    else:
+        return size
+    if width not in (2, 4, 8) or len(head) < pos + 3 * width:
+        return size
+    base = int.from_bytes(head[pos:pos + width], "little")
+    eof = int.from_bytes(head[pos + 2 * width:pos + 3 * width], "little")
+    return min(size, base + eof) if base + eof > 0 else size
+
+
+def _metadata_bits(path: str, count: int, rng: random.Random) -> list[int]:
+    """``count`` distinct bit positions outside raw latent data, unused chunk space and anything past HDF5's
+    end of file."""
+    size = _hdf5_end(path)
     allowed, pos = [], 0
     for lo, hi in _latent_chunk_ranges(path):
-        if lo > pos:
-            allowed.append((pos, lo))
+        if min(lo, size) > pos:
+            allowed.append((pos, min(lo, size)))
         pos = max(pos, hi)
     if pos < size:
         allowed.append((pos, size))
@@ -578,15 +602,14 @@ def _finish_killed_run(proc, path: str, root: str) -> tuple[str, str]:
     deadline = time.time() + 90
     try:
         while time.time() < deadline and proc.poll() is None:
-            if os.path.exists(path) and os.path.getsize(path) > 600_000:
+            if os.path.exists(path) and os.path.getsize(path) > KILL_AT_BYTES:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         if proc.poll() is not None:
             with open(os.path.join(root, "slow_generation.stderr"), errors="replace") as fh:
                 pytest.fail(f"slow_generation.py ended early ({proc.returncode}): {fh.read()[-2000:]}")
-        assert os.path.exists(path) and os.path.getsize(path) > 600_000, "the killed-run writer made no progress"
+        assert os.path.exists(path) and os.path.getsize(path) > KILL_AT_BYTES, "the killed-run writer made no progress"
         shutil.copyfile(path, live)
-        time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=20)
     finally:
@@ -605,6 +628,7 @@ def hostile(tmp_path_factory):
 
         ref = os.path.join(root, "reference.h5")
         run_demo_generation(ref, steps=4, frames=5)[1].close()
+        killed, live = _finish_killed_run(proc, killed, root)  # before it records many steps
         fifo = os.path.join(root, "fifo")
         os.mkfifo(fifo)
         c = Cases(root)
@@ -627,8 +651,6 @@ def hostile(tmp_path_factory):
         build_dtypes(c, ref)
         build_attributes(c, ref)
         build_signature(c, ref)
-
-        killed, live = _finish_killed_run(proc, killed, root)
     finally:
         if proc.poll() is None:
             proc.kill()
