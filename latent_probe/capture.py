@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import threading
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -24,6 +26,7 @@ from einops import rearrange
 
 from .adapters.base import TargetParts
 from .adapters._util import jsonable
+from .hooks import static_lookup
 from .parameterization import (
     Parameterization,
     estimate_x0_eps,
@@ -32,7 +35,7 @@ from .parameterization import (
 )
 from .store.writer import RunWriter, StepMeta
 
-__all__ = ["StepCapture", "model_output_tensor", "LayoutError", "CAPTURABLE"]
+__all__ = ["StepCapture", "LayoutError", "CAPTURABLE", "check_step_signature"]
 
 CAPTURABLE = ("x_t", "pred", "x0", "eps")
 BRANCHES = ("pred_cond", "pred_uncond")
@@ -47,32 +50,37 @@ class LayoutError(ValueError):
     """A tensor does not have the layout the adapter expects."""
 
 
-def model_output_tensor(output: Any) -> torch.Tensor:
-    """The prediction in a DiT's return value, as [B, C, F, H, W].
-
-    Wan2.2's WanModel returns a list of [C, F, H, W] tensors; diffusers returns ``(tensor,)`` or an object
-    with ``.sample``.
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "sample") and isinstance(output.sample, torch.Tensor):
-        return output.sample
-    if isinstance(output, (list, tuple)) and output and isinstance(output[0], torch.Tensor):
-        if output[0].dim() == 4:
-            return torch.stack(list(output))
-        return output[0]
-    raise LayoutError(f"cannot find a prediction tensor in a model output of type {type(output).__name__}")
+_STEP_SIGNATURES: dict[type, inspect.Signature] = {}
 
 
-def _step_args(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    names = ("model_output", "timestep", "sample")
-    vals = list(args[:3]) + [None] * (3 - min(3, len(args)))
-    for i, n in enumerate(names):
-        if n in kwargs:
-            vals[i] = kwargs[n]
-    model_output, timestep, sample = vals
+def step_signature(scheduler_class: type) -> inspect.Signature:
+    """The signature of ``scheduler_class.step`` (self included), read through any dispatcher."""
+    sig = _STEP_SIGNATURES.get(scheduler_class)
+    if sig is None:
+        sig = _STEP_SIGNATURES[scheduler_class] = inspect.signature(static_lookup(scheduler_class, "step"))
+    return sig
+
+
+def check_step_signature(scheduler_class: type) -> None:
+    """Refuse, before anything runs, a ``step`` that does not name model_output, timestep and sample."""
+    names = list(step_signature(scheduler_class).parameters)
+    missing = [n for n in ("model_output", "timestep", "sample") if n not in names]
+    if missing:
+        raise LayoutError(f"{scheduler_class.__name__}.step{tuple(names[1:])} does not name {missing}: latent_probe "
+                          "cannot tell which argument is the prediction and which the latent")
+
+
+def _step_args(scheduler: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """(model_output, timestep, sample) of one ``step`` call, bound by name against the scheduler's own
+    signature (CogVideoX-DPM passes ``old_pred_original_sample`` second)."""
+    try:
+        bound = step_signature(type(scheduler)).bind_partial(scheduler, *args, **kwargs).arguments
+    except TypeError as exc:
+        raise LayoutError(f"{type(scheduler).__name__}.step called with arguments its signature refuses: {exc}") \
+            from None
+    model_output, timestep, sample = bound.get("model_output"), bound.get("timestep"), bound.get("sample")
     if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
-        raise LayoutError("scheduler.step must be called as step(model_output, timestep, sample, ...) with tensors")
+        raise LayoutError(f"{type(scheduler).__name__}.step received no model_output/sample tensors")
     return model_output, timestep, sample
 
 
@@ -99,12 +107,13 @@ class StepCapture:
         self._last_scheduler: Any = None
         self.generation = -1
         self.steps = 0
+        self.stopped: str | None = None
         self.step_observers: list[Callable[[dict], None]] = []
 
     # ------------------------------------------------------------------ hooks on experts
     def forward_hook(self, expert: str) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            keep = model_output_tensor(output) if self.cfg_branches else None
+            keep = self.parts.dit_output(output) if self.cfg_branches else None
             self._calls.append((expert, keep))
 
         return hook
@@ -153,38 +162,62 @@ class StepCapture:
         return self._params[key]
 
     def on_step(self, scheduler: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
-        if getattr(self._local, "depth", 0):  # a step that calls step: record the outer one only
+        if getattr(self._local, "depth", 0) or self.stopped:  # a step that calls step: record the outer one only
             return call(*args, **kwargs)
-        model_output, timestep, sample = _step_args(args, kwargs)
-        param = self.parameterization_for(scheduler)
+        try:
+            model_output, timestep, sample = _step_args(scheduler, args, kwargs)
+            param = self.parameterization_for(scheduler)
+        except LayoutError as exc:
+            return self._stop(exc, call, args, kwargs)
         self._local.depth = 1
         try:
             result = call(*args, **kwargs)
         finally:
             self._local.depth = 0
         calls, self._calls = self._calls, []
-        self._record(scheduler, param, model_output, timestep, sample, calls)
+        try:
+            self._record(scheduler, param, model_output, timestep, sample, calls)
+        except LayoutError as exc:
+            self._stop(exc)
         return result
+
+    def _stop(self, exc: Exception, call: Callable | None = None, args: tuple = (), kwargs: dict | None = None) -> Any:
+        """Stop recording (never the generation) when a step cannot be recorded exactly; the run says why."""
+        if not self.stopped:
+            self.stopped = f"recording stopped at step {self.steps}: {exc}"
+            warnings.warn(f"latent_probe: {self.stopped}; the generation goes on", RuntimeWarning, stacklevel=4)
+        return None if call is None else call(*args, **(kwargs or {}))
 
     # ------------------------------------------------------------------ one record
     def _to_stored(self, t: torch.Tensor, what: str) -> torch.Tensor:
-        layout = self.parts.step_layout
-        if t.dim() != len(layout.split()):
-            raise LayoutError(f"scheduler.step received {what} of shape {tuple(t.shape)}; expected layout "
-                              f"'{layout}' ({len(layout.split())} dims)")
-        return t if layout == STORED_LAYOUT else rearrange(t, f"{layout} -> {STORED_LAYOUT}")
+        """[B, C, F, H, W] from the layout the adapter declares (packed tokens unpacked with the sizes the
+        pipeline computed for this generation)."""
+        layout, target = self.parts.step_layout, self.parts.unpacked_layout
+        if layout == STORED_LAYOUT:
+            if t.dim() != 5:
+                raise LayoutError(f"scheduler.step received {what} of shape {tuple(t.shape)}; expected layout "
+                                  f"'{layout}'")
+            return t
+        try:
+            return rearrange(t, f"{layout} -> {target}", **self.parts.layout_sizes)
+        except Exception as exc:  # einops: a shape that does not fit the declared layout and sizes
+            raise LayoutError(f"scheduler.step received {what} of shape {tuple(t.shape)}, which does not fit the "
+                              f"layout '{layout}' with sizes {self.parts.layout_sizes}") from exc
 
     def _branches(self, calls: list[tuple[str, torch.Tensor | None]], batch: int) -> dict[str, torch.Tensor]:
+        """The cond / uncond predictions of one step, by the CFG call pattern the adapter declares."""
         outs = [t for _, t in calls if t is not None]
         if not outs:
             return {}
-        if len(outs) == 1:
-            (only,) = outs
+        if self.parts.cfg == "batched":  # one call on [uncond, cond] (diffusers' batched CFG)
+            only = outs[-1]
             if only.shape[0] == 2 * batch:
                 uncond, cond = only.chunk(2)
                 return {"pred_cond": cond, "pred_uncond": uncond}
-            return {"pred_cond": only}
-        return {"pred_cond": outs[0], "pred_uncond": outs[1]}
+            return {"pred_cond": only}  # guidance off: one half only
+        if len(outs) == 1:  # "sequential": cond first, then uncond; guidance off: one call
+            return {"pred_cond": outs[0]}
+        return {"pred_cond": outs[-2], "pred_uncond": outs[-1]}
 
     def _record(self, scheduler: Any, param: Parameterization, model_output: torch.Tensor, timestep: Any,
                 sample: torch.Tensor, calls: list[tuple[str, torch.Tensor | None]]) -> None:

@@ -66,6 +66,16 @@ class Dispatcher:
 
         return run(0, args, kwargs)
 
+    def __deepcopy__(self, memo: dict) -> Any:
+        """A copy of a probed object is not probed (LTX-2 and diffusion forcing deep-copy their scheduler):
+        it gets a copy of what the attribute was, bound to the copy — never this probe's listeners."""
+        import copy
+
+        return copy.deepcopy(self.original, memo)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"latent_probe: {self.name} is being probed; pickle the object after the probe's block")
+
     def installed(self) -> bool:
         own = vars(self.owner) if hasattr(self.owner, "__dict__") else {}
         return own.get(self.name) is self

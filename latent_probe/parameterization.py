@@ -44,11 +44,22 @@ class Parameterization(str, enum.Enum):
 
 @dataclass(frozen=True)
 class NoiseLevel:
-    """x_t = alpha·x₀ + sigma·ε at one step. ``sigma_index`` is the scheduler index it was read at."""
+    """x_t = alpha·x₀ + sigma·ε at one step, for the x_t ``step`` receives.
+
+    ``inverted``: a flow scheduler whose own σ table runs upward (diffusers' ``invert_sigmas=True``, Mochi):
+    its σ is 1 − sigma and the model predicts x₀ − ε. ``k_diffusion``: an Euler-type scheduler whose
+    ``step`` receives the unscaled x = x₀ + σ·ε (the model saw x/√(σ²+1)); alpha is then 1."""
 
     alpha: float
     sigma: float
     flow: bool
+    inverted: bool = False
+    k_diffusion: bool = False
+
+
+# diffusers schedulers whose `step` receives the unscaled sample x = x0 + sigma * eps (k-diffusion convention:
+# `scale_model_input` divides by sqrt(sigma^2 + 1) before the model; `step` works on the unscaled x).
+K_DIFFUSION_SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 
 
 def _config(scheduler: Any) -> dict:
@@ -106,8 +117,12 @@ def noise_level_at(scheduler: Any, sigma_index: int | None, timestep: Any) -> No
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and sigma_index is not None:
         s = _scalar(sigmas[sigma_index])
+        if flow and _config(scheduler).get("invert_sigmas"):
+            return NoiseLevel(alpha=s, sigma=1.0 - s, flow=True, inverted=True)
         if flow:
             return NoiseLevel(alpha=1.0 - s, sigma=s, flow=True)
+        if type(scheduler).__name__ in K_DIFFUSION_SCHEDULERS:
+            return NoiseLevel(alpha=1.0, sigma=s, flow=False, k_diffusion=True)
         # diffusers' VP multistep schedulers keep σ_k = √((1−ᾱ)/ᾱ).
         alpha = 1.0 / math.sqrt(s * s + 1.0)
         return NoiseLevel(alpha=alpha, sigma=s * alpha, flow=False)
@@ -135,6 +150,12 @@ def estimate_x0_eps(
     """
     a, s = level.alpha, level.sigma
     dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    if param is Parameterization.FLOW and level.inverted:
+        # the scheduler's own σ_s = 1 − σ runs upward; the model predicts u = x₀ − ε
+        own = sigma_tensor if sigma_tensor is not None else 1.0 - s
+        x0 = x_t + (1 - own) * pred
+        eps = x_t - own * pred
+        return x0.to(dtype), eps.to(dtype)
     if param is Parameterization.FLOW:
         sig = sigma_tensor if sigma_tensor is not None else s
         x0 = x_t - sig * pred
@@ -142,6 +163,14 @@ def estimate_x0_eps(
         return x0.to(dtype), eps.to(dtype)
     x = x_t.to(dtype)
     p = pred.to(dtype)
+    if level.k_diffusion:  # x = x₀ + σ·ε: the variance-preserving formulas on x/√(σ²+1)
+        k = math.sqrt(s * s + 1.0)
+        if param is Parameterization.EPSILON:
+            return x - s * p, p
+        if param is Parameterization.V:
+            return x / (k * k) - (s / k) * p, (s / (k * k)) * x + p / k
+        if param is Parameterization.SAMPLE:
+            return p, (x - p) / s if s > 0 else torch.full_like(x, float("nan"))
     if param is Parameterization.EPSILON:
         if a <= 0:
             x0 = torch.full_like(x, float("nan"))

@@ -8,8 +8,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .adapters import TargetParts, resolve_target
-from .capture import BRANCHES, CAPTURABLE, StepCapture
+from .adapters import TargetParts, UnsupportedTargetError, resolve_target
+from .capture import BRANCHES, CAPTURABLE, LayoutError, StepCapture, check_step_signature
 from .hooks import HookRegistry, static_lookup
 from .parameterization import Parameterization, parameterization_of
 from .store import schema
@@ -40,7 +40,8 @@ class LatentProbe:
         store_dtype: ``"float16"`` (half the disk) or ``"float32"``.
         cfg_branches: also record the cond and uncond predictions.
         overwrite: replace an existing file at ``path``.
-        layout: einops layout of the tensors ``step`` receives, for ``(modules, scheduler)`` targets.
+        layout: einops layout of the tensors ``step`` receives: for ``(modules, scheduler)`` targets (default
+            ``"b c f h w"``) and for diffusers pipelines latent_probe has no spec for; a known pipeline's is its own.
         parameterization: override the prediction type read from the scheduler's configuration.
         slots: host buffers in flight; the sampling loop blocks only when all are being written.
         attrs: extra run attributes (JSON-serialisable), e.g. ``{"prompt": ...}``; names the library writes
@@ -60,7 +61,7 @@ class LatentProbe:
         store_dtype: str = "float16",
         cfg_branches: bool = False,
         overwrite: bool = False,
-        layout: str = "b c f h w",
+        layout: str | None = None,
         parameterization: str | Parameterization | None = None,
         slots: int = 3,
         attrs: dict[str, Any] | None = None,
@@ -107,6 +108,11 @@ class LatentProbe:
         parts = resolve_target(self.target, self.layout)
         if parts.scheduler is not None and self.parameterization is None:
             parameterization_of(parts.scheduler)  # an unknown prediction type fails before generation starts
+        for cls in ([type(parts.scheduler)] if parts.scheduler is not None else []) + list(parts.scheduler_classes):
+            try:
+                check_step_signature(cls)
+            except LayoutError as exc:
+                raise UnsupportedTargetError(str(exc)) from None
         self.parts = parts
         self._run = None
         writes = _rank() == 0
@@ -183,6 +189,8 @@ class LatentProbe:
             final["error"] = (f"{exc_type.__name__}: {exc}".splitlines() or [exc_type.__name__])[0]
         if self.capture_state is not None:
             final["steps_seen"] = self.capture_state.steps
+            if self.capture_state.stopped and exc_type is None:
+                final.update(complete=False, error=self.capture_state.stopped)
         writer, self._writer = self._writer, None
         try:
             writer.close(final)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 import torch
@@ -34,6 +35,7 @@ def scheduler_x0(monkeypatch):
     for cls in SOLVER_CLASS.values():
         original = cls.step
 
+        @functools.wraps(original)  # keeps step's signature visible (the probe binds its arguments by name)
         def spy(self, *a, _original=original, **k):
             out = _original(self, *a, **k)
             seen.append(self.model_outputs[-1].detach().clone())

@@ -112,10 +112,14 @@ def test_generic_layout_error():
     sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
     sched.set_timesteps(3)
     x = torch.randn(4, 5, 6, 6)  # [C, F, H, W]: not the declared layout
-    with pytest.raises(LayoutError, match="expected layout 'b c f h w'"):
-        with LatentProbe((Toy(), sched)):
-            sched.step(torch.zeros_like(x), sched.timesteps[0], x)
-    assert "step" not in vars(sched)
+    # recording stops with one warning that says why; the generation is never aborted by the probe
+    with pytest.warns(RuntimeWarning, match="recording stopped at step 0.*expected layout 'b c f h w'"):
+        with LatentProbe((Toy(), sched)) as probe:
+            out = sched.step(torch.zeros_like(x), sched.timesteps[0], x).prev_sample
+            sched.step(torch.zeros_like(x), sched.timesteps[1], out)
+    assert "step" not in vars(sched) and probe.capture_state.steps == 0
+    with pytest.raises(RuntimeError, match="no step was recorded"):
+        probe.run
 
 
 def test_generic_layout_pattern_converts():

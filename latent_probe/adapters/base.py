@@ -11,7 +11,19 @@ __all__ = ["TargetParts", "UnsupportedTargetError"]
 
 
 class UnsupportedTargetError(TypeError):
-    """The object given to LatentProbe is none of the supported kinds."""
+    """The object given to LatentProbe is none of the supported kinds, or one that cannot be recorded exactly."""
+
+
+def dit_output_tensor(output: Any) -> torch.Tensor:
+    """The prediction in a diffusers DiT's return value: a tensor, ``(tensor, ...)`` or an object with
+    ``.sample``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "sample") and isinstance(output.sample, torch.Tensor):
+        return output.sample
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find a prediction tensor in a model output of type {type(output).__name__}")
 
 
 @dataclass
@@ -22,7 +34,15 @@ class TargetParts:
     scheduler: the scheduler instance whose ``step`` is intercepted, when it exists before generation.
     scheduler_classes: classes whose ``step`` is patched for the context only (Wan2.2 builds its scheduler
         inside ``generate``).
-    step_layout: einops pattern of the tensors ``step`` receives, e.g. ``"b c f h w"``.
+    step_layout: einops pattern of the tensors ``step`` receives, e.g. ``"b c f h w"``, ``"b f c h w"`` or packed
+        tokens ``"b (f h w) (c pt ph pw)"``; ``unpacked_layout`` the right-hand side that gives [B, C, F, H, W]
+        and ``layout_sizes`` the axis sizes it needs (filled while the pipeline runs).
+    cfg: the CFG call pattern: ``"sequential"`` (one DiT call per branch, cond first) or ``"batched"`` (one call
+        on [uncond, cond]).
+    dit_output: the prediction tensor in a DiT's return value.
+    high_noise_expert: the expert that runs while t ≥ the boundary, when there are two.
+    dit_calls: the experts' calling convention for interventions that slice frames (adapters/dit_calls.py):
+        ``"wan_repo"`` or ``"diffusers"`` (hidden_states [B, C, F, H, W]); None: no intervention may slice them.
     guidance_scale: expert name → guidance scale in force for it, or None when unknown.
     call_patches: (owner, attribute, make_listener) — listeners (hooks.py) that read call arguments (prompt,
         seed, size) into ``call_args``; ``make_listener(original)`` returns the listener.
@@ -37,6 +57,12 @@ class TargetParts:
     scheduler: Any | None = None
     scheduler_classes: list[type] = field(default_factory=list)
     step_layout: str = "b c f h w"
+    unpacked_layout: str = "b c f h w"
+    layout_sizes: dict[str, int] = field(default_factory=dict)
+    cfg: str = "sequential"
+    dit_output: Callable[[Any], torch.Tensor] = dit_output_tensor
+    high_noise_expert: str | None = None
+    dit_calls: str | None = None
     guidance_scale: Callable[[str | None], float | None] = lambda expert: None
     call_patches: list[tuple[Any, str, Callable[[Callable], Callable]]] = field(default_factory=list)
     call_args: dict[str, Any] = field(default_factory=dict)

@@ -38,6 +38,7 @@ def parts(target: Any, layout: str = "b c f h w") -> TargetParts:
         experts=experts,
         scheduler=scheduler,
         step_layout=layout,
+        dit_calls="diffusers",  # documented: the modules take [B, C, F, H, W] first (or as hidden_states)
         attrs={
             "family": "modules",
             "target_class": f"{type(scheduler).__module__}.{type(scheduler).__name__}",

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import TargetParts, UnsupportedTargetError
+from .base import TargetParts, UnsupportedTargetError, dit_output_tensor
 from ._util import capture_call_args, jsonable
 
 EXPERT_ATTRS = ("high_noise_model", "low_noise_model", "model")
@@ -46,6 +46,14 @@ def _scale_for(guide_scale: Any, expert: str | None) -> float | None:
     if isinstance(guide_scale, (tuple, list)):
         return float(guide_scale[1] if expert == "high_noise_model" else guide_scale[0])
     return float(guide_scale)
+
+
+def _dit_output(output: Any) -> torch.Tensor:
+    """Wan2.2's WanModel returns a list of [C, F, H, W] tensors, one per sample."""
+    if isinstance(output, (list, tuple)) and output and all(isinstance(o, torch.Tensor) and o.dim() == 4
+                                                            for o in output):
+        return torch.stack(list(output))
+    return dit_output_tensor(output)
 
 
 def parts(target: Any) -> TargetParts:
@@ -81,6 +89,10 @@ def parts(target: Any) -> TargetParts:
         guidance_scale=lambda expert: _scale_for(call.get("guide_scale"), expert),
         call_patches=[(target, "generate", capture_call_args(GENERATE_ARGS, remember))],
         generation_call=(target, "generate"),
+        cfg="sequential",
+        dit_output=_dit_output,
+        high_noise_expert="high_noise_model" if {"high_noise_model", "low_noise_model"} <= set(experts) else None,
+        dit_calls="wan_repo",
         attrs=attrs,
         call_args=call,
     )

@@ -21,13 +21,11 @@ import torch
 
 from ..adapters.base import TargetParts
 from ..hooks import HookRegistry
-from .dit_io import CallShape, DitIO, frame0_is_conditioning, is_image_conditioned
+from ..adapters.dit_calls import CallShape, DitIO, frame0_is_conditioning, is_image_conditioned
 from .interpolation import FILLS, FillPlan, default_keyframes, resolve_keyframes
 
 __all__ = ["FrameTruncation", "TruncatedCall"]
 
-# The expert that runs before the boundary, per family, when the model has two.
-_HIGH_NOISE = {"wan_repo": ("high_noise_model", "low_noise_model"), "diffusers": ("transformer", "transformer_2")}
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ class FrameTruncation:
             self._gen_start = int(getattr(capture, "steps", 0))
         self._truncating = self.validate(parts)
         for name, module in parts.experts.items():
-            io = DitIO(module, parts.family)
+            io = DitIO(module, parts.dit_calls)
             registry.forward_pre(module, self._pre_hook(name, io))
             registry.forward(module, self._post_hook(io))
 
@@ -157,25 +155,29 @@ class FrameTruncation:
 
         Returns the experts truncated under ``until="boundary"`` (None for an int ``until``).
         """
+        if parts.dit_calls is None:
+            family = parts.attrs.get("pipeline_family", parts.family)
+            raise ValueError(f"frame truncation cannot slice the DiT calls of this {family} "
+                             "target: latent_probe has not verified where its DiT input keeps the frame axis")
         for name, module in parts.experts.items():
-            DitIO(module, parts.family)  # temporal patch size 1
+            DitIO(module, parts.dit_calls)  # temporal patch size 1
             if (self.keyframes is not None and 0 not in resolve_keyframes(self.keyframes, 10**9)
-                    and is_image_conditioned(module, parts.family)):
+                    and is_image_conditioned(module, parts.dit_calls)):
                 raise ValueError(f"{name} is an image-to-video expert: frame 0 carries the image and must be a "
                                  f"key frame; keyframes={self.keyframes} lacks 0")
         return self._boundary_experts(parts) if self.until == "boundary" else None
 
     @staticmethod
     def _boundary_experts(parts: TargetParts) -> set[str]:
-        names = _HIGH_NOISE.get(parts.family)
+        high = parts.high_noise_expert
         have = set(parts.experts)
-        if names is None or not set(names) <= have or parts.attrs.get("boundary_timestep") is None:
+        if high is None or parts.attrs.get("boundary_timestep") is None:
             raise ValueError(
                 f"until='boundary' needs a two-expert model (a high-noise expert, then a low-noise expert after "
                 f"the boundary timestep); this {parts.family} target has experts {sorted(have)}"
                 f"{'' if parts.attrs.get('boundary_timestep') is not None else ' and no boundary'}. "
                 "Pass until=<step index> instead, e.g. FrameTruncation(keep=3, until=10) to truncate steps 0-9")
-        return {names[0]}
+        return {high}
 
     # ------------------------------------------------------------------ hooks
     def _step_index(self, t: Any) -> int:

@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-__all__ = ["Superblock", "read_superblock", "held_by_another_process", "UnmarkedFile"]
+__all__ = ["Superblock", "read_superblock", "declared_end_of_file", "held_by_another_process", "UnmarkedFile"]
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 FLAG_WRITE, FLAG_SWMR_WRITE = 0x01, 0x04
@@ -78,6 +78,17 @@ def read_superblock(path: str) -> tuple[Superblock, int]:
     base = int.from_bytes(head[12:12 + offsets], "little")
     eof = int.from_bytes(head[12 + 2 * offsets:12 + 3 * offsets], "little")
     return Superblock(version, offsets, base + eof, head[11], size, head[:size]), st.st_size
+
+
+def declared_end_of_file(head: bytes) -> int | None:
+    """The end of file a version-2/3 superblock (the file's first bytes) declares, or None."""
+    if len(head) < 48 or head[:8] != SIGNATURE or head[8] not in (2, 3) or head[9] not in (2, 4, 8):
+        return None
+    offsets = head[9]
+    if len(head) < 12 + 4 * offsets + 4:
+        return None
+    base = int.from_bytes(head[12:12 + offsets], "little")
+    return base + int.from_bytes(head[12 + 2 * offsets:12 + 3 * offsets], "little")
 
 
 def held_by_another_process(path: str) -> bool:

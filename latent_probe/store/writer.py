@@ -43,6 +43,7 @@ import torch
 from .._version import __version__
 from . import schema
 from .liveness import hold_writer_lock
+from .superblock import declared_end_of_file
 
 __all__ = ["StepMeta", "RunWriter", "WriterError", "DiskFullError"]
 
@@ -127,11 +128,13 @@ class _SpaceReservation:
         if self.fd is not None:
             hold_writer_lock(self.fd)
 
-    def close(self, keep: int | None) -> None:
-        """Give back reserved bytes beyond ``keep`` (the HDF5 end of file) and close the descriptor."""
+    def close(self) -> None:
+        """Give back the reserved bytes beyond the end of file the (closed) HDF5 file declares, and close the
+        descriptor (the file may have been renamed since: it is found through the descriptor)."""
         if self.fd is None:
             return
         try:
+            keep = declared_end_of_file(os.pread(self.fd, 64, 0))
             if keep is not None and os.fstat(self.fd).st_size > keep:
                 os.ftruncate(self.fd, keep)
         except OSError:
@@ -139,24 +142,6 @@ class _SpaceReservation:
         finally:
             os.close(self.fd)
             self.fd = None
-
-
-def declared_end_of_file(head: bytes) -> int | None:
-    """The end-of-file address an HDF5 superblock (the file's first bytes) declares, or None."""
-    if len(head) < 16 or head[:8] != b"\x89HDF\r\n\x1a\n":
-        return None
-    version = head[8]
-    if version in (0, 1):
-        size_of_offsets, pos = head[13], 24 + (4 if version == 1 else 0)
-    elif version in (2, 3):
-        size_of_offsets, pos = head[9], 12
-    else:
-        return None
-    if size_of_offsets not in (2, 4, 8) or len(head) < pos + 3 * size_of_offsets:
-        return None
-    base = int.from_bytes(head[pos:pos + size_of_offsets], "little")
-    eof = int.from_bytes(head[pos + 2 * size_of_offsets:pos + 3 * size_of_offsets], "little")
-    return base + eof
 
 
 class RunWriter:
@@ -260,7 +245,7 @@ class RunWriter:
         except Exception:
             pass
         if self._space is not None:
-            self._space.close(None)
+            self._space.close()
         if self.write_path is not None and not self.published:
             try:
                 os.unlink(self.write_path)
@@ -426,14 +411,8 @@ class RunWriter:
             self.file.close()
         except Exception as exc:  # noqa: BLE001 - a failed disk; committed steps are already on it
             self._error = self._error or exc
-        keep = None
-        try:
-            with open(self.write_path, "rb") as fh:
-                keep = declared_end_of_file(fh.read(64))
-        except OSError:
-            pass
         if self._space is not None:
-            self._space.close(keep)
+            self._space.close()
         if not self.published:
             if self.steps_written == 0 and not complete:
                 self._discard()  # nothing committed: leave the path (and any run it holds) as it was

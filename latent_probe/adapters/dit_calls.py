@@ -1,4 +1,7 @@
-"""Read, shrink and re-expand one DiT call along the latent frame axis, per model family.
+"""Read, shrink and re-expand one DiT call along the latent frame axis, per DiT calling convention.
+
+An adapter names the convention of its target's experts (``TargetParts.dit_calls``); interventions use these
+classes and never look at a model family themselves. Conventions:
 
 * ``wan_repo`` — Wan2.2's ``WanModel.forward(x, t, context, seq_len, y=None)``: ``x`` a list of
   [C, F, H, W]; ``seq_len`` the (padded) token count; ``t`` [B] or per token [B, seq_len] (TI2V);
@@ -16,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .interpolation import FillPlan
+if TYPE_CHECKING:  # the plan is the intervention's; this module only reads its keys and fills
+    from ..interventions.interpolation import FillPlan
 
-__all__ = ["CallShape", "DitIO", "io_for", "patch_size_of", "is_image_conditioned"]
+
+__all__ = ["CallShape", "DitIO", "patch_size_of", "is_image_conditioned", "frame0_is_conditioning"]
 
 
 @dataclass(frozen=True)
@@ -191,5 +196,3 @@ class DitIO:
         raise ValueError(f"cannot find the prediction in a DiT output of type {type(output).__name__}")
 
 
-def io_for(module: torch.nn.Module, family: str) -> DitIO:
-    return DitIO(module, family)
