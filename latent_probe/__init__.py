@@ -5,6 +5,7 @@ Data path: adapters (find DiTs and scheduler) → hooks (own every handle) → c
 """
 
 from ._version import __version__
+from .errors import LatentProbeError
 from .adapters import TargetParts, UnsupportedTargetError
 from .capture import LayoutError
 from .metrics import (
@@ -20,12 +21,12 @@ from .metrics import (
     step_change,
 )
 from .metrics.phases import Phase, Summary, phase_ranges
-from .metrics.run_metrics import RunContinuity, RunStepChange
+from .metrics.run_metrics import RunContinuity, RunMetrics, RunStepChange
 from .parameterization import NoiseLevel, Parameterization, UnknownParameterizationError
 from .interventions import FrameTruncation, compare_truncation, truncation_feasibility
 from .probe import LatentProbe
 from .store.reader import LatentView, Run, RunFileError, open_run
-from .store.writer import WriterError
+from .store.writer import DiskFullError, WriterError
 
 __all__ = [
     "__version__",
@@ -35,22 +36,22 @@ __all__ = [
     "open_run",
     "Parameterization",
     "NoiseLevel",
+    "LatentProbeError",
     "UnknownParameterizationError",
     "UnsupportedTargetError",
     "LayoutError",
     "RunFileError",
     "WriterError",
+    "DiskFullError",
     "TargetParts",
     # interventions
     "FrameTruncation",
     "truncation_feasibility",
     "compare_truncation",
-    # views
-    "build_figures",
-    "write_dashboard",
     # metrics
     "AdjacentFrameMetrics",
     "RunContinuity",
+    "RunMetrics",
     "RunStepChange",
     "Phase",
     "Summary",
@@ -70,6 +71,7 @@ __all__ = [
 
 
 def __getattr__(name: str):  # PEP 562: the views (and plotly) load on first use, not with the capture path
+    # (build_figures and write_dashboard are not in __all__: `from latent_probe import *` needs no plotly)
     if name in ("build_figures", "write_dashboard"):
         from .views import dashboard
 

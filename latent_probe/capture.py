@@ -34,6 +34,7 @@ from .parameterization import (
     parameterization_of,
 )
 from .store.writer import RunWriter, StepMeta
+from .errors import LatentProbeError
 
 __all__ = ["StepCapture", "LayoutError", "CAPTURABLE", "check_step_signature"]
 
@@ -46,7 +47,7 @@ STORED_LAYOUT = "b c f h w"
 _ACTIVE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("latent_probe_active", default=frozenset())
 
 
-class LayoutError(ValueError):
+class LayoutError(LatentProbeError, ValueError):
     """A tensor does not have the layout the adapter expects."""
 
 
@@ -108,7 +109,6 @@ class StepCapture:
         self.generation = -1
         self.steps = 0
         self.stopped: str | None = None
-        self.step_observers: list[Callable[[dict], None]] = []
 
     # ------------------------------------------------------------------ hooks on experts
     def forward_hook(self, expert: str) -> Callable:
@@ -261,8 +261,6 @@ class StepCapture:
         )
         first = self.steps == 0
         self.steps += 1
-        for observe in self.step_observers:
-            observe({"meta": meta, "tensors": tensors})
         if self.writer is not None:
             attrs = None
             if first:  # what is known only once the generation runs (the rest was written at creation)

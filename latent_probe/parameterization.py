@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from .errors import LatentProbeError
 
 __all__ = [
     "Parameterization",
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class UnknownParameterizationError(ValueError):
+class UnknownParameterizationError(LatentProbeError, ValueError):
     """The scheduler's configuration does not say what the model predicts."""
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from latent_probe import open_run
-from latent_probe.views import cli
+from latent_probe.app import cli
 from latent_probe.views import static as static_mod
-from latent_probe.views.analyze import BASELINE, Variant
+from latent_probe.app.analyze import BASELINE, AnalyzeOptions, Variant, run_analysis
 
 HERE = os.path.dirname(__file__)
 STANDIN = os.path.join(HERE, "wan_standin")
@@ -76,6 +76,12 @@ def test_help_everywhere(capsys):
     for cmd in [[]] + [[c] for c in commands]:
         code, out, _ = run_cli(capsys, *cmd, "--help")
         assert code == 0 and out.startswith("usage: latent-probe"), cmd
+    # every command, argument and option says what it is for
+    for name, parser in [("latent-probe", cli.build_parser())] + list(commands.items()):
+        for action in parser._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+    for action in cli.build_parser()._subparsers._group_actions[0]._choices_actions:
+        assert action.help, action.dest
     _, out, _ = run_cli(capsys, "analyze", "--help")
     for flag in ("--model_path", "--prompt", "--output_dir", "--num_frames", "--num_inference_steps",
                  "--use_epsilon", "--task", "--size", "--seed", "--backend", "--wan_repo"):
@@ -132,7 +138,9 @@ def test_info_metrics_dashboard(capsys, demo_dir, tmp_path, no_static):
     code, out, _ = run_cli(capsys, "metrics", h5)
     assert code == 0 and "SIMULATED" in out.splitlines()[0] and "Early steps (1-4):" in out
     code, out, _ = run_cli(capsys, "metrics", h5, "--phases", "original", "--space", "eps")
-    assert code == 0 and "Early steps (1-5):" in out and "Late steps (11-10)" not in out
+    # 10 steps: the original's 1-5, 6-10, 11-20 are scaled to the run and the table says so
+    assert code == 0 and "Early steps (1-3):" in out and "Late steps (6-10):" in out and "Late steps (11-10)" not in out
+    assert "Note: phases 'original'" in out and "scaled to this 10-step run" in out
     code, out, _ = run_cli(capsys, "metrics", h5, "--json")
     doc = json.loads(out)
     assert code == 0 and doc["space"] == "x0" and len(doc["per_step"]["cos_mean"]) == 10
@@ -170,15 +178,30 @@ def test_analyze_wan_standin(capsys, tmp_path):
     assert "<b>cat</b>" not in (out / "dashboard.html").read_text()
 
 
-def test_analyze_sweep_and_variant_hook(capsys, tmp_path, monkeypatch):
-    # the frame-truncation hook: every variant of every sweep point is recorded and compared
-    monkeypatch.setattr(cli, "variants_from_args", lambda args: [BASELINE, Variant("other", lambda point: None)])
+def test_analyze_sweep(capsys, tmp_path):
     out = tmp_path / "sweep"
     code, stdout, err = run_cli(capsys, *TINY_WAN, "--task", "ti2v-5B", "--num_inference_steps", "3", "4",
                                 "--output_dir", out)
     assert code == 0, err
     subs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert subs == ["steps3", "steps4"]
+    for sub in subs:
+        with open_run(out / sub / "run.h5") as run:
+            assert run.num_steps == int(sub[5]) and set(run.experts) == {"model"}
+    page = (out / "comparison.html").read_text()
+    assert "steps=3" in page and "steps=4" in page
+
+
+def test_run_analysis_variants(tmp_path):
+    # Python API: every variant of every sweep point is recorded into its own subfolder and compared
+    out = tmp_path / "variants"
+    o = AnalyzeOptions(prompt="a fox", output_dir=str(out), task="ti2v-5B", backend="wan", wan_repo=STANDIN,
+                       wan_config="tiny", size="64*64", num_frames=[17], num_inference_steps=[3, 4],
+                       static_images=False, variants=[BASELINE, Variant("other", lambda point: None)])
+    result = run_analysis(o, log=lambda text: None)
+    subs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert subs == ["steps3_baseline", "steps3_other", "steps4_baseline", "steps4_other"]
+    assert len(result.runs) == 4 and result.dashboard.endswith("comparison.html")
     for sub in subs:
         with open_run(out / sub / "run.h5") as run:
             assert run.num_steps == int(sub[5]) and set(run.experts) == {"model"}
@@ -229,3 +252,42 @@ def test_analyze_enable_half_frame(capsys, tmp_path):
     assert f"{skipped * 100:.1f}%" in report, report
     assert (out / "comparison.html").exists()
     assert "Temporal Continuity Statistics" in stdout
+
+
+
+def _imported_modules(path, package: str) -> set[str]:
+    """Absolute names of every module (and imported name) of ``path``, a module of ``package``."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+            mod = ".".join(p for p in (base, node.module or "") if p)
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)
+    return found
+
+
+def test_layers_application_on_top():
+    """Nothing outside ``latent_probe.app`` imports it, and ``views/`` loads no model (no backend, no pipeline)."""
+    import pathlib
+
+    import latent_probe
+
+    root = pathlib.Path(latent_probe.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "app" or rel.as_posix() == "__main__.py":
+            continue
+        names = _imported_modules(path, ".".join(("latent_probe",) + rel.parts[:-1]))
+        if any(n == "latent_probe.app" or n.startswith("latent_probe.app.") for n in names):
+            offenders.append((rel.as_posix(), "imports latent_probe.app"))
+        if rel.parts[0] == "views" and any(n.split(".")[0] in ("diffusers", "wan") or n.startswith(
+                ("latent_probe.testing", "latent_probe.probe", "latent_probe.demo")) for n in names):
+            offenders.append((rel.as_posix(), "loads or runs a model"))
+    assert not offenders, offenders
+    assert "latent_probe.app.cli" in _imported_modules(root / "__main__.py", "latent_probe")

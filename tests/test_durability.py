@@ -129,7 +129,7 @@ def test_info_follow_prints_every_step_of_a_live_run(tmp_path):
         deadline = time.time() + 120
         while not path.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        res = subprocess.run([sys.executable, "-m", "latent_probe.views.cli", "info", str(path), "--follow",
+        res = subprocess.run([sys.executable, "-m", "latent_probe", "info", str(path), "--follow",
                               "--interval", "0.1"], capture_output=True, text=True, timeout=180)
         proc.wait(timeout=60)
     finally:

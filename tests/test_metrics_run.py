@@ -84,7 +84,7 @@ def test_cache_in_file_versioned(demo_file, tmp_path):
 def test_lazy_and_cached_in_memory(demo_file):
     path, _ = demo_file
     with open_run(path) as run:
-        assert not run._metrics_cache
+        assert not run.metrics.cache
         a = run.metrics("x0")
         assert run.metrics("x0").l2 is a.l2
 

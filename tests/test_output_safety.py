@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from latent_probe.views import cli
+from latent_probe.app import cli
 
 EXPERTS = ['=HYPERLINK("http://evil","x")', "+1", "-cmd", "@SUM(A1)", "\tTAB", "\rCR",
            "\x1b[31mred\x1b[0m", "a\x07b\x9bc\x7fd", "two\nlines", "ok\r=EVIL()"]

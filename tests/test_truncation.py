@@ -23,7 +23,7 @@ from latent_probe.interventions import (
     interpolate_frames,
     truncation_feasibility,
 )
-from latent_probe.interventions.cli import add_truncation_parser, truncation_command
+from latent_probe.app.truncation_cmd import add_truncation_parser, truncation_command
 from latent_probe.store.writer import RunWriter, StepMeta
 
 WAN_KW = dict(size=(64, 64), frame_num=17, sampling_steps=8, seed=3, offload_model=False)

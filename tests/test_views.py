@@ -100,9 +100,12 @@ def test_figures_overlay_and_hover(demo_path, two_expert_path):
     assert all(w in main.hovertemplate for w in ("step %{x}", "t = %{customdata[0]", "σ = %{customdata[1]",
                                                  "expert: %{customdata[2]}"))
     assert main.customdata.shape == (8, 3) and str(main.customdata[0, 2]) == "transformer"
-    # expert switch marked (a dashed line) and three phases shaded (rectangles) on both subplots
+    # expert switch marked (a dashed line) and three phases shaded (rectangles behind the curves, and a
+    # labelled band above the plot) on both subplots
     kinds = [sh.type for sh in cont.layout.shapes]
-    assert kinds.count("rect") == 6 and kinds.count("line") >= 2
+    assert sum(sh.type == "rect" and sh.layer == "below" for sh in cont.layout.shapes) == 6
+    assert sum(sh.type == "rect" and sh.layer == "above" for sh in cont.layout.shapes) == 6
+    assert kinds.count("line") >= 2
     # heatmaps: one row per run, 3 metrics; step change: per branch and per expert
     assert sum(t.type == "heatmap" for t in figs[1].data) == 6
     legend = {t.name for t in figs[3].data}

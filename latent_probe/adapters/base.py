@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from ..errors import LatentProbeError
 
 __all__ = ["TargetParts", "UnsupportedTargetError"]
 
 
-class UnsupportedTargetError(TypeError):
+class UnsupportedTargetError(LatentProbeError, TypeError):
     """The object given to LatentProbe is none of the supported kinds, or one that cannot be recorded exactly."""
 
 

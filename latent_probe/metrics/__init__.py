@@ -27,6 +27,7 @@ from .continuity import (
     step_change,
 )
 from .kernels import PairMetrics, PairStats, frame_pair_stats, one_minus_cos, pair_metrics
+from .run_metrics import RunMetrics  # registers run.metrics (store/accessors.py)
 
 __all__ = [
     "AdjacentFrameMetrics",
@@ -34,6 +35,7 @@ __all__ = [
     "StepChange",
     "PairMetrics",
     "PairStats",
+    "RunMetrics",
     "adjacent_frame_metrics",
     "analyze_latent_continuity",
     "compute_cosine_similarity",

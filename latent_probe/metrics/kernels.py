@@ -46,7 +46,6 @@ __all__ = [
     "pair_metrics",
     "one_minus_cos",
     "frame_gram",
-    "group_norms",
     "diff_norms",
     "series_stats",
     "triton_available",
@@ -606,20 +605,6 @@ def frame_gram(
 
 
 @torch.no_grad()
-def group_norms(
-    x: torch.Tensor | np.ndarray,
-    layout: str = "b c f h w",
-    *,
-    frame_axes: Sequence[str] = DEFAULT_FRAME_AXES,
-) -> torch.Tensor:
-    """Per-frame squared L2 norms ||x_f||^2, float64, shape batch + (F,)."""
-    y, bshape = canonicalize(x, layout, frame_axes=frame_axes)
-    N, R, F, _ = y.shape
-    rows, m = _rows_view(y)
-    r = _f64(_row_engine(rows, 0, want_dd=False))
-    return _as_t(_fold(r["sq"], rows.shape[0], (N, R, F, m), F)).reshape(bshape + (F,))
-
-
 @torch.no_grad()
 def diff_norms(
     a: torch.Tensor | np.ndarray,

@@ -83,6 +83,7 @@ class Summary:
     space: str
     num_steps: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""  # how the phase scheme was fitted to this run (fit_phases), "" when it applies as written
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,14 +108,17 @@ class Summary:
                 lines.append(f"  {(r['label'] + ':').ljust(width)} L2 Mean = {r['l2_mean']:.4f}, "
                              f"Cosine Mean = {r['cos_mean']:.4f}")
         lines.append(f"(space: {self.space}, {self.num_steps} steps)")
+        if self.note:
+            lines.append(f"Note: {self.note}")
         return "\n".join(lines)
 
 
 def summarize(space: str, l2_mean: np.ndarray, cos_mean: np.ndarray, experts: Sequence[str],
               scheme: PhaseSpec = "thirds") -> Summary:
-    """Summary from per-step values [S] (batch already averaged)."""
+    """Summary from per-step values [S] (batch already averaged); the scheme is fitted to S (fit_phases)."""
     S = len(l2_mean)
-    summary = Summary(space=space, num_steps=S)
+    scheme, note = fit_phases(S, scheme)
+    summary = Summary(space=space, num_steps=S, note=note)
     groups = [("steps", p) for p in phase_ranges(S, scheme)] + [("expert", p) for p in expert_phases(experts)]
     for kind, p in groups:
         l2, cs = l2_mean[p.start:p.stop], cos_mean[p.start:p.stop]
@@ -126,3 +130,60 @@ def summarize(space: str, l2_mean: np.ndarray, cos_mean: np.ndarray, experts: Se
             "cos_std": float(np.nanstd(cs)) if np.isfinite(cs).any() else math.nan,
         })
     return summary
+
+
+ORIGINAL_STEPS = 20
+ORIGINAL_NAMES = ("Early steps", "Middle steps", "Late steps")
+
+
+def _ranges(spans: Sequence[tuple[str, int, int]]) -> str:
+    def steps(a: int, b: int) -> str:
+        return "(no step)" if b <= a else f"{b}" if b == a + 1 else f"{a + 1}-{b}"
+
+    return ", ".join(f"{name.split()[0].lower()} {steps(a, b)}" for name, a, b in spans)
+
+
+def fit_phases(num_steps: int, scheme: Any = "thirds") -> tuple[Any, str]:
+    """(scheme to pass to ``Run.phases`` / ``Run.summary``, note saying how it was fitted to the run).
+
+    ``"original"`` is the original analysis's steps 1-5, 6-10, 11-20 of a 20-step run. On 11-20 steps they
+    apply as written (the late phase ends at the last step). On a longer run they would leave steps 21 on
+    out of every phase, on a shorter one (fewer than 11 steps) the late phase would vanish: there they are
+    scaled to the same fractions of the run (first quarter, second quarter, second half) and the note says
+    so with the resulting ranges. Other schemes pass through; the note names the steps that fall in no
+    phase and the ranges that fall outside the run, if any.
+    """
+    S = int(num_steps)
+    if isinstance(scheme, str) and scheme == "original":
+        if S == ORIGINAL_STEPS:
+            return scheme, ""
+        if 11 <= S < ORIGINAL_STEPS:
+            return scheme, (f"phases 'original' (steps 1-5, 6-10, 11-20 of the original 20-step analysis) on "
+                            f"this {S}-step run: the late phase is 11-{S}")
+        e1 = min(S, max(1, math.floor(S * 5 / ORIGINAL_STEPS + 0.5)))
+        e2 = min(S, max(e1 + 1, math.floor(S * 10 / ORIGINAL_STEPS + 0.5)))
+        if e2 >= S and S >= 3:
+            e2 = S - 1
+        spans = [(ORIGINAL_NAMES[0], 0, e1), (ORIGINAL_NAMES[1], e1, e2), (ORIGINAL_NAMES[2], e2, S)]
+        return spans, (f"phases 'original' (steps 1-5, 6-10, 11-20 of the original 20-step analysis) scaled to "
+                       f"this {S}-step run by the same fractions: {_ranges(spans)} "
+                       f"(phases='1-5,6-10,11-20' keeps the fixed steps)")
+    if isinstance(scheme, str) and scheme == "thirds":
+        return scheme, ""
+    try:
+        phases = phase_ranges(S, scheme)
+    except (TypeError, ValueError):
+        return scheme, ""
+    covered = np.zeros(S, dtype=bool)
+    for p in phases:
+        covered[p.start:p.stop] = True
+    notes = []
+    missing = np.flatnonzero(~covered) + 1
+    if missing.size:
+        runs = np.split(missing, np.flatnonzero(np.diff(missing) > 1) + 1)
+        notes.append("steps " + ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+                     + " are in no phase")
+    wanted = len(scheme.split(",")) if isinstance(scheme, str) else len(list(scheme))
+    if len(phases) < wanted:
+        notes.append(f"{wanted - len(phases)} of the {wanted} phases fall outside the run's {S} steps")
+    return scheme, (f"phases {scheme!r} on this {S}-step run: " + "; ".join(notes)) if notes else ""

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 
 from ..parameterization import NoiseLevel, Parameterization, estimate_x0_eps
+from ..store import schema
+from ..store.accessors import register_run_accessor
 from .continuity import _nanmean_last, adjacent_frame_metrics, frame_similarity_matrix, lag_similarity, \
     noise_floor
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store.reader import Run
 
-__all__ = ["METRICS_VERSION", "RunContinuity", "RunStepChange", "continuity", "step_change", "gap",
+__all__ = ["METRICS_VERSION", "RunContinuity", "RunStepChange", "RunMetrics", "continuity", "step_change", "gap",
            "iter_steps"]
 
 # Bump when a definition or its numerics change: cached values with another version are recomputed.
@@ -106,7 +108,7 @@ def _cache_group(run: "Run", key: str) -> Any:
     """The cache group of ``key`` when it is current; links are never followed (a crafted file's cache is a
     miss, not a read of another file)."""
     node: Any = run.file
-    for part in f"metrics/{key}".split("/"):
+    for part in f"{schema.METRICS_GROUP}/{key}".split("/"):
         if not isinstance(node, h5py.Group) or not isinstance(node.get(part, getlink=True), h5py.HardLink):
             return None
         node = node[part]
@@ -130,7 +132,7 @@ def _writable(run: "Run") -> bool:
 def _store(run: "Run", key: str, arrays: dict[str, np.ndarray]) -> None:
     if not _writable(run):
         return
-    path = f"metrics/{key}"
+    path = f"{schema.METRICS_GROUP}/{key}"
     if path in run.file:
         del run.file[path]
     g = run.file.require_group(path)
@@ -142,7 +144,7 @@ def _store(run: "Run", key: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _cached(run: "Run", key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    mem = run._metrics_cache
+    mem = run.metrics.cache
     if key in mem:
         return mem[key]
     g = _cache_group(run, key)
@@ -264,3 +266,66 @@ def to_dataframe(run: "Run", space: str = "x0") -> Any:
     df["space"] = space
     return df
 
+
+
+# ------------------------------------------------------------------ the accessor: run.metrics
+@register_run_accessor("metrics")
+class RunMetrics:
+    """``run.metrics``: every metric of a run, computed on first use and cached here (and under ``/metrics``
+    in a writable file). ``run.metrics("x0")`` is the adjacent-frame continuity of x̂₀; the methods below are
+    also reachable as ``run.<method>`` (``promoted``). The store knows none of this: the class registers itself.
+    """
+
+    promoted = ("lag_similarity", "frame_similarity", "step_change", "eps_gap", "cond_uncond_gap", "noise_floor",
+                "phases", "summary", "to_dataframe")
+
+    def __init__(self, run: "Run") -> None:
+        self._run = run
+        self.cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def __call__(self, space: str = "x0", *, device: str = "cpu") -> RunContinuity:
+        """Adjacent-frame continuity of ``space`` (x0, eps, x_t, pred, ...): ``.l2``, ``.cos`` [S, B, F−1],
+        ``.l2_mean``, ``.cos_mean`` [S, B], ``.one_minus_cos``, ``.norm_ratio``."""
+        return continuity(self._run, space, device=device)
+
+    def lag_similarity(self, space: str = "x0", k: int = 2) -> RunContinuity:
+        """Frame f vs f+k metrics for every step: fields [S, B, F−k]."""
+        return continuity(self._run, space, lag=k)
+
+    def frame_similarity(self, space: str = "x0", step: int = -1) -> np.ndarray:
+        """Cosine of every pair of frames at one step: [B, F, F]."""
+        return frame_similarity(self._run, space, step)
+
+    def step_change(self, space: str = "pred") -> RunStepChange:
+        """Relative L1 change and magnitude ratio between consecutive steps: ``.rel_l1``, ``.mag_ratio`` [S]."""
+        return step_change(self._run, space)
+
+    def eps_gap(self) -> np.ndarray | None:
+        """‖ε̂_cond − ε̂_uncond‖ / ‖ε̂_cond‖ per step [S], or None when the CFG branches were not captured."""
+        return gap(self._run)
+
+    cond_uncond_gap = eps_gap  # the name the first version used
+
+    def noise_floor(self) -> np.ndarray:
+        """Adjacent-frame cosine that x_t would show from noise alone (static content), per step [S]."""
+        return run_noise_floor(self._run)
+
+    def phases(self, scheme: Any = "thirds") -> list:
+        """Step ranges: "thirds", "original" (1-5, 6-10, 11-20 of 20 steps; scaled to other lengths, see
+        ``phases.fit_phases``), "1-5,6-10,11-40" or [(name, start, stop)]."""
+        from .phases import fit_phases, phase_ranges
+
+        S = self._run.num_steps
+        return phase_ranges(S, fit_phases(S, scheme)[0])
+
+    def summary(self, space: str = "x0", phases: Any = "thirds") -> Any:
+        """Phase statistics (``.to_text()`` prints the original analysis's table; ``.to_dict()``)."""
+        from .phases import summarize
+
+        m = self(space)
+        return summarize(space, np.nanmean(m.l2_mean, axis=1), np.nanmean(m.cos_mean, axis=1),
+                         list(self._run.experts), phases)
+
+    def to_dataframe(self, space: str = "x0") -> Any:
+        """Tidy pandas DataFrame (step, batch, pair, metric, value, space)."""
+        return to_dataframe(self._run, space)

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from . import schema
+from .accessors import accessor_of
 from .liveness import writer_alive
 from .superblock import SuperblockError, UnmarkedFile, held_by_another_process, read_superblock
 from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, chunk_within
@@ -93,7 +94,7 @@ class Run:
         self._file = file
         self._owns = owns_file
         self.source = source
-        self._metrics_cache: dict[Any, Any] = {}
+        self._accessors: dict[str, Any] = {}
         self._where = source or "in-memory run"
         try:
             self._check()
@@ -263,7 +264,7 @@ class Run:
             if isinstance(exc, RunFileError):
                 raise
             raise RunFileError(f"{self._where} is corrupt ({type(exc).__name__}: {exc})") from None
-        self._metrics_cache.clear()
+        self._accessors.clear()  # extensions cache what they computed from the steps seen so far
 
     def close(self) -> None:
         if self._owns:
@@ -378,63 +379,12 @@ class Run:
             raise KeyError(f"{name!r} was not captured in this run; captured: {self.quantities}")
         return LatentView(self, name)
 
-    # -------------------------------------------------------------- metrics (lazy, cached)
-    def metrics(self, space: str = "x0", *, device: str = "cpu") -> Any:
-        """Adjacent-frame continuity of ``space`` (x0, eps, x_t, pred, ...): ``.l2``, ``.cos`` [S, B, F−1],
-        ``.l2_mean``, ``.cos_mean`` [S, B], ``.one_minus_cos``, ``.norm_ratio``. Computed on first access."""
-        from ..metrics import run_metrics
-
-        return run_metrics.continuity(self, space, device=device)
-
-    def lag_similarity(self, space: str = "x0", k: int = 2) -> Any:
-        """Frame f vs f+k metrics for every step: fields [S, B, F−k]."""
-        from ..metrics import run_metrics
-
-        return run_metrics.continuity(self, space, lag=k)
-
-    def frame_similarity(self, space: str = "x0", step: int = -1) -> np.ndarray:
-        """Cosine of every pair of frames at one step: [B, F, F]."""
-        from ..metrics import run_metrics
-
-        return run_metrics.frame_similarity(self, space, step)
-
-    def step_change(self, space: str = "pred") -> Any:
-        """Relative L1 change and magnitude ratio between consecutive steps: ``.rel_l1``, ``.mag_ratio`` [S]."""
-        from ..metrics import run_metrics
-
-        return run_metrics.step_change(self, space)
-
-    def cond_uncond_gap(self) -> np.ndarray | None:
-        """‖ε̂_c − ε̂_u‖ / ‖ε̂_c‖ per step [S], or None when the CFG branches were not captured."""
-        from ..metrics import run_metrics
-
-        return run_metrics.gap(self)
-
-    def noise_floor(self) -> np.ndarray:
-        """Adjacent-frame cosine that x_t would show from noise alone (static content), per step [S]."""
-        from ..metrics import run_metrics
-
-        return run_metrics.run_noise_floor(self)
-
-    def phases(self, scheme: Any = "thirds") -> list:
-        """Step ranges: "thirds", "original" (1-5, 6-10, 11-20), "1-5,6-10,11-40" or [(name, start, stop)]."""
-        from ..metrics.phases import phase_ranges
-
-        return phase_ranges(self.num_steps, scheme)
-
-    def summary(self, space: str = "x0", phases: Any = "thirds") -> Any:
-        """Phase statistics (``.to_text()`` prints the original analysis's table; ``.to_dict()``)."""
-        from ..metrics.phases import summarize
-
-        m = self.metrics(space)
-        return summarize(space, np.nanmean(m.l2_mean, axis=1), np.nanmean(m.cos_mean, axis=1),
-                         list(self.experts), phases)
-
-    def to_dataframe(self, space: str = "x0") -> Any:
-        """Tidy pandas DataFrame (step, batch, pair, metric, value, space)."""
-        from ..metrics import run_metrics
-
-        return run_metrics.to_dataframe(self, space)
+    # -------------------------------------------------------------- extensions (metrics, ...)
+    def __getattr__(self, name: str) -> Any:
+        """Registered extensions (store/accessors.py): ``run.metrics`` and the methods it promotes."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return accessor_of(self, name)
 
     def __repr__(self) -> str:
         return (f"Run({self.source or 'in memory'}, steps={self.num_steps}, quantities={self.quantities}, "

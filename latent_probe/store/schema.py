@@ -27,7 +27,6 @@ LATENT_LAYOUT = "s b c f h w"
 LATENTS_GROUP = "latents"
 METRICS_GROUP = "metrics"
 STORE_DTYPES = ("float16", "float32")
-QUANTITIES = ("x_t", "pred", "x0", "eps", "pred_cond", "pred_uncond")
 
 # /steps: one compound row per step. "expert" indexes the root attribute "experts" (-1: no expert ran);
 # "nonfinite" is a bitmask over the quantities in the order of the dataset's attribute "quantities" (bit i:

@@ -13,6 +13,7 @@ import io
 import os
 import stat
 from dataclasses import dataclass
+from ..errors import LatentProbeError
 
 __all__ = ["Superblock", "read_superblock", "declared_end_of_file", "held_by_another_process", "UnmarkedFile"]
 
@@ -20,7 +21,7 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"
 FLAG_WRITE, FLAG_SWMR_WRITE = 0x01, 0x04
 
 
-class SuperblockError(ValueError):
+class SuperblockError(LatentProbeError, ValueError):
     """The file is not an HDF5 file latent_probe can open (message: one line, without the path)."""
 
 

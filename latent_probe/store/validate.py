@@ -13,13 +13,14 @@ from typing import Any
 
 import h5py
 import numpy as np
+from ..errors import LatentProbeError
 
 __all__ = ["RunFileError", "check_link", "check_dataset", "chunk_within", "MAX_ATTR_BYTES"]
 
 MAX_ATTR_BYTES = 16 * 2**20  # the largest root attribute a run file holds is a model configuration (kilobytes)
 
 
-class RunFileError(ValueError):
+class RunFileError(LatentProbeError, ValueError):
     """The file is not a (readable) latent_probe run. The message is one line: control characters in names
     read from the file (or in its path) are shown escaped."""
 

@@ -44,6 +44,7 @@ from .._version import __version__
 from . import schema
 from .liveness import hold_writer_lock
 from .superblock import declared_end_of_file
+from ..errors import LatentProbeError
 
 __all__ = ["StepMeta", "RunWriter", "WriterError", "DiskFullError"]
 
@@ -53,7 +54,7 @@ _METADATA_MARGIN = 256 * 1024
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-class WriterError(RuntimeError):
+class WriterError(LatentProbeError, RuntimeError):
     """The background writer failed; steps committed before the failure remain in the file."""
 
 

@@ -1,8 +1,9 @@
-"""Views of recorded runs: plotly dashboards, text/JSON/CSV reports, static images, the ``latent-probe`` CLI.
+"""Views of recorded runs: plotly dashboards, text/JSON/CSV reports, static images.
 
 Modules: series (what a view needs, read through the Run API) → figures (plotly figures) → page (the HTML
 page) → dashboard (``build_figures``, ``write_dashboard``); report (table, JSON, CSV, .npz); static (PNG/SVG);
-analyze (``latent-probe analyze``); cli. Imported lazily: ``import latent_probe`` does not load plotly.
+safe_text (escaping for terminals and CSV); progress. The command line and ``analyze`` are in
+``latent_probe.app``. Imported lazily: ``import latent_probe`` does not load plotly.
 """
 
 from __future__ import annotations

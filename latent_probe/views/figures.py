@@ -15,16 +15,22 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from .progress import progress
 from .series import RunSeries
 
 __all__ = ["continuity_figure", "heatmap_figure", "floor_and_norms_figure", "step_change_figure",
-           "similarity_figure", "feasibility_figure", "all_figures", "esc", "space_name", "FIGURE_NAMES", "SPACE_NAMES"]
+           "similarity_figure", "feasibility_figure", "all_figures", "esc", "space_name", "phase_label",
+           "FIGURE_NAMES", "SPACE_NAMES", "STEP_TITLE"]
 
 SPACE_NAMES = {"x0": "x̂₀ (clean estimate)", "eps": "ε̂ (noise estimate)", "x_t": "x_t (noisy latent)",
                "pred": "model prediction", "pred_cond": "conditional prediction",
                "pred_uncond": "unconditional prediction"}
 COLORS = qualitative.Plotly
 PHASE_FILL = ("rgba(239,85,59,0.09)", "rgba(254,203,82,0.13)", "rgba(0,204,150,0.09)", "rgba(99,110,250,0.08)")
+PHASE_STRIP = ("rgba(239,85,59,0.30)", "rgba(254,203,82,0.45)", "rgba(0,204,150,0.30)", "rgba(99,110,250,0.28)")
+STEP_TITLE = "denoising step (1 = noisiest)"
+HEAT_BOTTOM_PX = 120  # room under the heatmaps for their horizontal colour bars
+PHASE_BAND_PX = 20  # subplot titles of per-step panels sit this much higher, above the phase band
 DASHES = {"pred": "solid", "pred_cond": "dash", "pred_uncond": "dot"}
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
 HOVER = ("step %{x}<br>t = %{customdata[0]:.1f}<br>σ = %{customdata[1]:.4f}<br>expert: %{customdata[2]}"
@@ -55,41 +61,158 @@ def _color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
 
-def _shade_phases(fig: go.Figure, s: RunSeries, annotate: bool = True) -> None:
-    """Shade the phases of ``s`` (steps start+1 … stop) on every subplot of ``fig``."""
-    for k, (name, start, stop) in enumerate(s.phases):
-        if stop <= start:
-            continue
-        note = dict(annotation_text=esc(f"{name} {start + 1}–{stop}"), annotation_position="top left",
-                    annotation_font_size=10, annotation_font_color="#666") if annotate else {}
-        fig.add_vrect(x0=start + 0.5, x1=stop + 0.5, fillcolor=PHASE_FILL[k % len(PHASE_FILL)], line_width=0,
-                      layer="below", row="all", col="all", **note)
+def _refs(fig: go.Figure, row: int, col: int) -> tuple[str, str]:
+    """("x3", "y3"): the axis references of subplot (row, col), as shapes and annotations name them."""
+    sp = fig.get_subplot(row, col)
+    return sp.xaxis.plotly_name.replace("axis", ""), sp.yaxis.plotly_name.replace("axis", "")
 
 
-def _mark_switches(fig: go.Figure, s: RunSeries, color: str, annotate: bool) -> None:
-    """A dashed vertical line where another expert takes over (between step k-1 and k)."""
-    for step in s.switches:
-        note = {}
-        if annotate:
-            b = s.attrs.get("boundary_timestep")
-            text = "expert switch → " + esc(s.experts[step - 1])
-            if isinstance(b, (int, float)):
-                text += f" (t < {b:g})"
-            note = dict(annotation_text=text, annotation_position="bottom right", annotation_font_size=10)
-        fig.add_vline(x=step - 0.5, line_dash="dash", line_color=color, line_width=1.5, row="all", col="all", **note)
+def _cells(fig: go.Figure) -> list[tuple[int, int]]:
+    rows, cols = fig._get_subplot_rows_columns()
+    return [(r, c) for r in rows for c in cols if fig.get_subplot(r, c) is not None]
 
 
-def _phase_note(series: Sequence[RunSeries]) -> str:
-    if len({s.num_steps for s in series}) > 1:
-        return f" — phases shaded for {esc(series[0].label)}"
-    return ""
+def phase_label(name: str, start: int, stop: int, html: bool = True) -> str:
+    """"early 1–7" from ("Early steps", 0, 7); custom names keep their words. HTML-escaped unless ``html`` is
+    False (matplotlib)."""
+    words = str(name).strip()
+    if words.lower().endswith(" steps"):
+        words = words[: -len(" steps")].lower()
+    elif words.lower().startswith("steps "):
+        words = "steps"
+    text = f"{words} {start + 1}–{stop}" if stop - start > 1 else f"{words} {start + 1}"
+    return esc(text) if html else text
 
 
-def _finish(fig: go.Figure, title: str, height: int, top: int = 70) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01, font_size=16), template="plotly_white", height=height,
-                      hovermode="closest", legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
-                      margin=dict(l=60, r=30, t=top, b=40))
+def _subplots(**kw: Any) -> go.Figure:
+    """make_subplots for per-step panels: subplot titles lifted to make room for the phase band."""
+    fig = make_subplots(**kw)
+    for a in fig.layout.annotations:
+        a.update(yshift=PHASE_BAND_PX)
     return fig
+
+
+def _add(fig: go.Figure, shapes: Sequence[dict[str, Any]], annotations: Sequence[dict[str, Any]] = ()) -> None:
+    """Queue shapes and annotations; :func:`_flush` (called by ``_finish``) adds them all at once: plotly
+    validates the whole list on every update, so adding them one at a time is quadratic."""
+    pending = fig.__dict__.setdefault("_lp_pending", ([], []))
+    pending[0].extend(shapes)
+    pending[1].extend(annotations)
+
+
+def _flush(fig: go.Figure) -> None:
+    shapes, annotations = fig.__dict__.pop("_lp_pending", ([], []))
+    if shapes:
+        fig.layout.shapes = (*fig.layout.shapes, *shapes)
+    if annotations:
+        fig.layout.annotations = (*fig.layout.annotations, *annotations)
+
+
+def _shade_phases(fig: go.Figure, s: RunSeries, cells: Sequence[tuple[int, int]] | None = None,
+                  background: bool = True) -> None:
+    """Mark the phases of ``s`` (steps start+1 … stop) on each (row, col) of ``cells`` (default: every subplot).
+
+    Each subplot gets a coloured band just above its plot area with the phases' names and steps (never over
+    the data); line plots (``background``) also get the phases shaded behind the curves, heatmaps (whose
+    cells would hide a background) thin boundary lines instead. Shapes are named "phase: …" / "phase boundary".
+    """
+    phases = [(n, a, b) for n, a, b in s.phases if b > a]
+    shapes, notes = [], []
+    for r, c in cells if cells is not None else _cells(fig):
+        xr, yr = _refs(fig, r, c)
+        for j, (name, start, stop) in enumerate(phases):
+            box = dict(type="rect", xref=xr, yref=f"{yr} domain", x0=start + 0.5, x1=stop + 0.5, line_width=0,
+                       name=f"phase: {esc(name)} {start + 1}–{stop}")
+            shapes.append(dict(box, y0=1.01, y1=1.075, fillcolor=PHASE_STRIP[j % len(PHASE_STRIP)], layer="above"))
+            if background:
+                shapes.append(dict(box, y0=0, y1=1, fillcolor=PHASE_FILL[j % len(PHASE_FILL)], layer="below"))
+            elif j:
+                shapes.append(dict(type="line", xref=xr, yref=f"{yr} domain", x0=start + 0.5, x1=start + 0.5,
+                                   y0=0, y1=1, line=dict(color="rgba(255,255,255,0.9)", width=1, dash="dot"),
+                                   name="phase boundary"))
+            notes.append(dict(text=phase_label(name, start, stop), xref=xr, yref=f"{yr} domain",
+                              x=(start + stop + 1) / 2, y=1.0425, yanchor="middle", showarrow=False,
+                              font=dict(size=9, color="#444")))
+    _add(fig, shapes, notes)
+
+
+def _mark_switches(fig: go.Figure, s: RunSeries, color: str, annotate: bool,
+                   cells: Sequence[tuple[int, int]] | None = None, halo: bool = False) -> None:
+    """A dashed vertical line where another expert takes over (between step k-1 and k), on each of ``cells``."""
+    shapes, notes = [], []
+    for step in s.switches:
+        for k, (r, c) in enumerate(cells if cells is not None else _cells(fig)):
+            xr, yr = _refs(fig, r, c)
+            line = dict(type="line", xref=xr, yref=f"{yr} domain", x0=step - 0.5, x1=step - 0.5, y0=0, y1=1,
+                        name="expert switch")
+            if halo:  # a light line under the dashes keeps them visible on dark heatmap cells
+                shapes.append(dict(line, line=dict(color="rgba(255,255,255,0.85)", width=3.5)))
+            shapes.append(dict(line, line=dict(color=color, dash="dash", width=1.5)))
+            if annotate and k == 0:
+                b = s.attrs.get("boundary_timestep")
+                text = "expert switch → " + esc(s.experts[step - 1])
+                if isinstance(b, (int, float)):
+                    text += f" (t < {b:g})"
+                notes.append(dict(text=text, xref=xr, yref=f"{yr} domain", x=step - 0.5, y=0.0, xanchor="left",
+                                  yanchor="bottom", showarrow=False, font=dict(size=10, color="#444"),
+                                  bgcolor="rgba(255,255,255,0.7)"))
+    _add(fig, shapes, notes)
+
+
+def _first_switching(series: Sequence[RunSeries]) -> RunSeries | None:
+    """The first run with an expert switch (its switch is the one labelled)."""
+    return next((s for s in series if s.switches), None)
+
+
+def _notes(series: Sequence[RunSeries], phases: bool = True) -> list[str]:
+    """Caption lines about the shading: whose phases (runs of different lengths) and how they were fitted."""
+    out = []
+    if phases and len({tuple(s.phases) for s in series}) > 1:
+        out.append(f"phases shaded for {esc(series[0].label)}")
+    multi = len(series) > 1
+    for s in series:
+        if s.phase_note:
+            out.append((f"{esc(s.label)}: " if multi else "") + esc(s.phase_note))
+    return out
+
+
+def _finish(fig: go.Figure, title: str, height: int, notes: Sequence[str] = (), top: int = 92) -> go.Figure:
+    """Title (with ``notes`` as small lines under it), white template, legend below."""
+    _flush(fig)
+    notes = [n for n in notes if n]
+    text = title + "".join(f"<br><sup>{n}</sup>" for n in notes)
+    extra = 16 * len(notes)
+    fig.update_layout(title=dict(text=text, x=0.01, xanchor="left", yref="container", y=1 - 24 / (height + extra),
+                                 yanchor="top", font_size=16),
+                      template="plotly_white", height=height + extra, hovermode="closest",
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
+                      margin=dict(l=70, r=30, t=top + extra, b=40))
+    return fig
+
+
+def _log_axis(fig: go.Figure, values: Sequence[np.ndarray], row: int, col: int, title: str) -> None:
+    """A log y axis labelled with full values at decades (1-2-5 or finer where the data span about a decade
+    or less), faint unlabelled grid lines at the other multiples: none of plotly's bare "2 3 … 9" labels."""
+    v = np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in values] or [np.zeros(0)])
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        fig.update_yaxes(type="log", dtick=1, title_text=title, row=row, col=col)
+        return
+    lo, hi = float(np.log10(v.min())), float(np.log10(v.max()))
+    span = hi - lo
+    mantissas = (1,) if span >= 1.3 else (1, 2, 5) if span >= 0.5 else (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
+    decades = range(int(np.floor(lo)) - 1, int(np.ceil(hi)) + 2)
+    pad = 0.05 * max(span, 0.1)
+
+    def inside(values: Sequence[float]) -> list[float]:
+        return [x for x in values if lo - pad <= np.log10(x) <= hi + pad]
+
+    ticks = inside([m * 10.0 ** k for k in decades for m in mantissas])
+    minor = inside([m * 10.0 ** k for k in decades for m in range(2, 10) if m not in mantissas])
+    fig.update_yaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{x:.3g}" for x in ticks],
+                     range=[lo - pad, hi + pad], title_text=title, row=row, col=col,
+                     minor=dict(tickmode="array", tickvals=minor, ticks="", showgrid=True,
+                                gridcolor="rgba(0,0,0,0.035)"))
 
 
 def _new_floor(floors: list[np.ndarray], s: RunSeries) -> bool:
@@ -100,34 +223,45 @@ def _new_floor(floors: list[np.ndarray], s: RunSeries) -> bool:
     return True
 
 
+def _floor_trace(s: RunSeries, label: str, color: str) -> go.Scatter:
+    return go.Scatter(x=s.steps, y=s.noise_floor, customdata=_custom(s), mode="lines", name=label, legendgroup=label,
+                      line=dict(color=color, dash="dot", width=1.5), hovertemplate=_hover("noise floor"))
+
+
+FLOOR_NOTE = ("dotted: noise floor, the cosine x_t shows for a perfectly static clip at this σ (noise alone); "
+              "cos(x_t) / floor ≈ the content's own adjacent-frame cosine")
+
+
 def continuity_figure(series: Sequence[RunSeries]) -> go.Figure:
     """The original two-subplot layout: normalised L2 and cosine of adjacent frames against step.
 
-    Mean over frame pairs per step; the noise floor (cosine x_t shows from noise alone at σ) is overlaid on
-    the cosine; phases are shaded and expert switches marked.
+    Mean over frame pairs per step; phases are shaded and expert switches marked. The noise floor is
+    defined on x_t, so it is overlaid only when the metrics are of x_t (else it is in floor_and_norms_figure).
     """
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+    space = series[0].space
+    fig = _subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
         "Normalized L2 distance (adjacent frames)", "Cosine similarity (adjacent frames)"))
     floors: list[np.ndarray] = []
     for i, s in enumerate(series):
         name, color, cd = esc(s.label), _color(i), _custom(s)
         common = dict(x=s.steps, customdata=cd, mode="lines+markers", legendgroup=name, name=name,
                       line=dict(color=color, width=2), marker=dict(size=5))
-        fig.add_trace(go.Scatter(y=s.l2_mean, hovertemplate=_hover("mean L2"), **common), row=1, col=1)
-        fig.add_trace(go.Scatter(y=s.cos_mean, hovertemplate=_hover("mean cos"), showlegend=False, **common),
+        metric = "x_t " if space == "x_t" else ""
+        fig.add_trace(go.Scatter(y=s.l2_mean, hovertemplate=_hover(metric + "mean L2"), **common), row=1, col=1)
+        fig.add_trace(go.Scatter(y=s.cos_mean, hovertemplate=_hover(metric + "mean cos"), showlegend=False, **common),
                       row=1, col=2)
-        if _new_floor(floors, s):
+        if space == "x_t" and _new_floor(floors, s):
             label = "noise floor" + (f" ({name})" if len(series) > 1 else "")
-            fig.add_trace(go.Scatter(x=s.steps, y=s.noise_floor, customdata=cd, mode="lines", name=label,
-                                     legendgroup=label, line=dict(color="#888", dash="dot", width=1.5),
-                                     hovertemplate=_hover("noise floor")), row=1, col=2)
-        _mark_switches(fig, s, color if len(series) > 1 else "#555", annotate=(i == 0))
+            fig.add_trace(_floor_trace(s, label, color if len(series) > 1 else "#888"), row=1, col=2)
+        _mark_switches(fig, s, color if len(series) > 1 else "#555", annotate=s is _first_switching(series))
     _shade_phases(fig, series[0])
-    fig.update_xaxes(title_text="denoising step")
-    fig.update_yaxes(title_text="normalized L2", row=1, col=1)
-    fig.update_yaxes(title_text="cosine", row=1, col=2)
+    fig.update_xaxes(title_text=STEP_TITLE)
+    fig.update_yaxes(title_text="normalized L2 distance", row=1, col=1)
+    fig.update_yaxes(title_text="adjacent-frame cosine", row=1, col=2)
     sim = " — SIMULATED data" if any(s.simulated for s in series) else ""
-    return _finish(fig, f"Temporal continuity of {space_name(series[0].space)}{sim}{_phase_note(series)}", 470)
+    floor = FLOOR_NOTE if space == "x_t" else ("the noise floor is defined on x_t: it is drawn with x_t's own "
+                                               "cosine under “Noise floor and frame norms”")
+    return _finish(fig, f"Temporal continuity of {space_name(space)}{sim}", 470, [floor] + _notes(series))
 
 
 def _heat_custom(s: RunSeries) -> np.ndarray:
@@ -136,16 +270,17 @@ def _heat_custom(s: RunSeries) -> np.ndarray:
 
 
 def heatmap_figure(series: Sequence[RunSeries]) -> go.Figure:
-    """Step × frame-pair heatmaps of normalised L2, cosine and norm ratio, one row per run."""
+    """Step × frame-pair heatmaps of normalised L2, cosine and norm ratio, one row per run, each row with its
+    run's phases (a band above it) and expert switch."""
     rows = len(series)
     titles = []
     for s in series:
         prefix = f"{esc(s.label)}: " if rows > 1 else ""
         titles += [prefix + "normalized L2", prefix + "cosine",
                    prefix + "norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖"]
-    height = 140 + 280 * rows
-    fig = make_subplots(rows=rows, cols=3, horizontal_spacing=0.07, vertical_spacing=min(0.3, 90 / height),
-                        subplot_titles=titles)
+    height = 150 + 320 * rows
+    fig = _subplots(rows=rows, cols=3, horizontal_spacing=0.07, vertical_spacing=min(0.3, 130 / height),
+                    subplot_titles=titles)
     specs = (("l2", "coloraxis", "normalized L2"), ("cos", "coloraxis2", "cos"),
              ("norm_ratio", "coloraxis3", "norm ratio"))
     for r, s in enumerate(series, start=1):
@@ -157,40 +292,50 @@ def heatmap_figure(series: Sequence[RunSeries]) -> go.Figure:
                 hovertemplate=("step %{x}, frames %{y}<br>t = %{customdata[0]:.1f}<br>σ = %{customdata[1]:.4f}"
                                "<br>expert: %{customdata[2]}<br>" + metric + " = %{z:.5g}<extra>%{fullData.name}"
                                "</extra>")), row=r, col=c)
-    fig.update_xaxes(title_text="denoising step", row=rows)
-    fig.update_yaxes(title_text="frame pair", col=1)
+        cells = [(r, c) for c in (1, 2, 3)]
+        _shade_phases(fig, s, cells, background=False)
+        _mark_switches(fig, s, "#111", annotate=False, cells=cells, halo=True)
+    fig.update_xaxes(title_text=STEP_TITLE, title_standoff=6)
+    fig.update_yaxes(title_text="frame pair f→f+1", title_standoff=4)
     ratio_span = max((float(np.nanmax(np.abs(np.log(s.norm_ratio)))) for s in series
                       if np.isfinite(s.norm_ratio).any()), default=0.1) or 0.1
+    notes = ["one row per frame pair (latent frames f and f+1), one column per step; band above: phases; "
+             "dashed: expert switch"] + _notes(series, phases=False)
+    _finish(fig, f"Per frame pair and step: {space_name(series[0].space)}", height, notes)
+    # horizontal colour bars under their columns (beside the heatmaps they would crowd the next y axis)
+    fig.update_layout(margin_b=HEAT_BOTTOM_PX, height=fig.layout.height + HEAT_BOTTOM_PX - fig.layout.margin.b)
+    plot_h = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
     bars = []
-    for c in range(3):
+    for c, text in enumerate(("normalized L2", "adjacent-frame cosine",
+                              "norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖")):
         dom = fig.layout[f"xaxis{c + 1 if c else ''}"].domain
-        bars.append(dict(x=dom[1] + 0.005, thickness=10, len=0.9 if rows == 1 else 0.6, y=0.5))
-    fig.update_layout(
+        bars.append(dict(orientation="h", x=(dom[0] + dom[1]) / 2, xanchor="center", len=(dom[1] - dom[0]) * 0.9,
+                         y=-62 / plot_h, yanchor="top", thickness=10, title=dict(text="colour: " + text, side="top")))
+    return fig.update_layout(
         coloraxis=dict(colorscale="Viridis", colorbar=bars[0]),
         coloraxis2=dict(colorscale="Viridis", colorbar=bars[1]),
         coloraxis3=dict(colorscale="RdBu", cmid=1.0, cmin=float(np.exp(-ratio_span)), cmax=float(np.exp(ratio_span)),
                         colorbar=bars[2]))
-    return _finish(fig, f"Per frame pair and step: {space_name(series[0].space)}", height)
 
 
 def floor_and_norms_figure(series: Sequence[RunSeries]) -> go.Figure:
-    """Left: adjacent-frame cosine of x_t against the noise floor; right: norm ratio (mean, min–max band)."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
-        "x_t cosine vs noise floor (static content from noise alone)",
+    """Left: adjacent-frame cosine of x_t against the noise floor (only for runs whose x_t was captured: the
+    floor is defined on x_t); right: norm ratio (mean, min–max band)."""
+    fig = _subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+        "x_t (noisy latent): adjacent-frame cosine vs noise floor",
         f"Norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖ of {space_name(series[0].space)}: "
         "mean, min–max over pairs"))
     floors: list[np.ndarray] = []
+    multi = len(series) > 1
     for i, s in enumerate(series):
         name, color, cd = esc(s.label), _color(i), _custom(s)
         if s.xt_cos_mean is not None:
             fig.add_trace(go.Scatter(x=s.steps, y=s.xt_cos_mean, customdata=cd, mode="lines+markers", name=name,
                                      legendgroup=name, line=dict(color=color), marker=dict(size=5),
                                      hovertemplate=_hover("x_t cos")), row=1, col=1)
-        if _new_floor(floors, s):
-            fig.add_trace(go.Scatter(x=s.steps, y=s.noise_floor, customdata=cd, mode="lines",
-                                     name="noise floor" + (f" ({name})" if len(series) > 1 else ""),
-                                     line=dict(color=color if len(series) > 1 else "#888", dash="dot"),
-                                     hovertemplate=_hover("noise floor")), row=1, col=1)
+            if _new_floor(floors, s):
+                fig.add_trace(_floor_trace(s, "noise floor" + (f" ({name})" if multi else ""),
+                                           color if multi else "#888"), row=1, col=1)
         with np.errstate(all="ignore"):
             lo, hi = np.nanmin(s.norm_ratio, axis=1), np.nanmax(s.norm_ratio, axis=1)
             mean = np.nanmean(s.norm_ratio, axis=1)
@@ -200,14 +345,15 @@ def floor_and_norms_figure(series: Sequence[RunSeries]) -> go.Figure:
         fig.add_trace(go.Scatter(x=s.steps, y=mean, customdata=cd, mode="lines+markers", name=name, legendgroup=name,
                                  showlegend=s.xt_cos_mean is None, line=dict(color=color), marker=dict(size=5),
                                  hovertemplate=_hover("mean norm ratio")), row=1, col=2)
+        _mark_switches(fig, s, color if multi else "#555", annotate=False)
     if all(s.xt_cos_mean is None for s in series):
-        fig.add_annotation(text="x_t was not captured: noise floor only", xref="x domain", yref="y domain",
-                           x=0.5, y=0.5, showarrow=False, font_color="#888")
-    _shade_phases(fig, series[0], annotate=False)
-    fig.update_xaxes(title_text="denoising step")
-    fig.update_yaxes(title_text="cosine", row=1, col=1)
-    fig.update_yaxes(title_text="norm ratio", row=1, col=2)
-    return _finish(fig, "Noise floor and frame norms", 440)
+        fig.add_annotation(text="x_t was not captured: no x_t cosine to set against the noise floor",
+                           xref="x domain", yref="y domain", x=0.5, y=0.5, showarrow=False, font_color="#888")
+    _shade_phases(fig, series[0])
+    fig.update_xaxes(title_text=STEP_TITLE)
+    fig.update_yaxes(title_text="adjacent-frame cosine of x_t", row=1, col=1)
+    fig.update_yaxes(title_text="norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖", row=1, col=2)
+    return _finish(fig, "Noise floor and frame norms", 440, [FLOOR_NOTE] + _notes(series))
 
 
 def _segments(s: RunSeries) -> list[tuple[str, np.ndarray]]:
@@ -236,11 +382,12 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
               "magnitude ratio ‖p<sub>s</sub>‖₂ / ‖p<sub>s−1</sub>‖₂"]
     if has_gap:
         titles.append("cond–uncond gap ‖c − u‖₂ / ‖c‖₂")
-    fig = make_subplots(rows=1, cols=len(titles), horizontal_spacing=0.07, subplot_titles=titles)
+    fig = _subplots(rows=1, cols=len(titles), horizontal_spacing=0.07, subplot_titles=titles)
     multi = len(series) > 1
     branches = list(dict.fromkeys(b for s in series for b in s.step_change))
     experts = list(dict.fromkeys(e for s in series for e in s.experts.tolist()))
     symbol = {e: SYMBOLS[k % len(SYMBOLS)] for k, e in enumerate(experts)}
+    shown: list[np.ndarray] = []  # the relative L1 values drawn (the log axis is fitted to them)
     for i, s in enumerate(series):
         label = esc(s.label)
         for b, (branch, (rel, ratio)) in enumerate(s.step_change.items()):
@@ -252,6 +399,7 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
                              marker=dict(symbol=symbol[expert], size=6))
                 fig.add_trace(go.Scatter(x=s.steps[idx], y=rel[idx], hovertemplate=_hover("rel. L1"), **style),
                               row=1, col=1)
+                shown.append(rel[idx])
                 fig.add_trace(go.Scatter(x=s.steps[idx], y=ratio[idx], hovertemplate=_hover("ratio"), **style),
                               row=1, col=2)
         if s.gap is not None:
@@ -272,36 +420,58 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
     if not branches:
         fig.add_annotation(text="no prediction was captured", xref="x domain", yref="y domain", x=0.5, y=0.5,
                            showarrow=False, font_color="#888")
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_xaxes(title_text="denoising step")
-    notes = []
+    _shade_phases(fig, series[0])
+    _log_axis(fig, shown, 1, 1,
+              "relative L1 change (log scale)")
+    fig.update_yaxes(title_text="magnitude ratio", row=1, col=2)
+    if has_gap:
+        fig.update_yaxes(title_text="cond–uncond gap (relative L2)", rangemode="tozero", row=1, col=3)
+    fig.update_xaxes(title_text=STEP_TITLE)
+    notes = ["p<sub>s</sub>: the model's prediction at step s; cache-acceleration methods calibrate on these"]
     if any(s.switches for s in series):
-        notes.append("steps where the expert changes are left out: they compare two networks")
+        notes.append("dashed: expert switch; the steps where the expert changes are left out (they compare two "
+                     "networks)")
     if not has_gap:
         notes.append("record with cfg_branches=True for the cond / uncond branches and their gap")
-    note = f"<br><sup>{'; '.join(notes)}</sup>" if notes else ""
-    return _finish(fig, "Step-to-step change of the prediction, per branch and expert" + note, 470,
-                   top=95 if notes else 70)
+    return _finish(fig, "Step-to-step change of the prediction, per branch and expert", 470,
+                   ["; ".join(notes)] + _notes(series))
 
 
-def similarity_figure(s: RunSeries) -> go.Figure:
-    """F × F cosine of every frame pair at a few steps of one run."""
-    steps = sorted(s.frame_similarity)
-    fig = make_subplots(rows=1, cols=len(steps), horizontal_spacing=0.05,
-                        subplot_titles=[f"step {k} (σ = {s.sigmas[k - 1]:.3f})" for k in steps])
-    for c, k in enumerate(steps, start=1):
-        fig.add_trace(go.Heatmap(z=s.frame_similarity[k], coloraxis="coloraxis", name=f"step {k}",
-                                 hovertemplate="frames %{x} and %{y}<br>cos = %{z:.5f}<extra>%{fullData.name}</extra>"),
-                      row=1, col=c)
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
-    frames = next(iter(s.frame_similarity.values())).shape[-1]
-    fig.update_xaxes(title_text="frame", dtick=max(1, frames // 8), constrain="domain")
-    fig.update_yaxes(dtick=max(1, frames // 8))
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(thickness=10)))
-    return _finish(fig, f"Frame-similarity matrices of {space_name(s.space)}: {esc(s.label)}", 420)
+def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure:
+    """F × F cosine of every pair of latent frames (i, j) at the first, middle and last step: one row of
+    matrices per run."""
+    series = [series] if isinstance(series, RunSeries) else list(series)
+    rows = len(series)
+    cols = max(len(s.frame_similarity) for s in series)
+    multi = rows > 1
+    titles = []
+    for s in series:
+        steps = sorted(s.frame_similarity)
+        titles += [(f"{esc(s.label)}: " if multi else "") + f"step {k} of {s.num_steps} (σ = {s.sigmas[k - 1]:.3f})"
+                   for k in steps] + [""] * (cols - len(steps))
+    height = 130 + 330 * rows
+    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.07, vertical_spacing=min(0.25, 110 / height),
+                        subplot_titles=titles)
+    for r, s in enumerate(series, start=1):
+        frames = next(iter(s.frame_similarity.values())).shape[-1]
+        for c, k in enumerate(sorted(s.frame_similarity), start=1):
+            fig.add_trace(go.Heatmap(z=s.frame_similarity[k], coloraxis="coloraxis",
+                                     name=esc(s.label) + f" · step {k}" if multi else f"step {k}",
+                                     hovertemplate="frame i = %{y}, frame j = %{x}<br>cos = %{z:.5f}"
+                                                   "<extra>%{fullData.name}</extra>"), row=r, col=c)
+            xr, _ = _refs(fig, r, c)
+            fig.update_yaxes(autorange="reversed", scaleanchor=xr, dtick=max(1, frames // 8), row=r, col=c)
+            fig.update_xaxes(dtick=max(1, frames // 8), constrain="domain", row=r, col=c)
+    fig.update_xaxes(title_text="frame j (latent frame index)", title_standoff=4)
+    fig.update_yaxes(title_text="frame i", title_standoff=4)
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(
+        thickness=10, title=dict(text="cosine of frames i and j", side="right"))))
+    name = esc(series[0].label) if not multi else "one row per run"
+    return _finish(fig, f"Frame-similarity matrices of {space_name(series[0].space)}: {name}", height,
+                   ["cosine of every pair of latent frames (i, j) at the first, middle and last step; "
+                    "the band along the diagonal is how far continuity reaches"], top=70)
 
 
-# File-name stems of the figures of all_figures, in order.
 def feasibility_figure(series: Sequence[RunSeries]) -> go.Figure | None:
     """Frame-truncation feasibility: error of x̂₀ rebuilt from K key frames by linear interpolation, per step.
 
@@ -312,7 +482,7 @@ def feasibility_figure(series: Sequence[RunSeries]) -> go.Figure | None:
     if not have:
         return None
     keep = have[0][1].feasibility[0]
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+    fig = _subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
         f"relative L2 error ‖x̂₀(interp. from {keep} key frames) − x̂₀‖ / ‖x̂₀‖", "cosine to the real x̂₀"))
     for i, s in have:
         _, rel, cos = s.feasibility
@@ -321,22 +491,24 @@ def feasibility_figure(series: Sequence[RunSeries]) -> go.Figure | None:
                       line=dict(color=color, width=2), marker=dict(size=5))
         fig.add_trace(go.Scatter(y=rel, hovertemplate=_hover("rel. error"), **common), row=1, col=1)
         fig.add_trace(go.Scatter(y=cos, hovertemplate=_hover("cosine"), showlegend=False, **common), row=1, col=2)
-        _mark_switches(fig, s, color if len(series) > 1 else "#555", annotate=(i == have[0][0]))
+        _mark_switches(fig, s, color if len(series) > 1 else "#555",
+                       annotate=s is _first_switching([s for _, s in have]))
     fig.add_hline(y=0.1, line=dict(color="#999", dash="dash", width=1), row=1, col=1)
     _shade_phases(fig, have[0][1])
-    fig.update_xaxes(title_text="denoising step")
-    fig.update_yaxes(title_text="relative L2 error", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="cosine", row=1, col=2)
+    fig.update_xaxes(title_text=STEP_TITLE)
+    fig.update_yaxes(title_text="relative L2 error of x̂₀", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="cosine to the real x̂₀", row=1, col=2)
     return _finish(fig, f"Frame truncation feasibility: x̂₀ of all frames from {keep} key frames "
-                        "(dashed: 10 % error)", 430)
+                        "(dashed: 10 % error)", 430, _notes([s for _, s in have]))
 
 
+# File-name stems of the figures of all_figures, in order.
 FIGURE_NAMES = ("continuity", "heatmaps", "noise_floor", "step_change", "frame_similarity", "feasibility")
 
 
 def all_figures(series: Sequence[RunSeries]) -> list[go.Figure]:
-    """The dashboard's figures, in the order of FIGURE_NAMES."""
-    figures = [continuity_figure(series), heatmap_figure(series), floor_and_norms_figure(series),
-               step_change_figure(series), similarity_figure(series[0])]
-    feasibility = feasibility_figure(series)
-    return figures + ([feasibility] if feasibility is not None else [])
+    """The dashboard's figures, in the order of FIGURE_NAMES (feasibility only where x̂₀ was captured)."""
+    builders = (continuity_figure, heatmap_figure, floor_and_norms_figure, step_change_figure, similarity_figure,
+                feasibility_figure)
+    figures = [build(series) for build in progress(builders, desc="drawing figures", total=len(builders))]
+    return [f for f in figures if f is not None]

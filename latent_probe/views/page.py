@@ -8,9 +8,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .figures import esc, space_name
+from .progress import progress
 from .series import RunSeries
 
-__all__ = ["render_page", "summary_table", "run_table", "PLOT_CONFIG"]
+__all__ = ["render_page", "summary_table", "run_table", "phase_notes", "PLOT_CONFIG"]
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -60,6 +61,14 @@ def summary_table(series: Sequence[RunSeries]) -> str:
     return f'<table class="runs">{head}{"".join(rows)}</table>'
 
 
+def phase_notes(series: Sequence[RunSeries]) -> str:
+    """A paragraph per run whose phase scheme had to be fitted to its length (e.g. phases="original" on a
+    40-step run), saying how; "" when none had."""
+    multi = len(series) > 1
+    return "".join(f'<p class="note phase-note">{esc(s.label) + ": " if multi else ""}{esc(s.phase_note)}.</p>'
+                   for s in series if s.phase_note)
+
+
 def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title: str | None = None) -> str:
     """The whole HTML page: header, run table, figures (plotly.js inlined once), statistics tables."""
     title = title if title is not None else "latent_probe dashboard: " + ", ".join(s.label for s in series)
@@ -71,14 +80,18 @@ def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title
         parts.append('<p class="simulated">SIMULATED DATA: ' + esc(", ".join(sim)) + " — an analytic denoiser, not "
                      "a model. It shows what latent_probe records and how to read the views.</p>")
     parts.append(f'<p class="note">Metrics in {space_name(series[0].space)} space; adjacent frames f, f+1 of the '
-                 "latent (all C·H·W values of a frame); mean over frame pairs. Hover for step, timestep, σ and "
-                 "expert.</p>")
+                 "latent (all C·H·W values of a frame); mean over frame pairs. Coloured bands above the per-step "
+                 "panels (and shading behind the curves): the run's phases; dashed vertical line: the step where "
+                 "another expert takes over. Hover for step, timestep, σ and expert.</p>")
+    notes = phase_notes(series)
+    parts.append(notes)
     parts.append(run_table(series))
-    for k, fig in enumerate(figures):
+    for k, fig in enumerate(progress(list(figures), desc="writing figures")):
         div = pio.to_html(fig, full_html=False, include_plotlyjs=(k == 0), config=PLOT_CONFIG,
                           div_id=f"fig{k}", default_width="100%")
         parts.append(f'<div class="fig">{div}</div>')
     parts.append("<h2>Temporal continuity statistics</h2>")
+    parts.append(notes)
     parts.append(summary_table(series))
     parts.append("<details><summary>as text (the original analysis's format)</summary>")
     for s in series:

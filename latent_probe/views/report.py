@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .safe_text import csv_writer, terminal, terminal_lines
-from .series import RunSeries
+from .series import RunSeries, resolve_phases
 
 __all__ = ["metrics_json", "metrics_csv", "write_npz", "write_statistics", "jsonable", "terminal_summary"]
 
@@ -49,20 +49,26 @@ def _per_step(run: Any, space: str) -> dict[str, Any]:
 
 
 def metrics_json(run: Any, space: str = "x0", phases: str = "thirds") -> str:
-    """JSON: file, space, the phase summary (``Summary.to_dict()``) and per-step means [S] (steps 1-based)."""
+    """JSON: file, space, the phase summary (``Summary.to_dict()``), ``phase_note`` (how the phase scheme was
+    fitted to the run's length, e.g. "original" scaled to 40 steps; "" when it applies as written) and per-step
+    means [S] (steps 1-based)."""
+    scheme, note = resolve_phases(run.num_steps, phases)
     doc = {"file": run.source, "space": space, "num_steps": run.num_steps,
            "simulated": bool(run.attrs.get("simulated", False)),
-           "summary": run.summary(space, phases).to_dict(), "per_step": _per_step(run, space)}
+           "summary": run.summary(space, scheme).to_dict(), "phase_note": note, "per_step": _per_step(run, space)}
     return json.dumps(jsonable(doc), indent=2, allow_nan=False)
 
 
 def terminal_summary(summary: Any) -> str:
-    """``Summary.to_text()`` (a ``Summary`` or its ``to_dict()``) with control characters in labels escaped."""
+    """``Summary.to_text()`` (a ``Summary`` or its ``to_dict()``) with control characters in labels escaped, then
+    the ``phase_note`` of a ``RunSeries.summary`` (how the phase scheme was fitted to the run), if any."""
     from ..metrics.phases import Summary
 
     d = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
     rows = [dict(r, label=terminal(r.get("label", ""))) for r in d.get("rows", [])]
-    return terminal_lines(Summary(space=d["space"], num_steps=d["num_steps"], rows=rows).to_text())
+    note = d.get("note") or d.get("phase_note") or ""
+    return terminal_lines(Summary(space=d["space"], num_steps=d["num_steps"], rows=rows,
+                                  note=terminal(note) if note else "").to_text())
 
 
 def metrics_csv(run: Any, space: str = "x0") -> str:
@@ -99,14 +105,16 @@ def write_npz(s: RunSeries, path: str | os.PathLike) -> str:
 
 
 def write_statistics(s: RunSeries, out_dir: str | os.PathLike, stem: str = "statistics") -> list[str]:
-    """``<stem>.txt`` (the original table, control characters escaped) and ``<stem>.json``
-    (``Summary.to_dict()``) in ``out_dir``."""
+    """``<stem>.txt`` (the original table, control characters escaped, then a line saying how the phase scheme
+    was fitted to the run where it had to be) and ``<stem>.json`` (``Summary.to_dict()`` and ``phase_note``)
+    in ``out_dir``."""
     out_dir = os.fspath(out_dir)
     txt, js = os.path.join(out_dir, stem + ".txt"), os.path.join(out_dir, stem + ".json")
     header = "SIMULATED DATA (analytic denoiser, not a model)\n" if s.simulated else ""
+    summary = dict(s.summary, phase_note=s.phase_note)
     with open(txt, "w", encoding="utf-8") as fh:
-        fh.write(f"{header}{terminal(s.label)}: {terminal(s.source)}\n{terminal_summary(s.summary)}\n")
+        fh.write(f"{header}{terminal(s.label)}: {terminal(s.source)}\n{terminal_summary(summary)}\n")
     with open(js, "w", encoding="utf-8") as fh:
-        json.dump(jsonable({"file": s.source, "label": s.label, "simulated": s.simulated, **s.summary}), fh,
+        json.dump(jsonable({"file": s.source, "label": s.label, "simulated": s.simulated, **summary}), fh,
                   indent=2, allow_nan=False)
     return [txt, js]

@@ -7,13 +7,16 @@ escapes them.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from ..metrics.phases import fit_phases as resolve_phases  # the views show what the metrics define
 
-__all__ = ["RunSeries", "collect", "default_labels", "expert_switches", "BRANCHES"]
+__all__ = ["RunSeries", "collect", "default_labels", "expert_switches", "resolve_phases", "BRANCHES"]
+
 
 # Prediction quantities whose step-to-step change is shown, in this order, where captured.
 BRANCHES = ("pred", "pred_cond", "pred_uncond")
@@ -33,6 +36,8 @@ class RunSeries:
     expert_switch: [S] bool, True where the step ran another expert than the step before
     gap: [S] cond–uncond gap ‖c−u‖/‖c‖, or None without captured branches
     phases: [(name, start, stop)] 0-based, stop exclusive
+    phase_note: how the phase scheme was fitted to this run ("" when it applies as written), e.g. the
+        original analysis's 20-step ranges scaled to a 40-step run; shown on the figures and in the tables
     switches: 1-based steps at which a different expert takes over
     frame_similarity: 1-based step → [F, F] cosine of every frame pair (first batch item)
     feasibility: (keep, rel_l2 [S], cosine [S]) of rebuilding x̂₀ of all frames from ``keep`` key frames by
@@ -62,9 +67,10 @@ class RunSeries:
     phases: list[tuple[str, int, int]]
     switches: list[int]
     summary_text: str
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # Summary.to_dict() and "phase_note"
     frame_similarity: dict[int, np.ndarray] = field(default_factory=dict)
     feasibility: tuple[int, np.ndarray, np.ndarray] | None = None
+    phase_note: str = ""
 
     @property
     def num_steps(self) -> int:
@@ -104,10 +110,11 @@ def default_labels(sources: Sequence[str]) -> list[str]:
     return [f"{i + 1}: {t}" for i, t in enumerate(stems)]
 
 
-def _phase_tuples(run: Any, scheme: str) -> list[tuple[str, int, int]]:
+def _phase_tuples(run: Any, scheme: Any) -> list[tuple[str, int, int]]:
     return [(str(p.name), int(p.start), int(p.stop)) for p in run.phases(scheme)]
 
 
+# The original analysis's phases: steps 1-5, 6-10 and 11-20 of a 20-step run.
 def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for branch in BRANCHES:
@@ -140,7 +147,8 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     experts = np.asarray([str(e) for e in run.experts], dtype=object)
     if similarity_steps is None:
         similarity_steps = sorted({0, S // 2, S - 1})
-    summary = run.summary(space, phases)
+    scheme, phase_note = resolve_phases(S, phases)
+    summary = run.summary(space, scheme)
     switch = np.zeros(S, dtype=bool)
     switch[1:] = experts[1:] != experts[:-1]
     sim = {int(s) + 1: np.asarray(run.frame_similarity(space, int(s)), dtype=np.float64)[0] for s in similarity_steps}
@@ -171,10 +179,11 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         step_change=_step_change(run, quantities),
         expert_switch=switch,
         gap=None if gap is None else np.asarray(gap, dtype=np.float64).reshape(S, -1).mean(axis=1),
-        phases=_phase_tuples(run, phases),
+        phases=_phase_tuples(run, scheme),
         switches=expert_switches(list(experts)),
-        summary_text=summary.to_text(),
-        summary=summary.to_dict(),
+        summary_text=summary.to_text() + (f"\nNote: {phase_note}" if phase_note else ""),
+        summary=dict(summary.to_dict(), phase_note=phase_note),
         frame_similarity=sim,
         feasibility=feasibility,
+        phase_note=phase_note,
     )

@@ -1,9 +1,9 @@
-"""``latent-probe``: a thin command line over the library.
+"""``latent-probe``: a thin command line over the library (``python -m latent_probe`` runs the same).
 
-Subcommands: demo, info, metrics, dashboard, analyze (``latent-probe CMD --help``). Exit status 0 ok,
-1 failure, 2 usage. Errors are one line: ``latent-probe CMD: error: ...`` (set ``LATENT_PROBE_DEBUG=1``
-for the traceback). Text from run files, paths and error messages is printed with control characters
-escaped (``safe_text.terminal``).
+Subcommands: demo, info, metrics, dashboard, analyze, truncation (``latent-probe CMD --help``), one small
+``_cmd_*`` function each. Exit status 0 ok, 1 failure, 2 usage. Errors are one line: ``latent-probe CMD:
+error: ...`` (set ``LATENT_PROBE_DEBUG=1`` for the traceback). Text from run files, paths and error
+messages is printed with control characters escaped (``views.safe_text.terminal``).
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ import os
 import sys
 from typing import Any, Sequence
 
-from ..interventions.cli import add_truncation_parser
-from .safe_text import terminal, terminal_lines
+from ..errors import LatentProbeError
+from ..interventions.interpolation import FILLS
+from ..views.safe_text import terminal, terminal_lines
+from .truncation_cmd import add_truncation_parser
 
-__all__ = ["main", "build_parser", "UsageError", "add_intervention_args", "variants_from_args"]
+__all__ = ["main", "build_parser", "UsageError", "add_intervention_args", "truncation_from_args"]
 
 DEMO_STEM = "temporal_continuity_demo"
 SIMULATED = "SIMULATED data (analytic denoiser, real flow-matching scheduler; no model weights)"
 
 
-class UsageError(Exception):
+class UsageError(LatentProbeError):
     """A bad combination of arguments found after parsing: exit status 2."""
 
 
@@ -41,11 +43,11 @@ def _note(command: str, text: str) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo_generation
     from ..store.reader import open_run
-    from .dashboard import write_dashboard
-    from .figures import continuity_figure
-    from .report import terminal_summary, write_npz
-    from .series import collect
-    from .static import StaticExportError, write_continuity_image
+    from ..views.dashboard import write_dashboard
+    from ..views.figures import continuity_figure
+    from ..views.report import terminal_summary, write_npz
+    from ..views.series import collect
+    from ..views.static import StaticExportError, write_continuity_image
 
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, DEMO_STEM)
@@ -165,7 +167,7 @@ def _emit(text: str, out: str | None) -> None:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from .report import metrics_csv, metrics_json, terminal_summary
+    from ..views.report import metrics_csv, metrics_json, terminal_summary
 
     with _open_for_metrics(args.run, args.cache) as run:
         if args.space not in run.quantities:
@@ -198,10 +200,9 @@ def _static_paths(html_path: str, fmt: str, names: Sequence[str]) -> list[str]:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from .dashboard import build_figures, collect_series
-    from .figures import FIGURE_NAMES
-    from .page import render_page
-    from .static import StaticExportError, export_figures
+    from ..views.dashboard import build_figures, collect_series, write_dashboard
+    from ..views.figures import FIGURE_NAMES
+    from ..views.static import StaticExportError, export_figures
 
     labels = _labels(args.labels, len(args.runs))
     missing = [r for r in args.runs if not os.path.exists(r)]
@@ -215,11 +216,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     finally:
         for run in runs:
             run.close()
-    figures = build_figures(series)
-    page = render_page(figures, series, args.title)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as fh:
-        fh.write(page)
+    write_dashboard(series, args.output, title=args.title)  # the page, written atomically
+    figures = build_figures(series)  # for the count and the static images (write_dashboard returns only the path)
     print(f"wrote {terminal(args.output)} ({len(series)} run{'s' if len(series) > 1 else ''}, "
           f"{len(figures)} figures)")
     for fmt in [f for f, on in (("png", args.png), ("svg", args.svg)) if on]:
@@ -242,7 +240,7 @@ def add_intervention_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=int, default=3, help="key latent frames while truncating (default 3)")
     parser.add_argument("--until", default="boundary",
                         help="'boundary' (two-expert models: while the high-noise expert runs) or a step index")
-    parser.add_argument("--fill", default="linear", choices=("linear", "nearest", "slerp"),
+    parser.add_argument("--fill", default="linear", choices=FILLS,
                         help="how the skipped frames' prediction is filled (default linear)")
 
 
@@ -259,18 +257,6 @@ def truncation_from_args(args: argparse.Namespace) -> dict | None:
         except ValueError:
             raise UsageError(f"--until {args.until!r}: 'boundary' or a step index") from None
     return {"keep": args.keep, "until": until, "fill": args.fill}
-
-
-def variants_from_args(args: argparse.Namespace) -> list:
-    """HOOK (frame truncation): the variants each sweep point is generated with.
-
-    Return ``[BASELINE, Variant("half_frame", lambda point: FrameTruncation(...))]`` when
-    ``--enable_half_frame`` is given; every variant is recorded into its own subfolder and all of them are
-    overlaid in the comparison dashboard (see ``latent_probe.views.analyze.Variant``).
-    """
-    from .analyze import BASELINE
-
-    return [BASELINE]
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -298,7 +284,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         offload_model=None if args.offload_model is None else args.offload_model == "true", t5_cpu=args.t5_cpu,
         convert_model_dtype=args.convert_model_dtype, device=args.device, dtype=args.dtype,
         store_dtype=args.store_dtype, cfg_branches=args.cfg_branches, phases=args.phases,
-        static_images=args.png, variants=variants_from_args(args), truncation=truncation_from_args(args))
+        static_images=args.png, truncation=truncation_from_args(args))
     result = run_analysis(o)
     for note in result.notes:
         _note("analyze", note)
@@ -346,10 +332,13 @@ def _build_analyze(sub: Any) -> None:
     a.add_argument("--num_inference_steps", type=int, nargs="+", metavar="S",
                    help="denoising steps (default: the task's, 40 or 50); several values make a sweep")
     a.add_argument("--use_epsilon", action="store_true", help="metrics of the noise estimate ε̂ instead of x̂₀")
-    a.add_argument("--task", default="t2v-A14B", choices=TASKS)
+    a.add_argument("--task", default="t2v-A14B", choices=TASKS,
+                   help="Wan2.2 task: t2v-A14B (default), i2v-A14B (needs --image) or ti2v-5B")
     a.add_argument("--size", help="WIDTH*HEIGHT as in Wan2.2 (default: 1280*720, ti2v-5B 1280*704)")
     a.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    a.add_argument("--backend", default="wan", choices=("wan", "diffusers"))
+    a.add_argument("--backend", default="wan", choices=("wan", "diffusers"),
+                   help="wan: the Wan2.2 repository's pipelines (default); diffusers: a local diffusers-format "
+                        "folder")
     a.add_argument("--wan_repo", metavar="PATH", help="clone of github.com/Wan-Video/Wan2.2 to import 'wan' from")
     a.add_argument("--wan_config", default="full", choices=("full", "tiny"),
                    help="for tests: 'tiny' builds wan.configs.tiny_*_config() models (tests/wan_standin)")
@@ -376,20 +365,21 @@ def _build_analyze(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="latent-probe", description="Record and analyse how a video DiT forms a video, "
                                                  "step by step and frame by frame.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do (latent-probe COMMAND --help for its options):")
 
     d = sub.add_parser("demo", help="simulated run through the real capture path (CPU, no download, seconds)",
                        description=f"Record a {SIMULATED} and write {DEMO_STEM}.h5/.html/.png/.npz to --out, "
                                    "then print the statistics table.")
     d.add_argument("--out", default="demo_continuity", help="output folder (default: demo_continuity)")
-    d.add_argument("--steps", type=int, default=20)
-    d.add_argument("--frames", type=int, default=13, help="latent frames")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    d.add_argument("--frames", type=int, default=13, help="latent frames (default 13)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the simulated video and noise (default 0)")
     d.add_argument("--no-png", dest="png", action="store_false", help="skip the static PNG")
     d.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("info", help="summarise a recorded run", description="Summarise a recorded run file.")
-    i.add_argument("run", help="RUN.h5")
+    i.add_argument("run", help="the run file (RUN.h5) to summarise")
     i.add_argument("--follow", action="store_true",
                    help="follow a run that is being recorded: print each step as it is committed, until the "
                         "writer closes the file (or dies)")
@@ -399,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("metrics", help="print the temporal-continuity statistics of a run (table, JSON or CSV)",
                        description="Print the statistics table of the original analysis (default), JSON "
                                    "(summary and per-step means) or tidy CSV (step, batch, pair, metric, value).")
-    m.add_argument("run", help="RUN.h5")
+    m.add_argument("run", help="the run file (RUN.h5)")
     _add_space_args(m)
     fmt = m.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON: summary and per-step means")
@@ -410,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("dashboard", help="one self-contained interactive HTML page of one or more runs",
                        description="Write one self-contained HTML file (plotly.js inlined, nothing fetched) "
                                    "with the runs overlaid.")
-    b.add_argument("runs", nargs="+", metavar="RUN.h5")
+    b.add_argument("runs", nargs="+", metavar="RUN.h5", help="recorded run files, overlaid in the given order")
     b.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
     _add_space_args(b)
     b.add_argument("--labels", help="comma-separated legend labels, one per run (default: file names)")
@@ -420,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_dashboard)
 
     _build_analyze(sub)
-    add_truncation_parser(sub)  # `latent-probe truncation`, from latent_probe.interventions
+    add_truncation_parser(sub)  # `latent-probe truncation` (app/truncation_cmd.py)
     return p
 
 

@@ -1,6 +1,6 @@
 """``latent-probe truncation RUN.h5 --keep 3``: frame-truncation feasibility of a recorded baseline run.
 
-Wired into ``latent_probe.views.cli`` by ``add_truncation_parser(subparsers)`` (sets ``func``).
+Registered by ``latent_probe.app.cli`` with ``add_truncation_parser(subparsers)`` (sets ``func``).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .interpolation import FILLS
+from ..interventions.interpolation import FILLS
 
 __all__ = ["add_truncation_parser", "truncation_command"]
 
@@ -28,7 +28,8 @@ def add_truncation_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--keep", type=int, default=3, help="key latent frames, evenly spaced incl. first and last (3)")
     p.add_argument("--keyframes", type=_keyframes, default=None, help="explicit key frames, e.g. 0,10,20")
     p.add_argument("--space", default="x0", help="captured quantity to rebuild (x0)")
-    p.add_argument("--fill", choices=FILLS, default="linear")
+    p.add_argument("--fill", choices=FILLS, default="linear",
+                   help="how the frames between key frames are rebuilt (default linear)")
     p.add_argument("--threshold", type=float, default=0.1, help="rel L2 counted as good enough (0.1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=truncation_command)
@@ -38,9 +39,9 @@ def add_truncation_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
 def truncation_command(args: argparse.Namespace) -> int:
     """Print the feasibility table of ``args.run`` (control characters escaped); 0 on success (errors raise
     for the CLI to report)."""
+    from ..interventions.feasibility import format_feasibility, truncation_feasibility
     from ..store.reader import open_run
     from ..views.safe_text import terminal_lines
-    from .feasibility import format_feasibility, truncation_feasibility
 
     with open_run(args.run) as run:
         result = truncation_feasibility(run, keep=args.keep, keyframes=args.keyframes, space=args.space,
