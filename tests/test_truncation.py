@@ -337,7 +337,10 @@ def test_cli_truncation(tmp_path, capsys):
     assert "2 key frames [0, 4]" in capsys.readouterr().out
     args = parser.parse_args(["truncation", str(path), "--keyframes", "0,2,4", "--json"])
     assert truncation_command(args) == 0
-    data = json.loads(capsys.readouterr().out)
+    def no_nan(token):
+        raise AssertionError(f"not strict JSON: {token}")
+
+    data = json.loads(capsys.readouterr().out, parse_constant=no_nan)  # strict JSON, like metrics --json
     assert data["keys"] == [0, 2, 4] and len(data["rel_l2"]) == 3
 
 

@@ -216,8 +216,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     finally:
         for run in runs:
             run.close()
-    write_dashboard(series, args.output, title=args.title)  # the page, written atomically
-    figures = build_figures(series)  # for the count and the static images (write_dashboard returns only the path)
+    figures = build_figures(series)  # built once: for the page, the count and the static images
+    write_dashboard(series, args.output, title=args.title, figures=figures)  # the page, written atomically
     print(f"wrote {terminal(args.output)} ({len(series)} run{'s' if len(series) > 1 else ''}, "
           f"{len(figures)} figures)")
     for fmt in [f for f, on in (("png", args.png), ("svg", args.svg)) if on]:

@@ -41,6 +41,7 @@ def truncation_command(args: argparse.Namespace) -> int:
     for the CLI to report)."""
     from ..interventions.feasibility import format_feasibility, truncation_feasibility
     from ..store.reader import open_run
+    from ..views.report import strict_json
     from ..views.safe_text import terminal_lines
 
     with open_run(args.run) as run:
@@ -50,7 +51,8 @@ def truncation_command(args: argparse.Namespace) -> int:
         out = result.to_dict()
         out["leading_steps_below_threshold"] = result.leading_steps_below(args.threshold)
         out["threshold"] = args.threshold
-        print(json.dumps(out, allow_nan=True))  # ensure_ascii: control characters come out as \u escapes
+        # strict JSON like `metrics --json` (NaN → null); ensure_ascii: control characters come out as \u escapes
+        print(json.dumps(strict_json(out), allow_nan=False))
     else:
         print(terminal_lines(format_feasibility(result, args.threshold)))
     return 0

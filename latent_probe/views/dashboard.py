@@ -61,13 +61,14 @@ def _all_series(runs: Any) -> bool:
 
 
 def write_dashboard(runs: Any, path: str | os.PathLike, labels: Sequence[str] | None = None, space: str = "x0",
-                    title: str | None = None, phases: str = "thirds") -> str:
-    """Write the dashboard of ``runs`` (Run objects or paths) to ``path`` as one self-contained HTML file.
-
-    Returns the path written.
+                    title: str | None = None, phases: str = "thirds",
+                    figures: Sequence[go.Figure] | None = None) -> str:
+    """Write the dashboard of ``runs`` (Run objects or paths) to ``path`` as one self-contained HTML file,
+    atomically (a temporary file beside it, then a rename). ``figures``: ones already built with
+    ``build_figures`` for the same runs (not built again). Returns the path written.
     """
     series = runs if _all_series(runs) else collect_series(runs, labels, space, phases)
-    page = render_page(all_figures(series), series, title)
+    page = render_page(list(figures) if figures is not None else all_figures(series), series, title)
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

@@ -16,17 +16,17 @@ import numpy as np
 from .safe_text import csv_writer, terminal, terminal_lines
 from .series import RunSeries, resolve_phases
 
-__all__ = ["metrics_json", "metrics_csv", "write_npz", "write_statistics", "jsonable", "terminal_summary"]
+__all__ = ["metrics_json", "metrics_csv", "write_npz", "write_statistics", "strict_json", "terminal_summary"]
 
 
-def jsonable(x: Any) -> Any:
+def strict_json(x: Any) -> Any:
     """Plain JSON values: arrays to lists, NaN/Inf to None (strict JSON has no NaN)."""
     if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
+        return {str(k): strict_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
+        return [strict_json(v) for v in x]
     if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
+        return strict_json(x.tolist())
     if isinstance(x, (np.floating, float)):
         return float(x) if math.isfinite(float(x)) else None
     if isinstance(x, np.integer):
@@ -56,7 +56,7 @@ def metrics_json(run: Any, space: str = "x0", phases: str = "thirds") -> str:
     doc = {"file": run.source, "space": space, "num_steps": run.num_steps,
            "simulated": bool(run.attrs.get("simulated", False)),
            "summary": run.summary(space, scheme).to_dict(), "phase_note": note, "per_step": _per_step(run, space)}
-    return json.dumps(jsonable(doc), indent=2, allow_nan=False)
+    return json.dumps(strict_json(doc), indent=2, allow_nan=False)
 
 
 def terminal_summary(summary: Any) -> str:
@@ -115,6 +115,6 @@ def write_statistics(s: RunSeries, out_dir: str | os.PathLike, stem: str = "stat
     with open(txt, "w", encoding="utf-8") as fh:
         fh.write(f"{header}{terminal(s.label)}: {terminal(s.source)}\n{terminal_summary(summary)}\n")
     with open(js, "w", encoding="utf-8") as fh:
-        json.dump(jsonable({"file": s.source, "label": s.label, "simulated": s.simulated, **summary}), fh,
+        json.dump(strict_json({"file": s.source, "label": s.label, "simulated": s.simulated, **summary}), fh,
                   indent=2, allow_nan=False)
     return [txt, js]

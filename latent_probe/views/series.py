@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 from ..metrics.phases import fit_phases as resolve_phases  # the views show what the metrics define
 
-__all__ = ["RunSeries", "collect", "default_labels", "expert_switches", "resolve_phases", "BRANCHES"]
+__all__ = ["RunSeries", "collect", "default_labels", "expert_switches", "resolve_phases", "PREDICTIONS"]
 
 
 # Prediction quantities whose step-to-step change is shown, in this order, where captured.
-BRANCHES = ("pred", "pred_cond", "pred_uncond")
+PREDICTIONS = ("pred", "pred_cond", "pred_uncond")  # the step-change panels: guided and per-branch predictions
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _phase_tuples(run: Any, scheme: Any) -> list[tuple[str, int, int]]:
 # The original analysis's phases: steps 1-5, 6-10 and 11-20 of a 20-step run.
 def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
-    for branch in BRANCHES:
+    for branch in PREDICTIONS:
         if branch in quantities:
             sc = run.step_change(branch)
             out[branch] = (np.asarray(sc.rel_l1, dtype=np.float64), np.asarray(sc.mag_ratio, dtype=np.float64))
