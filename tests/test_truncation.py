@@ -371,3 +371,21 @@ def test_in_memory_runs_stay_open_side_by_side():
         runs.append(synthetic_run(np.zeros((1, 1, 1, 2, 1, 1), dtype=np.float32)))
         gc.collect()
     assert all(r.num_steps == 1 for r in runs)
+
+
+def test_wan_sequence_parallel_truncation_refused_at_entry():
+    """Under --ulysses_size every rank holds a slice of each DiT call's tokens (seq_len padded to the world
+    size): frame truncation is refused on entry, on every rank, with the reason, and nothing is attached."""
+    import wan
+    from wan.configs import tiny_t2v_config
+
+    t2v = wan.WanT2V(tiny_t2v_config())
+    t2v.sp_size = 2  # what WanT2V(use_sp=True) sets on a 2-process run
+    probe = LatentProbe(t2v, intervene=FrameTruncation(keep=3, until="boundary"))
+    with pytest.raises(ValueError, match=r"sequence parallelism \(--ulysses_size, sp_size=2\)"):
+        probe.__enter__()
+    assert probe.hooks_attached == 0 and "generate" not in vars(t2v)
+    assert not t2v.high_noise_model._forward_pre_hooks
+    with LatentProbe(t2v) as p:  # recording alone is unaffected
+        t2v.generate("a cat", size=(64, 64), frame_num=17, sampling_steps=3, seed=1, offload_model=False)
+    assert p.run.num_steps == 3

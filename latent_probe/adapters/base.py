@@ -64,6 +64,7 @@ class TargetParts:
     dit_output: Callable[[Any], torch.Tensor] = dit_output_tensor
     high_noise_expert: str | None = None
     dit_calls: str | None = None
+    dit_calls_refused: str | None = None  # why interventions may not slice these DiT calls, when dit_calls is None
     guidance_scale: Callable[[str | None], float | None] = lambda expert: None
     call_patches: list[tuple[Any, str, Callable[[Callable], Callable]]] = field(default_factory=list)
     call_args: dict[str, Any] = field(default_factory=dict)

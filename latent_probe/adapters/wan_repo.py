@@ -59,6 +59,7 @@ def _dit_output(output: Any) -> torch.Tensor:
 def parts(target: Any) -> TargetParts:
     experts = {n: getattr(target, n) for n in EXPERT_ATTRS if isinstance(getattr(target, n, None), torch.nn.Module)}
     classes = _scheduler_classes(target)
+    sp_size = int(getattr(target, "sp_size", 1) or 1)  # > 1 under --ulysses_size (sequence parallel)
     if not classes:
         raise UnsupportedTargetError(
             f"{type(target).__name__} looks like a Wan2.2 pipeline but module {type(target).__module__} "
@@ -92,7 +93,10 @@ def parts(target: Any) -> TargetParts:
         cfg="sequential",
         dit_output=_dit_output,
         high_noise_expert="high_noise_model" if {"high_noise_model", "low_noise_model"} <= set(experts) else None,
-        dit_calls="wan_repo",
+        dit_calls=None if sp_size > 1 else "wan_repo",
+        dit_calls_refused=(f"Wan2.2's sequence parallelism (--ulysses_size, sp_size={sp_size}) splits each DiT "
+                           "call's tokens across ranks and pads seq_len to a multiple of the world size; slicing "
+                           "frames there is not supported yet") if sp_size > 1 else None,
         attrs=attrs,
         call_args=call,
     )

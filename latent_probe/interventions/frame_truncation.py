@@ -157,8 +157,9 @@ class FrameTruncation:
         """
         if parts.dit_calls is None:
             family = parts.attrs.get("pipeline_family", parts.family)
-            raise ValueError(f"frame truncation cannot slice the DiT calls of this {family} "
-                             "target: latent_probe has not verified where its DiT input keeps the frame axis")
+            raise ValueError(f"frame truncation cannot slice the DiT calls of this {family} target: "
+                             + (parts.dit_calls_refused or "latent_probe has not verified where its DiT input keeps "
+                                                           "the frame axis"))
         for name, module in parts.experts.items():
             DitIO(module, parts.dit_calls)  # temporal patch size 1
             if (self.keyframes is not None and 0 not in resolve_keyframes(self.keyframes, 10**9)
