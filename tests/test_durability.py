@@ -428,3 +428,30 @@ def test_schema_v2_layout_is_readable_by_plain_h5py(tmp_path):
         assert state["steps"] == 3 and state["complete"] == 1 and state["closed"] == 1
         experts = f["steps"].fields("expert")[:]
         assert list(experts) == [0, 0, 0] and f.attrs["experts"] == '["model"]'
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_writers_on_one_path_lose_nothing(tmp_path, overwrite):
+    """Two recordings started on the same path: the first to commit owns it; the other is refused with one
+    line naming where its committed steps are kept — never deleted, never silently replacing a live run."""
+    import re
+
+    from latent_probe.store.writer import RunWriter, StepMeta
+
+    path = tmp_path / "r.h5"
+    first, second = RunWriter(path, "float32", overwrite=overwrite), RunWriter(path, "float32", overwrite=overwrite)
+    x = torch.arange(2 * 4 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 4, 3, 2, 2)
+    first.submit(StepMeta(0, 999, 1.0, 0.0, "model", None, 0, 1), {"x0": x})
+    while first.steps_written < 1:
+        time.sleep(0.01)
+    second.submit(StepMeta(0, 999, 1.0, 0.0, "model", None, 0, 1), {"x0": 2 * x})
+    with pytest.raises(WriterError) as err:
+        second.close({"complete": True})
+    first.close({"complete": True})
+    message = str(err.value)
+    assert "\n" not in message and "1 committed steps" in message
+    kept = re.search(r"kept at (\S+\.partial\.h5)", message).group(1)
+    with open_run(path) as run:
+        assert run.complete and (run.latents("x0")[0] == x.numpy()).all()
+    with open_run(kept) as run:
+        assert run.num_steps == 1 and (run.latents("x0")[0] == 2 * x.numpy()).all()

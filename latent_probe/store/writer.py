@@ -42,7 +42,7 @@ import torch
 
 from .._version import __version__
 from . import schema
-from .liveness import hold_writer_lock
+from .liveness import hold_writer_lock, writer_alive
 from .superblock import declared_end_of_file
 from ..errors import LatentProbeError
 
@@ -169,6 +169,7 @@ class RunWriter:
         self._torch_store_dtype = getattr(torch, store_dtype)
         self._experts: list[str] = list(dict.fromkeys(experts or ()))
         self.published = self.path is None
+        self._kept = False  # the path was taken by another run: this one stays beside it (never deleted)
         self._space: _SpaceReservation | None = None
         if self.path is not None:
             if os.path.isdir(self.path):
@@ -247,7 +248,7 @@ class RunWriter:
             pass
         if self._space is not None:
             self._space.close()
-        if self.write_path is not None and not self.published:
+        if self.write_path is not None and not self.published and not self._kept:
             try:
                 os.unlink(self.write_path)
             except OSError:
@@ -414,7 +415,7 @@ class RunWriter:
             self._error = self._error or exc
         if self._space is not None:
             self._space.close()
-        if not self.published:
+        if not self.published and not self._kept:
             if self.steps_written == 0 and not complete:
                 self._discard()  # nothing committed: leave the path (and any run it holds) as it was
             else:
@@ -426,6 +427,9 @@ class RunWriter:
     def _publish(self) -> None:
         """Move the file being written to its path: replace (overwrite) or create it (never clobbering)."""
         if self.overwrite:
+            if os.path.exists(self.path) and writer_alive(self.path):
+                raise FileExistsError(f"{self.path} is being recorded by another process; this run is kept at "
+                                      f"{self.write_path}")
             os.replace(self.write_path, self.path)
         else:
             try:
@@ -595,7 +599,12 @@ class RunWriter:
         self._state_ds[0] = self._state[0]
         self.file.flush()  # ... before the counter that commits it
         if not self.published and self.path is not None:
-            self._publish()  # the first committed step moves the file to its path
+            try:
+                self._publish()  # the first committed step moves the file to its path
+            except OSError:
+                self.steps_written = n + 1  # committed, in the file kept beside the path (the message says where)
+                self._kept = True
+                raise
         self.steps_written = n + 1
 
     def _warn_values(self, index: int, bits: int, over: int) -> None:
