@@ -44,3 +44,12 @@ def run_pipe(pipe, steps: int = 12, guidance_scale: float = 4.0, seed: int = 0, 
     args.update(kw)
     pipe.set_progress_bar_config(disable=True)
     return pipe(**args).frames
+
+
+def demo_run_file(tmp_path_factory, folder: str, name: str, steps: int, frames: int) -> str:
+    """A closed demo run file of ``steps`` steps and ``frames`` latent frames (module-scoped fixtures)."""
+    from latent_probe.demo import run_demo_generation
+
+    path = tmp_path_factory.mktemp(folder) / name
+    run_demo_generation(path, steps=steps, frames=frames)[1].close()
+    return str(path)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from latent_probe import LatentProbe, open_run
-from latent_probe.demo import run_demo_generation
 from latent_probe.views import build_figures, write_dashboard
 from latent_probe.views import static as static_mod
 from latent_probe.views.dashboard import collect_series
@@ -24,7 +23,7 @@ from latent_probe.views.figures import FIGURE_NAMES
 from latent_probe.views.report import metrics_csv, metrics_json, write_npz, write_statistics
 from latent_probe.views.series import collect, default_labels
 
-from conftest import run_pipe
+from conftest import demo_run_file, run_pipe
 
 # Either part, if it ran, would put XSSRAN (spelled nowhere in the payload) into the page's title.
 PAYLOAD = ("<script>document.title='XSS'+'RAN';window.__pwned=1</script>"
@@ -36,10 +35,7 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PAT
 
 @pytest.fixture(scope="module")
 def demo_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("views") / "demo.h5"
-    _, run = run_demo_generation(path, steps=8, frames=6)
-    run.close()
-    return str(path)
+    return demo_run_file(tmp_path_factory, "views", "demo.h5", steps=8, frames=6)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from latent_probe import LatentProbe, open_run
-from latent_probe.demo import run_demo_generation
 from latent_probe.views import build_figures, write_dashboard
 from latent_probe.views import dashboard as dashboard_mod
 from latent_probe.views import figures as figures_mod
@@ -25,7 +24,7 @@ from latent_probe.views.dashboard import collect_series
 from latent_probe.views.figures import FIGURE_NAMES, all_figures
 from latent_probe.views.report import metrics_json, write_statistics
 
-from conftest import run_pipe
+from conftest import demo_run_file, run_pipe
 
 SIMILARITY = FIGURE_NAMES.index("frame_similarity")
 STEP_CHANGE = FIGURE_NAMES.index("step_change")
@@ -33,10 +32,7 @@ STEP_CHANGE = FIGURE_NAMES.index("step_change")
 
 @pytest.fixture(scope="module")
 def demo_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("readable") / "demo.h5"
-    _, run = run_demo_generation(path, steps=8, frames=6)
-    run.close()
-    return str(path)
+    return demo_run_file(tmp_path_factory, "readable", "demo.h5", steps=8, frames=6)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +46,7 @@ def two_expert_path(two_expert_pipe, tmp_path_factory):
 @pytest.fixture(scope="module")
 def long_path(tmp_path_factory):
     """A 40-step run: longer than the original analysis's 20 steps."""
-    path = tmp_path_factory.mktemp("readable_long") / "long.h5"
-    _, run = run_demo_generation(path, steps=40, frames=4)
-    run.close()
-    return str(path)
+    return demo_run_file(tmp_path_factory, "readable_long", "long.h5", steps=40, frames=4)
 
 
 @pytest.fixture(scope="module")

@@ -76,16 +76,14 @@ def read_superblock(path: str) -> tuple[Superblock, int]:
         raise SuperblockError("is corrupt (no valid HDF5 superblock)")
     if lookup3(head[: size - 4]) != int.from_bytes(head[size - 4:size], "little"):
         raise SuperblockError("is corrupt (HDF5 superblock checksum mismatch)")
-    base = int.from_bytes(head[12:12 + offsets], "little")
-    eof = int.from_bytes(head[12 + 2 * offsets:12 + 3 * offsets], "little")
-    return Superblock(version, offsets, base + eof, head[11], size, head[:size]), st.st_size
+    return Superblock(version, offsets, declared_end_of_file(head), head[11], size, head[:size]), st.st_size
 
 
 def declared_end_of_file(head: bytes) -> int | None:
     """The end of file a version-2/3 superblock (the file's first bytes) declares, or None."""
-    if len(head) < 48 or head[:8] != SIGNATURE or head[8] not in (2, 3) or head[9] not in (2, 4, 8):
+    if len(head) < 12 or head[:8] != SIGNATURE or head[8] not in (2, 3) or head[9] not in (2, 4, 8):
         return None
-    offsets = head[9]
+    offsets = head[9]  # v2/3: signature, version, offset size, length size, flags, then base and EOF addresses
     if len(head) < 12 + 4 * offsets + 4:
         return None
     base = int.from_bytes(head[12:12 + offsets], "little")

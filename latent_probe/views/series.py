@@ -7,7 +7,6 @@ escapes them.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
