@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 try:
-    from latent_probe.metrics import kernels, triton_kernels
+    from latent_probe.metrics import layout, reductions, triton_kernels
     from latent_probe.metrics.continuity import adjacent_frame_metrics
 except ImportError:
     # A GPU box may lack the capture side's dependencies (h5py, plotly) that the
@@ -49,7 +49,8 @@ except ImportError:
     pkg = types.ModuleType("latent_probe")
     pkg.__path__ = [str(ROOT / "latent_probe")]
     sys.modules["latent_probe"] = pkg
-    kernels = importlib.import_module("latent_probe.metrics.kernels")
+    layout = importlib.import_module("latent_probe.metrics.layout")
+    reductions = importlib.import_module("latent_probe.metrics.reductions")
     triton_kernels = importlib.import_module("latent_probe.metrics.triton_kernels")
     adjacent_frame_metrics = importlib.import_module("latent_probe.metrics.continuity").adjacent_frame_metrics
 
@@ -151,7 +152,7 @@ def check_cuda(verbose: bool = True) -> bool:
 
     def case(name: str, x: torch.Tensor, lag: int, split: int | None) -> None:
         nonlocal ok
-        y = kernels.canonicalize(x, "b c f h w").y
+        y = layout.canonicalize(x, "b c f h w").y
         out = triton_kernels.fused_pair_stats(y, lag, split=split)
         torch.cuda.synchronize()
         o = out.cpu().numpy()
@@ -184,12 +185,12 @@ def check_cuda(verbose: bool = True) -> bool:
     case("tiny 7x11", x, 3, None)
     z = torch.randn((1, 4, 5, 20, 20), device=dev, generator=g)
     z[:, :, 2] = 0
-    o = triton_kernels.fused_pair_stats(kernels.canonicalize(z).y, 1).cpu().numpy()
+    o = triton_kernels.fused_pair_stats(layout.canonicalize(z).y, 1).cpu().numpy()
     zero_ok = bool(np.isnan(o[0, 3:7, 1:3]).all() and np.isfinite(o[0, 3:7, [0, 3]]).all() and o[0, 0, 2] == 0)
     ok &= zero_ok
     # repeated launches reuse the self-resetting counters
     x = torch.randn(SHAPE, device=dev, generator=g)
-    y = kernels.canonicalize(x).y
+    y = layout.canonicalize(x).y
     first = triton_kernels.fused_pair_stats(y, 1).cpu()
     same = all(torch.equal(first, triton_kernels.fused_pair_stats(y, 1).cpu()) for _ in range(20))
     ok &= same
@@ -239,8 +240,8 @@ def bench_cpu(reps: int) -> None:
     loop, _ = add("per-pair Python loop, original analysis (norm, cosine_similarity, .item())", lambda: per_pair_loop(x), max(5, reps // 4))
     lean, _ = add("per-pair Python loop, lean (4 sums per pair, .item())", lambda: per_pair_loop_lean(x), max(5, reps // 4))
     add("eager vectorised torch (4 reductions, dtype=float64)", lambda: vectorised(x), max(3, reps // 8))
-    polar, _ = add("frame_pair_stats, dot='polar' (CPU default)", lambda: kernels.frame_pair_stats(x))
-    add("frame_pair_stats, dot='direct'", lambda: kernels.frame_pair_stats(x, dot="direct"))
+    polar, _ = add("frame_pair_stats, dot='polar' (CPU default)", lambda: reductions.frame_pair_stats(x))
+    add("frame_pair_stats, dot='direct'", lambda: reductions.frame_pair_stats(x, dot="direct"))
     full, _ = add("adjacent_frame_metrics (all metrics, numpy out)", lambda: adjacent_frame_metrics(x))
     xh = x.to(torch.bfloat16)
     add("adjacent_frame_metrics, bfloat16 input", lambda: adjacent_frame_metrics(xh))
@@ -272,7 +273,7 @@ def bench_cuda() -> None:
     torch.manual_seed(0)
     x = torch.randn(SHAPE, device=dev)
     nbytes = x.numel() * x.element_size()
-    y = kernels.canonicalize(x).y
+    y = layout.canonicalize(x).y
 
     def bench(fn: Callable[[], object]) -> float:
         return float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"))
@@ -293,10 +294,10 @@ def bench_cuda() -> None:
     for _ in range(3):
         compiled32(x)
     rows.append(("torch.compile of the plain float32 version", bench(lambda: compiled32(x))))
-    rows.append(("frame_pair_stats(backend='torch') (blocked torch path on GPU)", bench(lambda: kernels.frame_pair_stats(x, backend="torch"))))
+    rows.append(("frame_pair_stats(backend='torch') (blocked torch path on GPU)", bench(lambda: reductions.frame_pair_stats(x, backend="torch"))))
     fused = bench(lambda: triton_kernels.fused_pair_stats(y, 1))
     rows.append(("fused Triton kernel (all 7 outputs, one launch)", fused))
-    rows.append(("frame_pair_stats(x) (API: rearrange + kernel)", bench(lambda: kernels.frame_pair_stats(x))))
+    rows.append(("frame_pair_stats(x) (API: rearrange + kernel)", bench(lambda: reductions.frame_pair_stats(x))))
     rows.append(("adjacent_frame_metrics(x) (+ D2H, numpy out)", bench(lambda: adjacent_frame_metrics(x))))
     for dt in (torch.bfloat16, torch.float16):
         yh = y.to(dt)
@@ -312,7 +313,7 @@ def bench_cuda() -> None:
     # host cost per call (Python launch path), not visible in do_bench's device timing
     for name, fn in (
         ("fused kernel", lambda: triton_kernels.fused_pair_stats(y, 1)),
-        ("frame_pair_stats(x)", lambda: kernels.frame_pair_stats(x)),
+        ("frame_pair_stats(x)", lambda: reductions.frame_pair_stats(x)),
     ):
         fn()
         torch.cuda.synchronize()

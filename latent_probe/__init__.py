@@ -21,9 +21,12 @@ from .metrics import (
     step_change,
 )
 from .metrics.phases import Phase, Summary, phase_ranges
-from .metrics.run_metrics import RunContinuity, RunMetrics, RunStepChange
+from .metrics import StepChange
+from .metrics.run_metrics import RunMetrics
 from .parameterization import NoiseLevel, Parameterization, UnknownParameterizationError
-from .interventions import FrameTruncation, compare_truncation, truncation_feasibility
+from .interventions import FrameTruncation
+from .metrics.feasibility import truncation_feasibility
+from .app.compare import compare_truncation  # the root re-exports app's Python entry points
 from .probe import LatentProbe
 from .store.reader import LatentView, Run, RunFileError, open_run
 from .store.writer import DiskFullError, WriterError
@@ -50,9 +53,8 @@ __all__ = [
     "compare_truncation",
     # metrics
     "AdjacentFrameMetrics",
-    "RunContinuity",
+    "StepChange",
     "RunMetrics",
-    "RunStepChange",
     "Phase",
     "Summary",
     "phase_ranges",

@@ -110,7 +110,7 @@ def test_metrics_accessor_caches_and_refresh_forgets(tmp_path):
         assert not run.metrics.cache
         a = run.metrics("x0")
         assert run.metrics("x0").l2 is a.l2 and "x0/adjacent" in run.metrics.cache
-        assert run.summary("x0") is not None and run.cond_uncond_gap() is run.metrics.eps_gap()  # promoted
+        assert run.summary("x0") is not None and run.eps_gap() is run.metrics.eps_gap()  # promoted
         run.refresh()
         assert not run.metrics.cache
     with open_run(path) as run:  # the file kept the cache (written while it was open r+)

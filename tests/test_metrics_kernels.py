@@ -21,7 +21,7 @@ from latent_probe.metrics import (
     one_minus_cos,
     step_change,
 )
-from latent_probe.metrics import kernels, triton_kernels
+from latent_probe.metrics import engine, formulas, layout, triton_kernels
 
 
 # --------------------------------------------------------------------------- #
@@ -104,7 +104,7 @@ def test_random_latent_matches_reference():
 def test_direct_dot_mode_is_tighter():
     x = rng_latent((2, 4, 7, 12, 20), seed=1)
     st = frame_pair_stats(x, dot="direct")
-    from latent_probe.metrics.kernels import pair_metrics
+    from latent_probe.metrics.formulas import pair_metrics
 
     pm = pair_metrics(st)
     for b in range(2):
@@ -124,7 +124,7 @@ def test_random_latent_correlated_frames_and_scaled_frames(monkeypatch):
     m = adjacent_frame_metrics(x)
     check_against_ref(x, m, atol_cos=2e-7)
     # without the fallback the polarised cosine of the 400x pair is visibly off
-    monkeypatch.setattr(kernels, "POLAR_MAX_RATIO", float("inf"))
+    monkeypatch.setattr(formulas, "POLAR_MAX_RATIO", float("inf"))
     bad = adjacent_frame_metrics(x)
     r = ref_pairs(frames_bcfhw(x, 0))
     assert abs(bad.cos[0, 2] - r["cos"][2]) > 2e-7
@@ -170,8 +170,8 @@ def test_pair_metrics_torch_and_numpy_agree():
     x[0, :, 1] = 0
     x[1, :, 3] *= 50.0  # unbalanced norms: the other 1 - cos branch
     st = frame_pair_stats(x)
-    a = kernels.pair_metrics(st)
-    b = kernels.pair_metrics((st.sq.numpy(), st.dot.numpy(), st.diff_sq.numpy(), st.lag))
+    a = formulas.pair_metrics(st)
+    b = formulas.pair_metrics((st.sq.numpy(), st.dot.numpy(), st.diff_sq.numpy(), st.lag))
     for u, v in zip(a, b):
         assert isinstance(v, np.ndarray)
         np.testing.assert_array_equal(u.numpy(), v)
@@ -263,7 +263,7 @@ def test_layouts_agree_and_canonical_view_is_free():
         np.testing.assert_allclose(m.l2, m1.l2, rtol=1e-6)
         np.testing.assert_allclose(m.cos, m1.cos, atol=ATOL_COS)
     # the Wan layout is rearranged without a copy
-    y, bshape = kernels.canonicalize(x, "b c f h w")
+    y, bshape = layout.canonicalize(x, "b c f h w")
     assert y.data_ptr() == x.data_ptr() and tuple(y.shape) == (2, 4, 6, 140) and bshape == (2,)
     # a non-contiguous input still gives the right answer
     xt = x.transpose(3, 4)
@@ -284,9 +284,9 @@ def test_step_axis_is_a_batch_axis():
 
 def test_multiple_chunks_and_blocks(monkeypatch):
     # small chunks: pairs straddle chunk boundaries; rows split into blocks (L > MAX_BLOCK)
-    monkeypatch.setattr(kernels, "CHUNK_ELEMS", 3000)
+    monkeypatch.setattr(engine, "CHUNK_ELEMS", 3000)
     x = rng_latent((2, 3, 5, 40, 60), seed=11)  # L = 2400 -> blocks of 1200
-    assert kernels._block_len(2400) == 1200
+    assert engine.block_len(2400) == 1200
     m = adjacent_frame_metrics(x)
     check_against_ref(x, m)
     for dt in (torch.float16, torch.bfloat16):
@@ -491,7 +491,7 @@ def test_triton_kernel_matches_reference(dtype):
                 assert rel_err(m.l2[b], r["l2"]) <= 1e-6
                 assert rel_err(m.one_minus_cos[b], r["omc"]) <= 1e-5
                 np.testing.assert_allclose(m.cos[b], r["cos"], atol=1e-7)
-    y = kernels.canonicalize(x.to(dev)).y
+    y = layout.canonicalize(x.to(dev)).y
     for split in (1, 4, 32):
         out = triton_kernels.fused_pair_stats(y, 1, split=split).cpu().numpy()
         r = ref_pairs(frames_bcfhw(x, 0))

@@ -141,13 +141,13 @@ def test_step_change_and_gap_against_numpy(two_expert_pipe):
     ref = [np.abs(p[s] - p[s - 1]).sum() / np.abs(p[s - 1]).sum() for s in range(1, 8)]
     assert np.isnan(sc.rel_l1[0])
     np.testing.assert_allclose(sc.rel_l1[1:], ref, rtol=1e-10)
-    np.testing.assert_allclose(sc.mag_ratio[1:], [np.linalg.norm(p[s]) / np.linalg.norm(p[s - 1]) for s in range(1, 8)])
+    np.testing.assert_allclose(sc.norm_ratio[1:], [np.linalg.norm(p[s]) / np.linalg.norm(p[s - 1]) for s in range(1, 8)])
     assert sc.expert_switch.sum() == 1
     xt, c, u = (run.latents(n)[:].astype(np.float64) for n in ("x_t", "pred_cond", "pred_uncond"))
     s = run.sigmas[:, None, None, None, None, None]
     eps_c = xt + (1 - s) * c
     ref_gap = [np.linalg.norm((1 - s[i]) * (c[i] - u[i])) / np.linalg.norm(eps_c[i]) for i in range(8)]
-    np.testing.assert_allclose(run.cond_uncond_gap(), ref_gap, rtol=1e-9)
+    np.testing.assert_allclose(run.eps_gap(), ref_gap, rtol=1e-9)
     np.testing.assert_allclose(run.noise_floor(), (1 - run.sigmas) ** 2 / ((1 - run.sigmas) ** 2 + run.sigmas ** 2))
     df = run.to_dataframe("x0")
     assert len(df) == 8 * 1 * 4 * 4 and set(df.metric) == {"l2", "cos", "one_minus_cos", "norm_ratio"}

@@ -14,15 +14,9 @@ from conftest import run_pipe
 from wan.configs import tiny_i2v_config, tiny_t2v_config, tiny_ti2v_config
 
 from latent_probe import LatentProbe, Run
-from latent_probe.interventions import (
-    FrameTruncation,
-    compare_truncation,
-    default_keyframes,
-    format_comparison,
-    format_feasibility,
-    interpolate_frames,
-    truncation_feasibility,
-)
+from latent_probe import compare_truncation, truncation_feasibility
+from latent_probe.interventions import FrameTruncation, default_keyframes, interpolate_frames
+from latent_probe.views.truncation_text import format_comparison, format_feasibility
 from latent_probe.app.truncation_cmd import add_truncation_parser, truncation_command
 from latent_probe.store.writer import RunWriter, StepMeta
 

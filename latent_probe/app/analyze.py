@@ -108,7 +108,8 @@ def _name(point: SweepPoint, variant: Variant, o: AnalyzeOptions, n_variants: in
 def _compare_point(o: AnalyzeOptions, backend: Any, point: SweepPoint, attrs: dict[str, Any],
                    views: Callable[[str, str, str], None], log: Callable[[str], None]) -> None:
     """Baseline and frame-truncated generation of one sweep point (same seed), their report and views."""
-    from ..interventions import compare_truncation, format_comparison
+    from ..views.truncation_text import format_comparison
+    from .compare import compare_truncation
     from ..views.safe_text import terminal, terminal_lines
 
     sub, label = _name(point, BASELINE, o, 1)

@@ -39,7 +39,8 @@ def add_truncation_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
 def truncation_command(args: argparse.Namespace) -> int:
     """Print the feasibility table of ``args.run`` (control characters escaped); 0 on success (errors raise
     for the CLI to report)."""
-    from ..interventions.feasibility import format_feasibility, truncation_feasibility
+    from ..metrics.feasibility import truncation_feasibility
+    from ..views.truncation_text import format_feasibility
     from ..store.reader import open_run
     from ..views.report import strict_json
     from ..views.safe_text import terminal_lines

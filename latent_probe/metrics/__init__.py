@@ -7,9 +7,10 @@ Public API (see docs/metrics.md):
   :func:`cond_uncond_gap`, :func:`noise_floor`
 * drop-ins of the original analysis: :func:`compute_normalized_l2_distance`,
   :func:`compute_cosine_similarity`, :func:`analyze_latent_continuity`
-* low-level float64 sums: :mod:`latent_probe.metrics.kernels`
-  (:func:`frame_pair_stats`, :func:`one_minus_cos`, ...); the fused CUDA kernel
-  lives in :mod:`latent_probe.metrics.triton_kernels` and is imported lazily.
+* the machinery, one job a module: :mod:`.layout` (any layout → [N, R, F, L]),
+  :mod:`.engine` (the blocked row reductions), :mod:`.reductions` (one-pass float64
+  sums: :func:`frame_pair_stats`, ...; dispatch to the fused CUDA kernel in
+  :mod:`.triton_kernels`, imported lazily), :mod:`.formulas` (metrics from sums)
 """
 
 from .continuity import (
@@ -26,7 +27,8 @@ from .continuity import (
     noise_floor,
     step_change,
 )
-from .kernels import PairMetrics, PairStats, frame_pair_stats, one_minus_cos, pair_metrics
+from .formulas import PairMetrics, PairStats, one_minus_cos, pair_metrics
+from .reductions import frame_pair_stats
 from .run_metrics import RunMetrics  # registers run.metrics (store/accessors.py)
 
 __all__ = [

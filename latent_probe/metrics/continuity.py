@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from . import kernels as _k
-from .kernels import DEFAULT_FRAME_AXES
+from .formulas import PairStats, pair_metrics
+from .layout import DEFAULT_FRAME_AXES, as_tensor
+from .reductions import diff_norms, frame_gram, frame_pair_stats, series_stats
 
 __all__ = [
     "AdjacentFrameMetrics",
@@ -69,13 +70,16 @@ def _nanmean_last(a: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AdjacentFrameMetrics:
-    """Metrics of frame pairs (f, f + lag).
+    """Metrics of frame pairs (f, f + lag) — the one result type of per-pair metrics, for one latent or for
+    every step of a run (``run.metrics(space)``: leading axes [S, B]).
 
     l2, cos, one_minus_cos, norm_ratio: [..., F - lag] float64 (unitless)
     l2_mean, cos_mean:                  [...] float64, means over the pairs,
                                         NaN pairs (zero frames) left out
     zero_frames:                        [..., F] bool, frames of zero norm
     lag:                                pair distance (1 = adjacent frames)
+    space:                              the run quantity measured ("x0", "eps", "x_t", "pred", ...), or None
+                                        for a tensor passed in directly
     """
 
     l2: np.ndarray
@@ -86,18 +90,24 @@ class AdjacentFrameMetrics:
     cos_mean: np.ndarray
     zero_frames: np.ndarray
     lag: int = 1
+    space: str | None = None
 
 
 @dataclass(frozen=True)
 class StepChange:
-    """Change of a prediction between consecutive steps; step 0 is NaN.
+    """Change of a prediction between consecutive steps — one type for tensors and for runs; step 0 is NaN.
 
-    rel_l1:     [S] ||p_s - p_{s-1}||_1 / ||p_{s-1}||_1
-    norm_ratio: [S] ||p_s||_2 / ||p_{s-1}||_2
+    rel_l1:        [S] ||p_s - p_{s-1}||_1 / ||p_{s-1}||_1 (the difference summed directly)
+    norm_ratio:    [S] ||p_s||_2 / ||p_{s-1}||_2 (the same "norm ratio" as between frames, along steps)
+    space:         the run quantity ("pred", "x0", ...), None for tensors passed in directly
+    expert_switch: [S] bool, True where step s ran another expert than step s−1 (values there compare two
+                   networks; per-expert statistics leave them out); None without expert labels
     """
 
     rel_l1: np.ndarray
     norm_ratio: np.ndarray
+    space: str | None = None
+    expert_switch: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ class CondUncondGap:
     per_frame: np.ndarray
 
 
-def _stats_np(stats: _k.PairStats) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _stats_np(stats: PairStats) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The three float64 stat arrays on the host (one transfer from a GPU)."""
     sq, dot, dd = stats.sq, stats.dot, stats.diff_sq
     if sq.device.type == "cpu":
@@ -128,8 +138,8 @@ def _stats_np(stats: _k.PairStats) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 def _pair_metrics(x: Array, layout: str, lag: int, frame_axes: Sequence[str], backend: str) -> AdjacentFrameMetrics:
-    stats = _k.frame_pair_stats(x, layout, lag, frame_axes=frame_axes, backend=backend)
-    pm = _k.pair_metrics(_stats_np(stats))
+    stats = frame_pair_stats(x, layout, lag, frame_axes=frame_axes, backend=backend)
+    pm = pair_metrics(_stats_np(stats))
     return AdjacentFrameMetrics(
         l2=pm.l2,
         cos=pm.cos,
@@ -154,7 +164,7 @@ def adjacent_frame_metrics(
     ``x``: latent (torch or numpy, any float dtype, any device) whose axes
     ``layout`` names; e.g. [B, C, F, H, W] with "b c f h w", or
     [S, B, C, F, H, W] with the same layout (leading S becomes a batch axis).
-    One blocked pass over ``x``; see :func:`kernels.frame_pair_stats`.
+    One blocked pass over ``x``; see :func:`reductions.frame_pair_stats`.
     """
     return _pair_metrics(x, layout, 1, frame_axes, backend)
 
@@ -187,7 +197,7 @@ def frame_similarity_matrix(
     Symmetric, diagonal exactly 1; rows and columns of zero frames are NaN.
     Accumulated in float64 (float64 Gram matrix of float64-upcast chunks).
     """
-    G = _np(_k.frame_gram(x, layout, frame_axes=frame_axes))
+    G = _np(frame_gram(x, layout, frame_axes=frame_axes))
     d = np.sqrt(np.diagonal(G, axis1=-2, axis2=-1))
     den = d[..., :, None] * d[..., None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -200,32 +210,38 @@ def frame_similarity_matrix(
     return S
 
 
-def step_change(preds: Array | Sequence[Array]) -> StepChange:
+def step_change(preds: Array | Iterable[Array]) -> StepChange:
     """Step-to-step change of a prediction (x̂₀, v, ...) over sampling steps.
 
-    ``preds``: [S, ...] tensor/array, or a sequence of S same-shaped tensors.
-    Returns per-step arrays [S]; step 0 (no predecessor) is NaN, as is any step
-    whose predecessor has zero norm.
+    ``preds``: an [S, ...] tensor/array (one blocked pass), or any iterable of S same-shaped tensors — a
+    list, or a generator streaming a run's steps (two steps in memory at a time). Returns per-step arrays
+    [S]; step 0 (no predecessor) is NaN, as is any step whose predecessor has zero norm. Float64 sums of
+    float32-reduced rows (relative error ~1e-7).
     """
     if isinstance(preds, (torch.Tensor, np.ndarray)):
-        st = _k.series_stats(preds)
+        st = series_stats(preds)
         sq, l1, l1d = _np(st["sq"]), _np(st["l1"]), _np(st["l1_d"])
     else:
-        seq = [_k.as_tensor(p) for p in preds]
-        if not seq:
+        sq_l, l1_l, l1d_l = [], [], []
+        prev = None
+        for s, p in enumerate(preds):
+            t = as_tensor(p)
+            if prev is None:
+                sq_l.append(math.nan)
+                l1_l.append(math.nan)
+            else:
+                if t.shape != prev.shape:
+                    raise ValueError(f"step {s}: shape {tuple(t.shape)} != {tuple(prev.shape)}")
+                t = t.to(prev.device)
+                r = diff_norms(prev.reshape(1, -1), t.reshape(1, -1), "f d", frame_axes=("d",), l1=True)
+                sq_l[-1], l1_l[-1] = float(r["sq_a"][0]), float(r["l1_a"][0])
+                sq_l.append(float(r["sq_b"][0]))
+                l1_l.append(math.nan)
+                l1d_l.append(float(r["l1_d"][0]))
+            prev = t
+        if prev is None:
             raise ValueError("empty sequence of predictions")
-        S = len(seq)
-        sq = np.full(S, np.nan)
-        l1 = np.full(S, np.nan)
-        l1d = np.empty(S - 1)
-        for s in range(1, S):
-            a, b = seq[s - 1], seq[s]
-            if a.shape != b.shape:
-                raise ValueError(f"step {s}: shape {tuple(b.shape)} != {tuple(a.shape)}")
-            b = b.to(a.device)
-            r = _k.diff_norms(a.reshape(1, -1), b.reshape(1, -1), "f d", frame_axes=("d",), l1=True)
-            sq[s - 1], sq[s] = float(r["sq_a"][0]), float(r["sq_b"][0])
-            l1[s - 1], l1d[s - 1] = float(r["l1_a"][0]), float(r["l1_d"][0])
+        sq, l1, l1d = np.asarray(sq_l), np.asarray(l1_l), np.asarray(l1d_l)
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.concatenate([[np.nan], np.where(l1[:-1] > 0, l1d / l1[:-1], np.nan)])
         nr = np.concatenate([[np.nan], np.where(sq[:-1] > 0, np.sqrt(sq[1:] / sq[:-1]), np.nan)])
@@ -245,7 +261,7 @@ def cond_uncond_gap(
     axes, e.g. steps, are batch axes).  per_step: [...], per_frame: [..., F];
     NaN where ||c|| = 0.
     """
-    r = _k.diff_norms(cond, uncond, layout, frame_axes=frame_axes)
+    r = diff_norms(cond, uncond, layout, frame_axes=frame_axes)
     dd, sc = _np(r["dd"]), _np(r["sq_a"])
     with np.errstate(invalid="ignore", divide="ignore"):
         per_frame = np.where(sc > 0, np.sqrt(dd / sc), np.nan)
@@ -280,7 +296,7 @@ def noise_floor(sigma, alpha=None):  # type: ignore[no-untyped-def]
 # drop-ins with the original analysis's names
 # --------------------------------------------------------------------------- #
 def _pair_of(latent_f: Array, latent_f_plus_1: Array) -> AdjacentFrameMetrics:
-    a, b = _k.as_tensor(latent_f), _k.as_tensor(latent_f_plus_1)
+    a, b = as_tensor(latent_f), as_tensor(latent_f_plus_1)
     if a.shape != b.shape:
         raise ValueError(f"frame shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if b.dtype != a.dtype or b.device != a.device:
@@ -328,7 +344,7 @@ def _dropin_latent(latent: Array, layout: str | None, stacklevel: int) -> tuple[
     ``...``) are merged into one with einops ``rearrange`` (a view); c, f, h, w
     keep their order, so the kernels see the same memory layout as the input.
     """
-    t = _k.as_tensor(latent)
+    t = as_tensor(latent)
     if layout is None:
         if t.ndim == 4:
             raise ValueError(

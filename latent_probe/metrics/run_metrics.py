@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import h5py
@@ -21,8 +20,9 @@ import torch
 from ..parameterization import NoiseLevel, Parameterization, estimate_x0_eps
 from ..store import schema
 from ..store.accessors import register_run_accessor
-from .continuity import _nanmean_last, adjacent_frame_metrics, frame_similarity_matrix, lag_similarity, \
-    noise_floor
+from .continuity import AdjacentFrameMetrics, StepChange, _nanmean_last, adjacent_frame_metrics, \
+    frame_similarity_matrix, lag_similarity, noise_floor
+from .continuity import step_change as _step_change
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store.reader import Run
@@ -31,39 +31,12 @@ __all__ = ["METRICS_VERSION", "RunContinuity", "RunStepChange", "RunMetrics", "c
            "iter_steps"]
 
 # Bump when a definition or its numerics change: cached values with another version are recomputed.
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: step change stores norm_ratio (was mag_ratio), one implementation with tensors
 
 
-@dataclass(frozen=True)
-class RunContinuity:
-    """Adjacent-frame metrics of one space for every step.
-
-    l2, cos, one_minus_cos, norm_ratio: [S, B, F−1] float64; l2_mean, cos_mean: [S, B] (means over pairs);
-    zero_frames: [S, B, F] bool.
-    """
-
-    space: str
-    l2: np.ndarray
-    cos: np.ndarray
-    one_minus_cos: np.ndarray
-    norm_ratio: np.ndarray
-    l2_mean: np.ndarray
-    cos_mean: np.ndarray
-    zero_frames: np.ndarray
-
-
-@dataclass(frozen=True)
-class RunStepChange:
-    """Change of a prediction between consecutive steps: rel_l1 and mag_ratio [S] (NaN at step 0).
-
-    ``expert_switch`` [S] is True where step s ran another expert than step s−1 (values there compare two
-    different networks; per-expert statistics leave them out).
-    """
-
-    space: str
-    rel_l1: np.ndarray
-    mag_ratio: np.ndarray
-    expert_switch: np.ndarray
+# The per-step results of a run are the same types as those of a tensor (leading step axis, ``space`` set):
+RunContinuity = AdjacentFrameMetrics
+RunStepChange = StepChange
 
 
 def iter_steps(run: "Run", name: str, device: str | torch.device = "cpu", prefetch: int = 2
@@ -157,7 +130,7 @@ def _cached(run: "Run", key: str, compute: Callable[[], dict[str, np.ndarray]]) 
 
 
 # ------------------------------------------------------------------ metrics
-def continuity(run: "Run", space: str = "x0", lag: int = 1, device: str = "cpu") -> RunContinuity:
+def continuity(run: "Run", space: str = "x0", lag: int = 1, device: str = "cpu") -> AdjacentFrameMetrics:
     """Adjacent-frame (or lag-k) metrics of ``space`` for every step, computed once and cached."""
 
     def compute() -> dict[str, np.ndarray]:
@@ -174,32 +147,27 @@ def continuity(run: "Run", space: str = "x0", lag: int = 1, device: str = "cpu")
 
     key = f"{space}/adjacent" if lag == 1 else f"{space}/lag{lag}"
     a = _cached(run, key, compute)
-    return RunContinuity(space=space, l2=a["l2"], cos=a["cos"], one_minus_cos=a["one_minus_cos"],
-                         norm_ratio=a["norm_ratio"], l2_mean=_nanmean_last(a["l2"]),
-                         cos_mean=_nanmean_last(a["cos"]), zero_frames=a["zero_frames"].astype(bool))
+    return AdjacentFrameMetrics(l2=a["l2"], cos=a["cos"], one_minus_cos=a["one_minus_cos"],
+                                norm_ratio=a["norm_ratio"], l2_mean=_nanmean_last(a["l2"]),
+                                cos_mean=_nanmean_last(a["cos"]), zero_frames=a["zero_frames"].astype(bool),
+                                lag=lag, space=space)
 
 
-def step_change(run: "Run", space: str = "pred") -> RunStepChange:
-    """Relative L1 change and magnitude ratio of ``space`` between consecutive steps (float64)."""
+def step_change(run: "Run", space: str = "pred") -> StepChange:
+    """Relative L1 change and norm ratio of ``space`` between consecutive steps [S] (the tensor function
+    :func:`latent_probe.metrics.step_change` over the run's steps, streamed), with ``expert_switch``."""
 
     def compute() -> dict[str, np.ndarray]:
-        rel, mag = [np.nan], [np.nan]
-        prev = None
-        for x in iter_steps(run, space):
-            x = x.double()
-            if prev is not None:
-                l1_prev = prev.abs().sum()
-                rel.append(float((x - prev).abs().sum() / l1_prev) if l1_prev > 0 else np.nan)
-                n_prev = torch.linalg.vector_norm(prev)
-                mag.append(float(torch.linalg.vector_norm(x) / n_prev) if n_prev > 0 else np.nan)
-            prev = x
-        return {"rel_l1": np.asarray(rel[: run.num_steps]), "mag_ratio": np.asarray(mag[: run.num_steps])}
+        if run.num_steps == 0:
+            raise ValueError("the run has no committed step")
+        sc = _step_change(x.double() for x in iter_steps(run, space))  # float64 rows: exact differences
+        return {"rel_l1": sc.rel_l1[: run.num_steps], "norm_ratio": sc.norm_ratio[: run.num_steps]}
 
     a = _cached(run, f"{space}/step_change", compute)
     experts = run.experts
     switch = np.zeros(len(experts), dtype=bool)
     switch[1:] = experts[1:] != experts[:-1]
-    return RunStepChange(space=space, rel_l1=a["rel_l1"], mag_ratio=a["mag_ratio"], expert_switch=switch)
+    return StepChange(rel_l1=a["rel_l1"], norm_ratio=a["norm_ratio"], space=space, expert_switch=switch)
 
 
 def _eps_slope(param: Parameterization, level: NoiseLevel) -> float:
@@ -276,19 +244,19 @@ class RunMetrics:
     also reachable as ``run.<method>`` (``promoted``). The store knows none of this: the class registers itself.
     """
 
-    promoted = ("lag_similarity", "frame_similarity", "step_change", "eps_gap", "cond_uncond_gap", "noise_floor",
+    promoted = ("lag_similarity", "frame_similarity", "step_change", "eps_gap", "noise_floor",
                 "phases", "summary", "to_dataframe")
 
     def __init__(self, run: "Run") -> None:
         self._run = run
         self.cache: dict[str, dict[str, np.ndarray]] = {}
 
-    def __call__(self, space: str = "x0", *, device: str = "cpu") -> RunContinuity:
+    def __call__(self, space: str = "x0", *, device: str = "cpu") -> AdjacentFrameMetrics:
         """Adjacent-frame continuity of ``space`` (x0, eps, x_t, pred, ...): ``.l2``, ``.cos`` [S, B, F−1],
         ``.l2_mean``, ``.cos_mean`` [S, B], ``.one_minus_cos``, ``.norm_ratio``."""
         return continuity(self._run, space, device=device)
 
-    def lag_similarity(self, space: str = "x0", k: int = 2) -> RunContinuity:
+    def lag_similarity(self, space: str = "x0", k: int = 2) -> AdjacentFrameMetrics:
         """Frame f vs f+k metrics for every step: fields [S, B, F−k]."""
         return continuity(self._run, space, lag=k)
 
@@ -296,15 +264,13 @@ class RunMetrics:
         """Cosine of every pair of frames at one step: [B, F, F]."""
         return frame_similarity(self._run, space, step)
 
-    def step_change(self, space: str = "pred") -> RunStepChange:
-        """Relative L1 change and magnitude ratio between consecutive steps: ``.rel_l1``, ``.mag_ratio`` [S]."""
+    def step_change(self, space: str = "pred") -> StepChange:
+        """Relative L1 change and norm ratio between consecutive steps: ``.rel_l1``, ``.norm_ratio`` [S]."""
         return step_change(self._run, space)
 
     def eps_gap(self) -> np.ndarray | None:
         """‖ε̂_cond − ε̂_uncond‖ / ‖ε̂_cond‖ per step [S], or None when the CFG branches were not captured."""
         return gap(self._run)
-
-    cond_uncond_gap = eps_gap  # the name the first version used
 
     def noise_floor(self) -> np.ndarray:
         """Adjacent-frame cosine that x_t would show from noise alone (static content), per step [S]."""

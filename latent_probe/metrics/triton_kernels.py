@@ -1,7 +1,7 @@
 """Fused CUDA kernel (Triton) for the frame-pair sums.
 
 One launch, one read of the latent.  Input: a contiguous ``[N, R, F, L]``
-tensor (see :func:`kernels.canonicalize`; one frame = the ``R x L`` slab),
+tensor (see :func:`layout.canonicalize`; one frame = the ``R x L`` slab),
 float32 / float16 / bfloat16.  Output: one float64 tensor ``out[N, 7, F]``:
 
 ====  ===========================================  =================

@@ -31,7 +31,7 @@ class RunSeries:
     l2_mean, cos_mean: [S] means over frame pairs (and batch items)
     noise_floor: [S] adjacent-frame cosine x_t shows from noise alone at σ
     xt_cos_mean: [S] adjacent-frame cosine of x_t itself, or None when x_t was not captured
-    step_change: branch → (rel_l1 [S], mag_ratio [S]); NaN at step 1
+    step_change: branch → (rel_l1 [S], norm_ratio [S]); NaN at step 1
     expert_switch: [S] bool, True where the step ran another expert than the step before
     gap: [S] cond–uncond gap ‖c−u‖/‖c‖, or None without captured branches
     phases: [(name, start, stop)] 0-based, stop exclusive
@@ -119,7 +119,7 @@ def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndar
     for branch in PREDICTIONS:
         if branch in quantities:
             sc = run.step_change(branch)
-            out[branch] = (np.asarray(sc.rel_l1, dtype=np.float64), np.asarray(sc.mag_ratio, dtype=np.float64))
+            out[branch] = (np.asarray(sc.rel_l1, dtype=np.float64), np.asarray(sc.norm_ratio, dtype=np.float64))
     return out
 
 
@@ -142,7 +142,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     xt_cos = None
     if "x_t" in quantities:
         xt_cos = _batch_mean(run.metrics("x_t").cos_mean) if space != "x_t" else _batch_mean(m.cos_mean)
-    gap = run.cond_uncond_gap()
+    gap = run.eps_gap()
     experts = np.asarray([str(e) for e in run.experts], dtype=object)
     if similarity_steps is None:
         similarity_steps = sorted({0, S // 2, S - 1})
@@ -153,7 +153,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     sim = {int(s) + 1: np.asarray(run.frame_similarity(space, int(s)), dtype=np.float64)[0] for s in similarity_steps}
     feasibility = None
     if "x0" in quantities and run.latents("x0").shape[3] > feasibility_keep > 0:
-        from ..interventions.feasibility import truncation_feasibility
+        from ..metrics.feasibility import truncation_feasibility
 
         f = truncation_feasibility(run, keep=feasibility_keep, space="x0")
         feasibility = (feasibility_keep, np.asarray(f.rel_l2, dtype=np.float64), np.asarray(f.cosine, dtype=np.float64))

@@ -19,9 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .interpolation import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
+from ..interventions.interpolation import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
+from .formulas import cosine_from_sums, relative_l2
+from .reductions import diff_norms
 
-__all__ = ["FeasibilityResult", "truncation_feasibility", "format_feasibility", "frame_errors"]
+__all__ = ["FeasibilityResult", "truncation_feasibility", "frame_errors"]
 
 
 @dataclass
@@ -61,30 +63,20 @@ class FeasibilityResult:
 
 
 def frame_errors(x: torch.Tensor, keys: Sequence[int], fill: str) -> tuple[float, float, np.ndarray]:
-    """(rel_l2, cosine, per-frame rel_l2 [F]) of one step x [B, C, F, H, W] (float64), batch-averaged."""
+    """(rel_l2, cosine, per-frame rel_l2 [F]) of one step x [B, C, F, H, W] (float64), batch-averaged.
+
+    The same float64 sums (``reductions.diff_norms``) and formulas (``formulas.relative_l2``,
+    ``cosine_from_sums``) as every other metric; ‖interp − x‖ is summed directly, never by cancellation.
+    """
     num_frames = x.shape[-3]
     idx = torch.as_tensor(list(keys), dtype=torch.long)
     interp = interpolate_frames(x.index_select(-3, idx), keys, num_frames, fill)
-    diff = interp - x
-    b = x.shape[0]
-    d2 = diff.reshape(b, -1).pow(2).sum(1)
-    x2 = x.reshape(b, -1).pow(2).sum(1)
-    i2 = interp.reshape(b, -1).pow(2).sum(1)
-    dot = (interp * x).reshape(b, -1).sum(1)
-    rel = _ratio(d2.sqrt(), x2.sqrt())
-    cos = torch.where((x2 > 0) & (i2 > 0), dot / (x2.sqrt() * i2.sqrt()).clamp_min(1e-300),
-                      torch.full_like(dot, float("nan")))
-    fd2 = diff.pow(2).sum(dim=(1, 3, 4))  # [B, F]
-    fx2 = x.pow(2).sum(dim=(1, 3, 4))
-    frame_rel = _ratio(fd2.sqrt(), fx2.sqrt()).mean(0)
+    r = diff_norms(interp, x, "b c f h w", dot=True)  # per [B, F]: sq_a = ‖interp_f‖², sq_b = ‖x_f‖², dd, dot
+    total = {k: v.sum(-1) for k, v in r.items()}
+    rel = relative_l2(total["dd"], total["sq_b"])
+    cos = cosine_from_sums(total["sq_a"], total["sq_b"], total["dd"], total["dot"])
+    frame_rel = relative_l2(r["dd"], r["sq_b"]).mean(0)
     return float(rel.mean()), float(cos.mean()), frame_rel.numpy()
-
-
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den, with 0/0 = 0 and x/0 = inf."""
-    zero = den == 0
-    out = num / torch.where(zero, torch.ones_like(den), den)
-    return torch.where(zero, torch.where(num == 0, torch.zeros_like(num), torch.full_like(num, float("inf"))), out)
 
 
 def truncation_feasibility(run: Any, keep: int = 3, *, keyframes: Sequence[int] | None = None, space: str = "x0",
@@ -115,33 +107,3 @@ def truncation_feasibility(run: Any, keep: int = 3, *, keyframes: Sequence[int] 
         frame_rel_l2=np.asarray(per_frame, dtype=np.float64).reshape(s, num_frames),
         attrs={"boundary_timestep": run.attrs.get("boundary_timestep")},
     )
-
-
-def format_feasibility(result: FeasibilityResult, threshold: float | None = 0.1) -> str:
-    """A text table (one row per step) and a summary, for ``latent-probe truncation``; expert names are
-    printed with control characters escaped."""
-    from ..views.safe_text import terminal
-
-    r = result
-    lines = [f"frame truncation feasibility: {r.space} of all {r.num_frames} latent frames rebuilt from "
-             f"{len(r.keys)} key frames {r.keys} ({r.fill} fill)",
-             "  rel L2 = |interp - real| / |real|; cos = cosine(interp, real); worst = largest per-frame rel L2",
-             "",
-             f"{'step':>5} {'t':>8} {'sigma':>7} {'expert':<18} {'rel L2':>8} {'cos':>9} {'worst':>8}  "]
-    scale = max(float(np.nanmax(r.rel_l2)) if r.num_steps else 0.0, 1e-12)
-    for i in range(r.num_steps):
-        worst = float(np.max(r.frame_rel_l2[i])) if r.num_frames else 0.0
-        bar = "#" * int(round(20 * min(r.rel_l2[i] / scale, 1.0))) if np.isfinite(r.rel_l2[i]) else "?"
-        expert = terminal(r.expert[i])[:18]
-        lines.append(f"{int(r.step_index[i]):>5} {r.timestep[i]:>8.1f} {r.sigma[i]:>7.4f} {expert:<18} "
-                     f"{r.rel_l2[i]:>8.4f} {r.cosine[i]:>9.6f} {worst:>8.4f}  {bar}")
-    lines.append("")
-    for name in dict.fromkeys(str(e) for e in r.expert):
-        sel = np.asarray([str(e) == name for e in r.expert])
-        lines.append(f"{terminal(name)}: {int(sel.sum())} steps, mean rel L2 {np.mean(r.rel_l2[sel]):.4f}, "
-                     f"mean cos {np.mean(r.cosine[sel]):.6f}")
-    if threshold is not None:
-        n = r.leading_steps_below(threshold)
-        lines.append(f"rel L2 <= {threshold:g} for the first {n} of {r.num_steps} steps"
-                     + (f" (through step {int(r.step_index[n - 1])})" if n else ""))
-    return "\n".join(lines)

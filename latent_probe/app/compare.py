@@ -20,9 +20,12 @@ import torch
 
 from ..adapters import resolve_target
 from ..hooks import HookRegistry
-from .frame_truncation import FrameTruncation
+from ..interventions.frame_truncation import FrameTruncation
+from ..metrics.formulas import cosine_from_sums, relative_l2
+from ..metrics.reductions import diff_norms
+from ..probe import LatentProbe
 
-__all__ = ["DiTTimer", "TruncationComparison", "compare_truncation", "format_comparison", "fidelity"]
+__all__ = ["DiTTimer", "TruncationComparison", "compare_truncation", "fidelity"]
 
 
 class DiTTimer:
@@ -77,16 +80,16 @@ class DiTTimer:
 
 
 def fidelity(result: Any, reference: Any) -> dict[str, float]:
-    """Relative L2 ‖a − b‖/‖b‖ and cosine of two arrays or tensors (float64)."""
-    a = np.asarray(result.detach().float().cpu() if isinstance(result, torch.Tensor) else result, dtype=np.float64)
-    b = np.asarray(reference.detach().float().cpu() if isinstance(reference, torch.Tensor) else reference,
-                   dtype=np.float64)
+    """Relative L2 ‖a − b‖/‖b‖ and cosine of two same-shaped arrays or tensors (the metrics' float64 sums and
+    formulas: ``reductions.diff_norms``, ``formulas.relative_l2`` / ``cosine_from_sums``)."""
+    a = result.detach().cpu() if isinstance(result, torch.Tensor) else torch.from_numpy(np.asarray(result))
+    b = reference.detach().cpu() if isinstance(reference, torch.Tensor) else torch.from_numpy(np.asarray(reference))
     if a.shape != b.shape:
-        raise ValueError(f"cannot compare shapes {a.shape} and {b.shape}")
-    nb, na = float(np.linalg.norm(b)), float(np.linalg.norm(a))
-    diff = float(np.linalg.norm(a - b))
-    return {"rel_l2": diff / nb if nb else (0.0 if diff == 0 else float("inf")),
-            "cosine": float(np.vdot(a, b)) / (na * nb) if na and nb else float("nan")}
+        raise ValueError(f"cannot compare shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.to(torch.float64).reshape(1, -1), b.to(torch.float64).reshape(1, -1)
+    r = diff_norms(a, b, "f d", frame_axes=("d",), dot=True)  # one "frame" of all values
+    return {"rel_l2": float(relative_l2(r["dd"], r["sq_b"])[0]),
+            "cosine": float(cosine_from_sums(r["sq_a"], r["sq_b"], r["dd"], r["dot"])[0])}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, value_range: float) -> float:
@@ -137,8 +140,6 @@ class TruncationComparison:
 def _timed_generation(target: Any, run_fn: Callable[[], Any], path: str | None, probe_kwargs: dict[str, Any],
                       intervene: Any) -> tuple[Any, Any, float, float]:
     """(output, Run, DiT seconds, wall seconds) of one probed generation."""
-    from ..probe import LatentProbe
-
     cuda = torch.cuda.is_available()
     with LatentProbe(target, path, intervene=intervene, **probe_kwargs) as probe:
         timer = DiTTimer(list(probe.parts.experts.values())).attach()
@@ -208,22 +209,3 @@ def compare_truncation(target: Any, run_fn: Callable[[], Any], keep: int | None 
         dit_time_baseline_s=dit_b, dit_time_truncated_s=dit_t, wall_baseline_s=wall_b, wall_truncated_s=wall_t,
         final_x0=final, output=output, baseline_path=paths[0], truncated_path=paths[1],
         baseline_run=run_b, truncated_run=run_t)
-
-
-def format_comparison(c: TruncationComparison) -> str:
-    """A short text report of a :class:`TruncationComparison`."""
-    i = c.intervention
-    what = f"keep {i['keep']}" if i.get("keyframes") is None else f"keyframes {i['keyframes']}"
-    lines = [f"frame truncation ({what}, until {i['until']}, {i['fill']} fill; keys {c.keys})",
-             f"  DiT calls          {c.dit_calls} ({c.truncated_calls} truncated)",
-             f"  token-steps        {c.token_steps_run:,} of {c.token_steps_full:,} "
-             f"({100 * c.token_steps_skipped_fraction:.1f}% skipped)",
-             f"  DiT time           {c.dit_time_truncated_s:.3f} s vs {c.dit_time_baseline_s:.3f} s baseline "
-             f"({100 * c.dit_time_saved_fraction:.1f}% saved)",
-             f"  generation wall    {c.wall_truncated_s:.3f} s vs {c.wall_baseline_s:.3f} s"]
-    if c.final_x0 is not None:
-        lines.append(f"  final x0           rel L2 {c.final_x0['rel_l2']:.4f}, cos {c.final_x0['cosine']:.6f}")
-    if c.output is not None:
-        psnr = f", PSNR {c.output['psnr_db']:.2f} dB" if "psnr_db" in c.output else ""
-        lines.append(f"  output             rel L2 {c.output['rel_l2']:.4f}, cos {c.output['cosine']:.6f}{psnr}")
-    return "\n".join(lines)
