@@ -99,8 +99,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
             shape = run.latents(run.quantities[0]).shape
             print(f"  latent      [S, B, C, F, H, W] = {list(shape)}")
             print(f"  sigma       {run.sigmas[0]:.4f} → {run.sigmas[-1]:.4f}  ({t(a.get('parameterization'))})")
-            experts, counts = _runs_of(list(run.experts))
-            print("  experts     " + ", ".join(f"{t(e)} ×{c}" for e, c in zip(experts, counts)))
+            from ..metrics.phases import expert_phases
+
+            print("  experts     " + ", ".join(f"{t(p.name)} ×{len(p)}" for p in expert_phases(list(run.experts))))
         nonfinite = sum(int(v.any()) for v in run.nonfinite.values())
         if nonfinite:
             print(f"  WARNING     NaN/Inf in {nonfinite} quantities (see /steps, field nonfinite)")
@@ -135,18 +136,6 @@ def _follow(run: Any, interval: float) -> None:
     end = "complete" if run.complete else "INCOMPLETE: " + terminal(run.error or "the writer stopped without "
                                                                                  "closing the file")
     print(f"  {shown} steps, {end}")
-
-
-def _runs_of(seq: list) -> tuple[list, list]:
-    names: list = []
-    counts: list = []
-    for x in seq:
-        if names and names[-1] == x:
-            counts[-1] += 1
-        else:
-            names.append(x)
-            counts.append(1)
-    return names, counts
 
 
 # ----------------------------------------------------------------------------- metrics

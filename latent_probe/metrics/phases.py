@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Phase", "phase_ranges", "expert_phases", "Summary", "summarize"]
+__all__ = ["Phase", "phase_ranges", "expert_phases", "expert_switch_mask", "Summary", "summarize"]
 
 PhaseSpec = str | Sequence[tuple[str, int, int]]
 
@@ -74,6 +74,14 @@ def expert_phases(experts: Sequence[str]) -> list[Phase]:
         else:
             out.append(Phase(str(e), i, i + 1))
     return out
+
+
+def expert_switch_mask(experts: Sequence[str]) -> np.ndarray:
+    """[S] bool: True at the first step of every run of an expert but the first (from :func:`expert_phases`,
+    the one place that finds runs of the same expert)."""
+    mask = np.zeros(len(experts), dtype=bool)
+    mask[[p.start for p in expert_phases(experts)[1:]]] = True
+    return mask
 
 
 @dataclass

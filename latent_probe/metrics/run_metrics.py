@@ -23,6 +23,7 @@ from ..store.accessors import register_run_accessor
 from .continuity import AdjacentFrameMetrics, StepChange, _nanmean_last, adjacent_frame_metrics, \
     frame_similarity_matrix, lag_similarity, noise_floor
 from .continuity import step_change as _step_change
+from .phases import expert_switch_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store.reader import Run
@@ -164,9 +165,7 @@ def step_change(run: "Run", space: str = "pred") -> StepChange:
         return {"rel_l1": sc.rel_l1[: run.num_steps], "norm_ratio": sc.norm_ratio[: run.num_steps]}
 
     a = _cached(run, f"{space}/step_change", compute)
-    experts = run.experts
-    switch = np.zeros(len(experts), dtype=bool)
-    switch[1:] = experts[1:] != experts[:-1]
+    switch = expert_switch_mask(list(run.experts))
     return StepChange(rel_l1=a["rel_l1"], norm_ratio=a["norm_ratio"], space=space, expert_switch=switch)
 
 
