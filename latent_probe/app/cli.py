@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _build_analyze(sub)
     add_truncation_parser(sub)  # `latent-probe truncation` (app/truncation_cmd.py)
+    from .study_cmd import register as add_study_parser  # `latent-probe study` (app/study_cmd.py)
+    add_study_parser(sub)
     return p
 
 

@@ -1,0 +1,356 @@
+"""``latent-probe study PROMPTS --out DIR --seeds 0-3 --set steps=20,30 --set truncation=none,keep3``.
+
+Expands prompts × seeds × settings into jobs, loads the model once (backend ``demo``, ``diffusers`` or ``wan``,
+as ``analyze`` does) and records every job not yet complete into ``DIR/runs/<job id>.h5``
+(``latent_probe.study.run_study``). Under ``torchrun --nproc_per_node N`` the jobs are split across the ranks,
+one model per GPU; with the wan backend's ``--dit_fsdp`` / ``--t5_fsdp`` / ``--ulysses_size N`` all ranks run
+each job together instead. Registered by ``latent_probe.app.cli`` with ``register(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any, Callable
+
+from ..study import Job, Ranks, StudyError, Suite, parse_seeds, parse_setting, read_prompts, run_study
+from .backends import DEFAULT_SIZE, TASKS, SweepPoint, WanBackend, import_wan
+
+__all__ = ["register", "study_command", "check_parallel", "BACKEND_SETTINGS"]
+
+BACKEND_SETTINGS = {  # the --set names each backend can apply to a generation
+    "demo": ("frames", "steps"),
+    "diffusers": ("frames", "steps", "guidance", "truncation"),
+    "wan": ("frames", "steps", "guidance", "shift", "truncation"),
+}
+DEMO_DEFAULTS = {"frames": 13, "steps": 20}
+
+
+def _usage(text: str) -> Exception:
+    from .cli import UsageError  # here, not at import: cli imports this module
+
+    return UsageError(text)
+
+
+# ----------------------------------------------------------------------------- parallel layout
+def check_parallel(world_size: int, backend: str, dit_fsdp: bool, t5_fsdp: bool, ulysses_size: int,
+                   truncation: bool) -> str:
+    """``"data"`` (jobs split across ranks) or ``"group"`` (every rank runs each job); refuses what cannot work."""
+    group = dit_fsdp or t5_fsdp or ulysses_size > 1
+    if ulysses_size < 1:
+        raise _usage("--ulysses_size must be at least 1")
+    if not group:
+        return "data"
+    if backend != "wan":
+        raise _usage("--dit_fsdp, --t5_fsdp and --ulysses_size are for the wan backend")
+    if world_size < 2:
+        raise _usage("--dit_fsdp, --t5_fsdp and --ulysses_size need several processes: torchrun --nproc_per_node N")
+    if ulysses_size > 1 and ulysses_size != world_size:
+        raise _usage(f"--ulysses_size {ulysses_size} with {world_size} processes: Wan2.2's sequence parallelism "
+                     "spans every rank of a launch; for data-parallel groups of Ulysses ranks run one launch per "
+                     "group with --shard I/N (docs/studies.md)")
+    if truncation and ulysses_size > 1:
+        raise _usage("--set truncation cannot be combined with --ulysses_size (frame truncation does not slice "
+                     "sequence-parallel DiT calls)")
+    return "group"
+
+
+# ----------------------------------------------------------------------------- backends
+class DemoModel:
+    """The demo's analytic denoiser and flow UniPC scheduler (simulated data, CPU, no weights)."""
+
+    def __init__(self) -> None:
+        from diffusers import UniPCMultistepScheduler
+
+        from ..demo import AnalyticDenoiser, moving_pattern_video
+
+        self._video = moving_pattern_video
+        self.model = AnalyticDenoiser(moving_pattern_video(frames=2))
+        self.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                 flow_shift=5.0, num_train_timesteps=1000)
+        self.target = (self.model, self.scheduler)
+
+    def generate(self, job: Job, frames: int, steps: int) -> None:
+        import zlib
+
+        import torch
+
+        video_seed = (zlib.crc32(job.prompt.text.encode()) + job.seed) % 2**31  # the prompt picks the video
+        clean = self._video(frames=frames, seed=video_seed)
+        self.model.clean = clean
+        self.model.frame_error = torch.randn(clean.shape, generator=torch.Generator().manual_seed(job.seed + 1))
+        self.scheduler.set_timesteps(steps)
+        x = torch.randn(clean.shape, generator=torch.Generator().manual_seed(job.seed + 2))
+        with torch.no_grad():
+            for t in self.scheduler.timesteps:
+                x = self.scheduler.step(self.model(x, t.expand(1)), t, x, return_dict=False)[0]
+
+
+class StudyWanBackend(WanBackend):
+    """``WanBackend`` built for a rank: ``device_id=LOCAL_RANK``; in group mode the repository's FSDP / Ulysses."""
+
+    def __init__(self, o: Any, ranks: Ranks, group: bool, dit_fsdp: bool, t5_fsdp: bool, ulysses_size: int) -> None:
+        wan = import_wan(o.wan_repo)
+        self.o = o
+        if o.wan_config == "tiny":
+            maker = getattr(wan.configs, {"t2v-A14B": "tiny_t2v_config", "i2v-A14B": "tiny_i2v_config",
+                                          "ti2v-5B": "tiny_ti2v_config"}[o.task], None)
+            if maker is None:
+                raise ValueError("--wan_config tiny needs a wan package with tiny configs (tests/wan_standin)")
+            self.config = maker()
+        else:
+            if not o.model_path:
+                raise ValueError("the wan backend needs --model_path (the checkpoint folder)")
+            self.config = wan.configs.WAN_CONFIGS[o.task]
+        if o.model_path and not os.path.isdir(o.model_path):
+            raise FileNotFoundError(f"--model_path {o.model_path}: no such folder")
+        if ulysses_size > 1:
+            init = getattr(getattr(getattr(wan, "distributed", None), "util", None), "init_distributed_group", None)
+            if init is not None:
+                init()
+        cls = {"t2v-A14B": wan.WanT2V, "i2v-A14B": wan.WanI2V, "ti2v-5B": wan.WanTI2V}[o.task]
+        kw: dict[str, Any] = {}
+        if group:  # one generation across the ranks, as Wan2.2's generate.py builds it
+            kw = dict(t5_fsdp=t5_fsdp, dit_fsdp=dit_fsdp, use_sp=ulysses_size > 1)
+        self.model = cls(config=self.config, checkpoint_dir=o.model_path, device_id=ranks.local_rank,
+                         rank=ranks.rank if group else 0, t5_cpu=o.t5_cpu, convert_model_dtype=o.convert_model_dtype,
+                         **kw)
+        self.target = self.model
+        self.img = None
+
+
+def _image(path: str | None) -> Any:
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+class _Generator:
+    """Applies a job's prompt, seed and settings to a loaded backend and runs one generation."""
+
+    def __init__(self, args: argparse.Namespace, ranks: Ranks, mode: str) -> None:
+        from .analyze import AnalyzeOptions
+
+        self.backend_name = args.backend
+        if args.backend == "demo":
+            self.demo = DemoModel()
+            self.target = self.demo.target
+            return
+        self.options = AnalyzeOptions(
+            prompt="", output_dir=args.out, task=args.task, backend=args.backend, model_path=args.model_path,
+            size=args.size, seed=0, negative_prompt=args.negative_prompt, wan_repo=args.wan_repo,
+            wan_config=args.wan_config, sample_solver=args.sample_solver, sample_shift=args.sample_shift,
+            guide_scale=args.guide_scale,
+            offload_model=(mode == "data") if args.offload_model is None else args.offload_model == "true",
+            t5_cpu=args.t5_cpu, convert_model_dtype=args.convert_model_dtype,
+            device=args.device or (ranks.device if ranks.world_size > 1 else None), dtype=args.dtype)
+        if args.backend == "wan":
+            self.backend = StudyWanBackend(self.options, ranks, mode == "group", args.dit_fsdp, args.t5_fsdp,
+                                           args.ulysses_size)
+        else:
+            from .backends import DiffusersBackend
+
+            self.backend = DiffusersBackend(self.options)
+            if ranks.world_size > 1:
+                self.backend.pipe.set_progress_bar_config(disable=True)
+        self.defaults = dict(zip(("frames", "steps"), self.backend.defaults()))
+        self.target = self.backend.target
+
+    def __call__(self, job: Job) -> None:
+        s = job.settings
+        if self.backend_name == "demo":
+            self.demo.generate(job, int(s.get("frames", DEMO_DEFAULTS["frames"])),
+                               int(s.get("steps", DEMO_DEFAULTS["steps"])))
+            return
+        o = self.options
+        change: dict[str, Any] = {"prompt": job.prompt.text, "seed": job.seed}
+        if "guidance" in s:
+            change["guide_scale"] = [float(s["guidance"])]
+        if "shift" in s:
+            change["sample_shift"] = float(s["shift"])
+        self.backend.o = dataclasses.replace(o, **change)
+        self.backend.img = _image(job.prompt.image_file) if o.task == "i2v-A14B" else None
+        self.backend.generate(SweepPoint(int(s.get("frames", self.defaults["frames"])),
+                                         int(s.get("steps", self.defaults["steps"]))))
+
+
+# ----------------------------------------------------------------------------- the command
+def _grid(args: argparse.Namespace) -> tuple[dict[str, list], list[int]]:
+    """The --set grid and the --seeds (a bad one is a usage error)."""
+    grid: dict[str, list] = {}
+    try:
+        for text in args.set or []:
+            name, values = parse_setting(text)
+            if name in grid:
+                raise StudyError(f"--set {name} is given twice; list its values once: {name}=A,B")
+            if name not in BACKEND_SETTINGS[args.backend]:
+                raise StudyError(f"--set {name}: the {args.backend} backend takes "
+                                 f"{', '.join(BACKEND_SETTINGS[args.backend])}")
+            grid[name] = values
+        for name, low in (("frames", 2 if args.backend == "demo" else 5), ("steps", 2)):
+            if any(v < low for v in grid.get(name, [])):
+                raise StudyError(f"--set {name}: values must be at least {low}")
+        return grid, parse_seeds(args.seeds)
+    except StudyError as exc:
+        raise _usage(str(exc)) from None
+
+
+def _suite(args: argparse.Namespace) -> Suite:
+    grid, seeds = _grid(args)
+    prompts = read_prompts(args.prompts)  # a bad file: StudyError, one line, exit status 1
+    if args.backend != "demo" and args.task == "i2v-A14B":
+        for p in prompts:
+            if not p.image_file or not os.path.isfile(p.image_file):
+                raise StudyError(f"prompt {p.id}: task i2v-A14B needs an image (column 'image'); "
+                                 + ("none given" if not p.image else f"{p.image}: no such file"))
+    name = args.name or os.path.basename(os.path.normpath(os.path.abspath(args.out)))
+    return Suite(name, prompts, seeds, grid, fixed=_fixed(args))
+
+
+def _fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """What every job shares and a rerun must not change (the manifest keeps it)."""
+    out: dict[str, Any] = {"backend": args.backend, "store_dtype": args.store_dtype, "cfg_branches": args.cfg_branches}
+    if args.backend != "demo":
+        out.update(task=args.task, model_path=os.path.abspath(args.model_path) if args.model_path else None,
+                   size=args.size or DEFAULT_SIZE[args.task], negative_prompt=args.negative_prompt,
+                   guide_scale=args.guide_scale)
+    if args.backend == "wan":
+        out.update(wan_config=args.wan_config, sample_solver=args.sample_solver, sample_shift=args.sample_shift)
+    if args.backend == "diffusers":
+        out.update(dtype=args.dtype)
+    return out
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise _usage(f"--shard {text!r}: expected I/N, e.g. 0/2") from None
+    if n < 1 or not 0 <= i < n:
+        raise _usage(f"--shard {text}: expected I/N with 0 <= I < N")
+    return i, n
+
+
+def _printer() -> Callable[[str], None]:
+    from ..views.safe_text import terminal
+
+    def say(text: str) -> None:
+        print(terminal(text), flush=True)
+
+    return say
+
+
+def study_command(args: argparse.Namespace) -> int:
+    """``latent-probe study``: the ``func`` of its parser."""
+    import torch
+
+    ranks = Ranks.from_env()
+    shard = _shard(args.shard)
+    suite = _suite(args)
+    truncating = any(v != "none" for v in suite.grid.get("truncation", []))
+    mode = check_parallel(ranks.world_size, args.backend, args.dit_fsdp, args.t5_fsdp, args.ulysses_size, truncating)
+    say = _printer()
+    if args.dry_run:
+        return _dry_run(suite, args.out, shard, ranks, say)
+    if torch.cuda.is_available() and ranks.world_size > 1:
+        torch.cuda.set_device(ranks.local_rank)
+    if mode == "group":
+        import torch.distributed as dist
+
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", init_method="env://")
+    try:
+        gen = _Generator(args, ranks, mode)
+        extra = {"backend": args.backend, **({"simulated": True} if args.backend == "demo" else
+                                             {"task": args.task, "model_path": args.model_path or ""})}
+        result = run_study(suite, gen, gen.target, args.out, mode=mode, shard=shard, attrs=extra,
+                           probe_kwargs={"store_dtype": args.store_dtype, "cfg_branches": args.cfg_branches},
+                           on_error="raise" if args.stop_on_error else "continue", log=say)
+    finally:
+        if mode == "group":
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if result.failed:
+        job, error = result.failed[0]
+        raise StudyError(f"{len(result.failed)} job{'s' if len(result.failed) > 1 else ''} failed"
+                         + (f" on rank {ranks.rank}" if ranks.world_size > 1 else "")
+                         + f" (first: {job}: {error}); run the same command again to redo them")
+    return 0 if result.ok else 1
+
+
+def _dry_run(suite: Suite, out: str, shard: tuple[int, int] | None, ranks: Ranks, say: Callable[[str], None]) -> int:
+    from ..study import plan_study
+
+    if ranks.rank != 0:
+        return 0
+    statuses = plan_study(suite, out, shard)
+    for n, (job, status) in enumerate(statuses, 1):
+        say(f"[{n}/{len(statuses)}] {job.id}  {status.state}" + (f" ({status.detail})" if status.detail else ""))
+    todo = sum(not s.done for _, s in statuses)
+    say(f"{len(statuses)} jobs, {todo} to run; wrote {os.path.join(out, 'manifest.json')} (dry run: nothing generated)")
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``study`` to a ``latent-probe`` subparsers object."""
+    p = subparsers.add_parser(
+        "study", help="record a suite of prompt × seed × setting jobs, resumable, data parallel under torchrun",
+        description="Expand prompts × seeds × --set grids into jobs and record each into OUT/runs/<job id>.h5 "
+                    "(OUT/manifest.json lists them). A rerun skips complete jobs and redoes missing, incomplete or "
+                    "unreadable ones. Under torchrun --nproc_per_node N the jobs are split across the ranks. "
+                    "See docs/studies.md.")
+    p.add_argument("prompts", help="prompt file: text (one prompt a line; # comments), .csv (columns prompt, "
+                                   "optional id and image) or .json (a list of {id, prompt, image} or strings)")
+    p.add_argument("--out", required=True, help="output folder (manifest.json and runs/)")
+    p.add_argument("--name", help="suite name, stored in every run file as 'study' (default: the --out folder's name)")
+    p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2 or 0-3 (default 0)")
+    p.add_argument("--set", action="append", metavar="NAME=V1,V2",
+                   help="a setting and its values; repeat for a grid (every combination): steps=20,30, frames=17,33, "
+                        "guidance=3.5,5, shift=5,8 (wan), truncation=none,keep3,keep3@10 (keep K frames until the "
+                        "expert boundary or step S)")
+    p.add_argument("--backend", default="wan", choices=tuple(BACKEND_SETTINGS),
+                   help="wan: the Wan2.2 repository (default); diffusers: a local diffusers-format folder; demo: "
+                        "the simulated denoiser (CPU, no weights)")
+    p.add_argument("--model_path", help="checkpoint folder (wan) or local diffusers-format folder (diffusers)")
+    p.add_argument("--task", default="t2v-A14B", choices=TASKS,
+                   help="Wan2.2 task: t2v-A14B (default), i2v-A14B (every prompt needs an image) or ti2v-5B")
+    p.add_argument("--size", help="WIDTH*HEIGHT as in Wan2.2 (default: the task's)")
+    p.add_argument("--negative_prompt", default="",
+                   help="negative prompt (default: Wan2.2's own for the wan backend, empty for diffusers)")
+    p.add_argument("--wan_repo", metavar="PATH", help="clone of github.com/Wan-Video/Wan2.2 to import 'wan' from")
+    p.add_argument("--wan_config", default="full", choices=("full", "tiny"),
+                   help="for tests: 'tiny' builds wan.configs.tiny_*_config() models (tests/wan_standin)")
+    p.add_argument("--sample_solver", default="unipc", choices=("unipc", "dpm++"), help="wan backend: sampler")
+    p.add_argument("--sample_shift", type=float,
+                   help="wan backend: flow shift unless --set shift (default: the task's)")
+    p.add_argument("--guide_scale", type=float, nargs="+", metavar="G",
+                   help="CFG scale, or two: low-noise high-noise, unless --set guidance (default: the task's)")
+    p.add_argument("--offload_model", choices=("true", "false"),
+                   help="wan backend (default true; false with --dit_fsdp/--ulysses_size, as Wan2.2)")
+    p.add_argument("--t5_cpu", action="store_true", help="wan backend: keep umT5 on the CPU")
+    p.add_argument("--convert_model_dtype", action="store_true", help="wan backend: DiTs to param_dtype")
+    p.add_argument("--device", help="diffusers backend: device (default cuda:LOCAL_RANK, or cpu without CUDA)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="diffusers backend: weights dtype (default bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--store_dtype", default="float16", choices=("float16", "float32"), help="latents on disk")
+    p.add_argument("--cfg_branches", action="store_true", help="also record the cond and uncond predictions")
+    p.add_argument("--dit_fsdp", action="store_true",
+                   help="wan backend under torchrun: shard the DiTs across all ranks (each job runs on all of them)")
+    p.add_argument("--t5_fsdp", action="store_true", help="wan backend under torchrun: shard umT5 across all ranks")
+    p.add_argument("--ulysses_size", type=int, default=1,
+                   help="wan backend: sequence parallelism across this many ranks (= nproc_per_node; each job "
+                        "runs on all of them, recorded on rank 0)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="run only jobs whose index is I modulo N (separate launches on one folder, e.g. 2 launches "
+                        "× 4 Ulysses ranks)")
+    p.add_argument("--stop_on_error", action="store_true",
+                   help="stop at the first failed job (default: note it, go on; a rerun redoes it)")
+    p.add_argument("--dry_run", action="store_true",
+                   help="write the manifest and list each job's state (complete, missing, incomplete, ...); load no "
+                        "model, generate nothing")
+    p.set_defaults(func=study_command)
+    return p
