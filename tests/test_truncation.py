@@ -127,7 +127,7 @@ def test_diffusers_two_experts_truncated_until_boundary(two_expert_pipe):
     assert _no_hooks(pipe.transformer, pipe.transformer_2)
     run = probe.run
     assert run.attrs["intervention"] == {"kind": "frame_truncation", "keep": 3, "keyframes": None,
-                                         "until": "boundary", "fill": "linear"}
+                                         "until": "boundary", "fill": "linear", "positions": "true"}
     high = np.asarray(run.experts == "transformer")
     assert 0 < high.sum() < 12
     # the DiT sees 3 frames while the high-noise expert runs (cond + uncond per step), 5 after
@@ -189,7 +189,8 @@ def test_positional_call_keeps_its_convention(t2v):
 
     model = t2v.low_noise_model
     ft, reg, seen = FrameTruncation(keep=2, until=1), HookRegistry(), []
-    ft.attach(reg, TargetParts(family="wan_repo", experts={"low_noise_model": model}, dit_calls="wan_repo"), SimpleNamespace(steps=0))
+    ft.attach(reg, TargetParts(family="wan_repo", experts={"low_noise_model": model}, dit_calls="wan_repo",
+                                  rope="wan_repo"), SimpleNamespace(steps=0))
     h = model.register_forward_pre_hook(lambda m, a, k: seen.append((len(a), a[0][0].shape[1], a[3], sorted(k))),
                                         with_kwargs=True)
     try:

@@ -44,6 +44,9 @@ class TargetParts:
     high_noise_expert: the expert that runs while t ≥ the boundary, when there are two.
     dit_calls: the experts' calling convention for interventions that slice frames (adapters/dit_calls.py):
         ``"wan_repo"`` or ``"diffusers"`` (hidden_states [B, C, F, H, W]); None: no intervention may slice them.
+    rope: where the experts take their rotary time positions from (adapters/rope.py): ``"diffusers_wan"``
+        or ``"wan_repo"``; None: unknown, so frame truncation cannot give key frames their true positions;
+        ``rope_refused`` says why, when the adapter knows.
     guidance_scale: expert name → guidance scale in force for it, or None when unknown.
     call_patches: (owner, attribute, make_listener) — listeners (hooks.py) that read call arguments (prompt,
         seed, size) into ``call_args``; ``make_listener(original)`` returns the listener.
@@ -65,6 +68,8 @@ class TargetParts:
     high_noise_expert: str | None = None
     dit_calls: str | None = None
     dit_calls_refused: str | None = None  # why interventions may not slice these DiT calls, when dit_calls is None
+    rope: str | None = None
+    rope_refused: str | None = None  # why true time positions are not available, when rope is None
     guidance_scale: Callable[[str | None], float | None] = lambda expert: None
     call_patches: list[tuple[Any, str, Callable[[Callable], Callable]]] = field(default_factory=list)
     call_args: dict[str, Any] = field(default_factory=dict)

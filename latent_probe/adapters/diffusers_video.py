@@ -2,7 +2,8 @@
 
 Each spec states the facts the probe needs and that ``step`` alone does not show (read from diffusers 0.42.1,
 checked by tests/test_video_families_facts.py and tests/test_families.py): the expert attributes, high-noise
-first; the layout of the latents ``step`` receives; the CFG call pattern. The σ convention and the
+first; the layout of the latents ``step`` receives; the CFG call pattern; for frame truncation, the DiT calling
+convention (``dit_calls``) and where its rotary time positions come from (``rope``). The σ convention and the
 parameterisation are the scheduler's (``parameterization.py``: flow, inverted flow, k-diffusion); ``step``'s
 arguments are bound by name against its own signature. A pipeline class without a spec is refused unless the
 caller states the layout (``LatentProbe(pipe, layout=...)``); a spec may itself be a refusal.
@@ -10,7 +11,7 @@ caller states the layout (``LatentProbe(pipe, layout=...)``); a spec may itself 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,15 +34,19 @@ class PipelineSpec:
     pack_call: str | None = None  # the pipeline method that packs [B, C, F, H, W] latents into tokens
     guidance_attr: str | None = "_guidance_scale"
     dit_calls: str | None = None  # the DiT convention of adapters/dit_calls.py, where frame slicing is verified
+    dit_calls_refused: str | None = None  # why frame slicing is refused although the family has a convention
+    rope: str | None = None  # where the DiT takes its rotary time positions from (adapters/rope.py)
     refuse: str | None = None  # why this pipeline cannot be recorded exactly
 
 
-_WAN = PipelineSpec("wan", cfg="sequential", boundary=True, dit_calls="diffusers")
+_WAN = PipelineSpec("wan", cfg="sequential", boundary=True, dit_calls="diffusers", rope="diffusers_wan")
 _SEQ = dict(cfg="sequential")
 SPECS: dict[str, PipelineSpec] = {
     "WanPipeline": _WAN,
     "WanImageToVideoPipeline": _WAN,
-    "WanVACEPipeline": _WAN,
+    "WanVACEPipeline": replace(_WAN, dit_calls=None, dit_calls_refused=(
+        "VACE's control_hidden_states (the control video, plus a leading latent frame per reference image) "
+        "carry the frame axis too and are not sliced with hidden_states")),
     "SkyReelsV2Pipeline": PipelineSpec("skyreels_v2", **_SEQ),
     "SkyReelsV2ImageToVideoPipeline": PipelineSpec("skyreels_v2", **_SEQ),
     "HunyuanVideoPipeline": PipelineSpec("hunyuan_video", guidance_attr=None, **_SEQ),  # its guidance_scale is
@@ -169,4 +174,7 @@ def parts(target: Any, layout: str | None = None) -> TargetParts:
         attrs=attrs,
         high_noise_expert="transformer" if boundary is not None and "transformer_2" in experts else None,
         dit_calls=spec.dit_calls,
+        dit_calls_refused=spec.dit_calls_refused,
+        rope=spec.rope,
+        rope_refused=None if spec.rope else f"true time positions are implemented for Wan's DiT only, not {spec.family}",
     )

@@ -158,11 +158,12 @@ def _timed_generation(target: Any, run_fn: Callable[[], Any], path: str | None, 
 
 def _ft_args(ft: FrameTruncation) -> dict[str, Any]:
     return {"keep": ft.keep if ft.keyframes is None else None, "keyframes": ft.keyframes, "until": ft.until,
-            "fill": ft.fill}
+            "fill": ft.fill, "positions": ft.positions}
 
 
 def compare_truncation(target: Any, run_fn: Callable[[], Any], keep: int | None = 3, *,
                        keyframes: Sequence[int] | None = None, until: str | int = "boundary", fill: str = "linear",
+                       positions: str = "true",
                        baseline_path: str | os.PathLike | None = None,
                        truncated_path: str | os.PathLike | None = None,
                        probe_kwargs: dict[str, Any] | None = None, output_range: float | None = None,
@@ -172,7 +173,7 @@ def compare_truncation(target: Any, run_fn: Callable[[], Any], keep: int | None 
     Args:
         target: what ``LatentProbe`` instruments (``WanT2V``, a ``WanPipeline``, ...).
         run_fn: runs one generation and returns its result (a latent, a video tensor, or anything).
-        keep, keyframes, until, fill: the ``FrameTruncation``.
+        keep, keyframes, until, fill, positions: the ``FrameTruncation``.
         baseline_path, truncated_path: HDF5 files for the two runs (None: in memory).
         probe_kwargs: more ``LatentProbe`` arguments (default ``capture=("x_t", "x0")``,
             ``store_dtype="float32"``).
@@ -183,7 +184,8 @@ def compare_truncation(target: Any, run_fn: Callable[[], Any], keep: int | None 
 
     ``until="boundary"`` on a single-expert model raises ``ValueError`` before anything runs.
     """
-    ft = FrameTruncation(keep if keyframes is None else None, keyframes=keyframes, until=until, fill=fill)
+    ft = FrameTruncation(keep if keyframes is None else None, keyframes=keyframes, until=until, fill=fill,
+                         positions=positions)
     ft.validate(resolve_target(target))  # fail before spending a baseline generation
     kw = {"capture": ("x_t", "x0"), "store_dtype": "float32"}
     kw.update(probe_kwargs or {})

@@ -4,8 +4,10 @@ Passed as ``LatentProbe(target, path, intervene=FrameTruncation(keep=3))``. Befo
 pre-hook on each DiT expert keeps only the key frames of the model input (and shrinks what depends on the
 frame count: Wan2.2's ``seq_len`` and ``y``, per-token timesteps), and a forward hook expands the
 prediction back to all F frames by interpolation along the frame axis at the keys' true positions. The
-scheduler therefore always integrates full-size tensors, and the probe records them. See
-docs/frame-truncation.md for the assumptions (RoPE positions, I2V first frame, the VAE's causal frame).
+scheduler therefore always integrates full-size tensors, and the probe records them. With
+``positions="true"`` (the default) the key frames keep their true rotary time positions (the adapter says
+where the DiT's rope lives: adapters/rope.py). See docs/frame-truncation.md for the assumptions (time
+positions, I2V first frame, the VAE's causal frame).
 
 Counters (per attached run): ``frames_seen`` (latent frames each DiT call received), ``calls`` (one
 record per call), ``token_steps_full`` / ``token_steps_run`` (Σ over DiT calls of the tokens the call
@@ -19,13 +21,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..adapters import rope
 from ..adapters.base import TargetParts
 from ..hooks import HookRegistry
 from ..adapters.dit_calls import CallShape, DitIO, frame0_is_conditioning, is_image_conditioned
 from .interpolation import FILLS, FillPlan, default_keyframes, resolve_keyframes
 
-__all__ = ["FrameTruncation", "TruncatedCall"]
+__all__ = ["FrameTruncation", "TruncatedCall", "POSITIONS"]
 
+POSITIONS = ("true", "compressed")
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,18 @@ class FrameTruncation:
         until: ``"boundary"`` — truncate while the high-noise expert runs (t ≥ boundary; two-expert models
             only); or an int step index — truncate the steps with index < until (0-based, per generation).
         fill: ``"linear"``, ``"nearest"`` or ``"slerp"`` (see ``interpolation``).
+        positions: rotary (RoPE) time positions of the key frames in a truncated call. ``"true"`` (default):
+            each key frame gets the angles it has in the full-length call (keys 0, 10, 20 of 21 → positions
+            0, 10, 20), so the call is the full call with the other frames' tokens left out; refused on entry
+            (``TimePositionsError``, one line) for a target whose rope latent_probe does not know.
+            ``"compressed"``: positions 0 … K−1, as the DiT derives them from a K-frame input (the
+            behaviour before this option; runs without ``positions`` in their ``intervention`` attribute).
     """
 
     kind = "frame_truncation"
 
     def __init__(self, keep: int | None = None, *, keyframes: Sequence[int] | None = None,
-                 until: str | int = "boundary", fill: str = "linear") -> None:
+                 until: str | int = "boundary", fill: str = "linear", positions: str = "true") -> None:
         if keep is not None and keyframes is not None:
             raise ValueError("give keep= or keyframes=, not both")
         if keyframes is None:
@@ -74,10 +84,13 @@ class FrameTruncation:
             raise ValueError(f"until must be 'boundary' or a step index >= 0, got {until!r}")
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         self.keep = keep
         self.keyframes = keyframes
         self.until = until
         self.fill = fill
+        self.positions = positions
         self._reset()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -112,7 +125,7 @@ class FrameTruncation:
     def describe(self) -> dict[str, Any]:
         """JSON-able description, stored by the probe as the run attribute ``intervention``."""
         return {"kind": self.kind, "keep": self.keep, "keyframes": self.keyframes, "until": self.until,
-                "fill": self.fill}
+                "fill": self.fill, "positions": self.positions}
 
     def summary(self) -> dict[str, Any]:
         """Counters after a run: keys, calls truncated / total, token-steps."""
@@ -138,7 +151,8 @@ class FrameTruncation:
 
         ``capture.steps`` (scheduler steps recorded so far) gives the step index for an int ``until``.
         Raises ``ValueError`` for ``until="boundary"`` on a model without a high- and a low-noise expert,
-        and for explicit key frames without frame 0 on an image-to-video model.
+        for explicit key frames without frame 0 on an image-to-video model, and (``TimePositionsError``) for
+        ``positions="true"`` where the adapter knows no way to give key frames their true time positions.
         """
         self._reset()
         self._capture = capture
@@ -149,6 +163,8 @@ class FrameTruncation:
             io = DitIO(module, parts.dit_calls)
             registry.forward_pre(module, self._pre_hook(name, io))
             registry.forward(module, self._post_hook(io))
+            if self.positions == "true":
+                rope.install(registry, parts.rope, module, self._keys_now(module))
 
     def validate(self, parts: TargetParts) -> set[str] | None:
         """Check this truncation can run on ``parts`` (a ``TargetParts``) without attaching anything.
@@ -166,7 +182,21 @@ class FrameTruncation:
                     and is_image_conditioned(module, parts.dit_calls)):
                 raise ValueError(f"{name} is an image-to-video expert: frame 0 carries the image and must be a "
                                  f"key frame; keyframes={self.keyframes} lacks 0")
-        return self._boundary_experts(parts) if self.until == "boundary" else None
+        truncating = self._boundary_experts(parts) if self.until == "boundary" else None
+        if self.positions == "true":
+            self._check_positions(parts)
+        return truncating
+
+    @staticmethod
+    def _check_positions(parts: TargetParts) -> None:
+        """Raise ``TimePositionsError`` (one line) unless every expert's rope is known to the adapter."""
+        for name, module in parts.experts.items():
+            why = (parts.rope_refused if parts.rope is None else None) or rope.refusal(parts.rope, module)
+            if why is not None:
+                family = parts.attrs.get("pipeline_family", parts.family)
+                raise rope.TimePositionsError(
+                    f"positions='true' is not available for this {family} target ({name}): {why}; pass "
+                    "FrameTruncation(..., positions='compressed') to give key frames positions 0..K-1")
 
     @staticmethod
     def _boundary_experts(parts: TargetParts) -> set[str]:
@@ -221,6 +251,15 @@ class FrameTruncation:
         self.calls.append(TruncatedCall(step=step, expert=expert, frames=frames, num_frames=shape.frames,
                                         tokens=shape.tokens(frames), tokens_full=shape.tokens()))
 
+    def _keys_now(self, module: torch.nn.Module) -> Callable[[], tuple[list[int], int] | None]:
+        """(keys, F) of ``module``'s call in flight while it is truncated, else None (read by the rope hooks)."""
+
+        def now() -> tuple[list[int], int] | None:
+            plan = self._pending.get(id(module))
+            return None if plan is None else (plan.keys, plan.num_frames)
+
+        return now
+
     def _post_hook(self, io: DitIO) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             plan = self._pending.pop(id(module), None)
@@ -230,5 +269,5 @@ class FrameTruncation:
 
     def __repr__(self) -> str:
         what = f"keep={self.keep}" if self.keyframes is None else f"keyframes={self.keyframes}"
-        return f"FrameTruncation({what}, until={self.until!r}, fill={self.fill!r})"
+        return f"FrameTruncation({what}, until={self.until!r}, fill={self.fill!r}, positions={self.positions!r})"
 

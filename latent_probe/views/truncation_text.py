@@ -47,7 +47,9 @@ def format_comparison(c: Any) -> str:
     """A short text report of a :class:`TruncationComparison`."""
     i = c.intervention
     what = f"keep {i['keep']}" if i.get("keyframes") is None else f"keyframes {i['keyframes']}"
-    lines = [f"frame truncation ({what}, until {i['until']}, {i['fill']} fill; keys {c.keys})",
+    positions = i.get("positions", "compressed")  # runs from before the option had compressed positions
+    lines = [f"frame truncation ({what}, until {i['until']}, {i['fill']} fill, {positions} time positions; "
+             f"keys {c.keys})",
              f"  DiT calls          {c.dit_calls} ({c.truncated_calls} truncated)",
              f"  token-steps        {c.token_steps_run:,} of {c.token_steps_full:,} "
              f"({100 * c.token_steps_skipped_fraction:.1f}% skipped)",
