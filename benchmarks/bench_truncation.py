@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     # the same call through FrameTruncation's hooks: full input, sliced by the pre-hook, filled by the hook
     registry = HookRegistry()
     ft = FrameTruncation(keep=args.keep, until=1)
-    ft.attach(registry, TargetParts(family="diffusers", experts={"transformer": model}), SimpleNamespace(steps=0))
+    ft.attach(registry, TargetParts(family="diffusers", experts={"transformer": model}, dit_calls="diffusers_wan",
+                                    rope="diffusers_wan"), SimpleNamespace(steps=0))
     try:
         hooked_ms = bench(forward(latent), device, warmup, reps)
         out = forward(latent)()
