@@ -102,6 +102,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
             from ..metrics.phases import expert_phases
 
             print("  experts     " + ", ".join(f"{t(p.name)} ×{len(p)}" for p in expert_phases(list(run.experts))))
+        from ..views.intervention import describe_intervention
+
+        changed = describe_intervention(a, [str(e) for e in run.experts])
+        if changed:
+            print(f"  intervened  {changed}")
         nonfinite = sum(int(v.any()) for v in run.nonfinite.values())
         if nonfinite:
             print(f"  WARNING     NaN/Inf in {nonfinite} quantities (see /steps, field nonfinite)")
