@@ -10,6 +10,12 @@ the scheduler's ``step`` is called; the intercepted ``step`` then builds one rec
   call them; one call with a doubled batch is split as diffusers' batched CFG: uncond, cond).
 
 σ is read at the index the scheduler used for this step (``step_index − 1`` once ``step`` returned).
+
+Each generation is its own run (its own writer): a generation call (Wan2.2's ``generate``, a diffusers
+pipeline's ``__call__``; ``generation_listener``) begins one when it is entered (outermost call) and ends it when
+it returns or raises. Steps made outside any generation call (``(modules, scheduler)`` targets, a hand-written
+loop) form one generation until the scheduler's ``set_timesteps`` is called again after a recorded step
+(``schedule_listener``): that begins the next one. Nothing is inferred from σ or the timesteps.
 """
 
 from __future__ import annotations
@@ -85,6 +91,18 @@ def _step_args(scheduler: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor,
     return model_output, timestep, sample
 
 
+def _planned_steps(scheduler: Any, first_index: int | None) -> int | None:
+    """Step calls the schedule holds from the generation's first step on: len(scheduler.timesteps) less the index
+    the first step used (an image-to-video pipeline starting part-way), or None without a schedule."""
+    timesteps = getattr(scheduler, "timesteps", None)
+    try:
+        n = len(timesteps)
+    except TypeError:
+        return None
+    n -= max(0, first_index or 0)
+    return n if n > 0 else None
+
+
 def _shares_storage(t: torch.Tensor, *others: torch.Tensor) -> bool:
     """``t`` is (a view of) one of ``others``: the caller may overwrite it, so the writer must copy it."""
     ptr = t.untyped_storage().data_ptr()
@@ -92,12 +110,21 @@ def _shares_storage(t: torch.Tensor, *others: torch.Tensor) -> bool:
 
 
 class StepCapture:
-    """Turns hook events and ``step`` calls into records for a :class:`RunWriter`."""
+    """Turns hook events and ``step`` calls into records, one :class:`RunWriter` per generation.
 
-    def __init__(self, parts: TargetParts, writer: RunWriter | None, capture: tuple[str, ...],
-                 cfg_branches: bool, parameterization: Parameterization | None, attrs: dict[str, Any]) -> None:
+    ``first_writer`` records generation 1 (made when the block is entered, so that a path that cannot be written
+    fails before anything runs); ``open_writer(n)`` makes the writer of generation n ≥ 2 when it begins (None:
+    that generation is not recorded). Writers are closed when their generation ends; ``closed`` lists them.
+    """
+
+    def __init__(self, parts: TargetParts, first_writer: RunWriter | None, capture: tuple[str, ...],
+                 cfg_branches: bool, parameterization: Parameterization | None, attrs: dict[str, Any],
+                 open_writer: Callable[[int], RunWriter | None] | None = None) -> None:
         self.parts = parts
-        self.writer = writer
+        self.writer = first_writer  # the current (or next) generation's writer
+        self._writer_generation = 1  # the generation self.writer records
+        self._open_writer = open_writer
+        self.closed: list[tuple[int, RunWriter]] = []  # (generation, writer), in the order they ended
         self.capture = capture
         self.cfg_branches = cfg_branches
         self._fixed_param = parameterization
@@ -105,10 +132,111 @@ class StepCapture:
         self._attrs = attrs
         self._calls: list[tuple[str, torch.Tensor | None]] = []
         self._local = threading.local()
-        self._last_scheduler: Any = None
-        self.generation = -1
-        self.steps = 0
-        self.stopped: str | None = None
+        self._lock = threading.RLock()
+        self.generation = 0  # the current (or last) generation, 1-based; 0 before the first
+        self.steps = 0  # steps recorded since the probe attached, all generations together
+        self.generation_steps = 0  # steps recorded in the current generation
+        self.generation_seen = 0  # step calls seen in the current generation
+        self.planned_steps: int | None = None  # len(scheduler.timesteps) from the generation's first step on
+        self.stopped: str | None = None  # why recording of the current generation stopped
+        self._in_generation = False  # a generation has begun and not ended
+        self._new_schedule = False  # set_timesteps was called outside a generation call since the last step
+
+    # ------------------------------------------------------------------ generations
+    def begin_generation(self, explicit: bool = False) -> None:
+        """Start the next generation (a generation that has recorded no step yet simply goes on). ``explicit``: at
+        the start of a generation call (DiT calls made before it belong to no step); otherwise at a step, whose
+        DiT calls were already made."""
+        with self._lock:
+            if self._in_generation:
+                if self.generation_steps == 0:
+                    return
+                self.end_generation()
+            if self.writer is None and self._open_writer is not None and self.generation >= 1:
+                self._writer_generation = self.generation + 1
+                self.writer = self._open_writer(self._writer_generation)
+            elif self.writer is None:
+                self._writer_generation = self.generation + 1
+            self.generation = self._writer_generation
+            self._in_generation = True
+            self.generation_steps = self.generation_seen = 0
+            self.planned_steps = None
+            self.stopped = None
+            if explicit:
+                self._calls = []
+
+    def end_generation(self, exc_type: Any = None, exc: Any = None, *, final: bool = False) -> None:
+        """End the current generation: close its writer with its end state. A generation that recorded no step
+        keeps its writer for the next one, unless ``final`` (the block ends): then it is closed too (a later
+        generation's empty file is discarded; generation 1's follows the writer's rules). Raises the writer's
+        error (on_write_error="raise") unless ``exc_type`` is set."""
+        with self._lock:
+            if not self._in_generation and not final:
+                return
+            self._in_generation = False
+            writer = self.writer
+            if writer is None or (self.generation_steps == 0 and not final):
+                return
+            self.writer = None
+            state: dict[str, Any] = {"complete": exc_type is None, "steps_seen": self.generation_seen}
+            if exc_type is not None:
+                state["error"] = (f"{exc_type.__name__}: {exc}".splitlines() or [exc_type.__name__])[0]
+            elif self.stopped:
+                state.update(complete=False, error=self.stopped)
+            elif self.planned_steps is not None and self.generation_seen < self.planned_steps:
+                state.update(complete=False, error=f"interrupted: stopped after {self.generation_seen} of "
+                                                   f"{self.planned_steps} planned steps")
+            if self.generation_steps == 0 and self._writer_generation > 1:
+                state["complete"] = False  # a later generation that recorded nothing leaves no file
+            self.closed.append((self._writer_generation, writer))
+            try:
+                writer.close(state)
+            except Exception:
+                if exc_type is None:
+                    raise
+
+    def generation_listener(self, owner: Any = None, scoped: bool = False) -> Callable:
+        """Listener for the call that runs one generation (Wan2.2's ``generate``; a pipeline class's ``__call__``,
+        then ``owner`` is the instance whose calls count). ``scoped``: also mark this context, so that class-level
+        ``step`` patches record only the steps of this target's generation."""
+
+        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+            if owner is not None and not (args and args[0] is owner):
+                return call_next(*args, **kwargs)
+            if getattr(self._local, "generating", 0):  # a nested call is part of the outer generation
+                return call_next(*args, **kwargs)
+            self.begin_generation(explicit=True)
+            self._local.generating = 1
+            token = _ACTIVE.set(_ACTIVE.get() | {id(self)}) if scoped else None
+            try:
+                result = call_next(*args, **kwargs)
+            except BaseException as exc:
+                self._local.generating = 0
+                self.end_generation(type(exc), exc)
+                raise
+            finally:
+                self._local.generating = 0
+                if token is not None:
+                    _ACTIVE.reset(token)
+            self.end_generation()
+            return result
+
+        return listener
+
+    def scope_listener(self) -> Callable:
+        """The generation listener of a target whose generation call also scopes class-level ``step`` patches."""
+        return self.generation_listener(scoped=True)
+
+    def schedule_listener(self) -> Callable:
+        """Listener for ``scheduler.set_timesteps``: outside a generation call, a new schedule after recorded steps
+        begins the next generation (at its first step)."""
+
+        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+            if not getattr(self._local, "generating", 0):
+                self._new_schedule = True
+            return call_next(*args, **kwargs)
+
+        return listener
 
     # ------------------------------------------------------------------ hooks on experts
     def forward_hook(self, expert: str) -> Callable:
@@ -138,18 +266,6 @@ class StepCapture:
 
         return listener
 
-    def scope_listener(self) -> Callable:
-        """Listener for the call that runs one generation (Wan2.2's ``generate``): marks this context."""
-
-        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-            token = _ACTIVE.set(_ACTIVE.get() | {id(self)})
-            try:
-                return call_next(*args, **kwargs)
-            finally:
-                _ACTIVE.reset(token)
-
-        return listener
-
     def in_scope(self) -> bool:
         return id(self) in _ACTIVE.get()
 
@@ -162,7 +278,13 @@ class StepCapture:
         return self._params[key]
 
     def on_step(self, scheduler: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
-        if getattr(self._local, "depth", 0) or self.stopped:  # a step that calls step: record the outer one only
+        if getattr(self._local, "depth", 0):  # a step that calls step: record the outer one only
+            return call(*args, **kwargs)
+        if not self._in_generation or (self._new_schedule and not getattr(self._local, "generating", 0)):
+            self.begin_generation()
+        self._new_schedule = False
+        self.generation_seen += 1
+        if self.stopped:
             return call(*args, **kwargs)
         try:
             model_output, timestep, sample = _step_args(scheduler, args, kwargs)
@@ -184,7 +306,7 @@ class StepCapture:
     def _stop(self, exc: Exception, call: Callable | None = None, args: tuple = (), kwargs: dict | None = None) -> Any:
         """Stop recording (never the generation) when a step cannot be recorded exactly; the run says why."""
         if not self.stopped:
-            self.stopped = f"recording stopped at step {self.steps}: {exc}"
+            self.stopped = f"recording stopped at step {self.generation_steps}: {exc}"
             warnings.warn(f"latent_probe: {self.stopped}; the generation goes on", RuntimeWarning, stacklevel=4)
         return None if call is None else call(*args, **(kwargs or {}))
 
@@ -223,9 +345,9 @@ class StepCapture:
                 sample: torch.Tensor, calls: list[tuple[str, torch.Tensor | None]]) -> None:
         after = getattr(scheduler, "step_index", None)
         idx = None if after is None else int(after) - 1
-        if scheduler is not self._last_scheduler or idx == 0 or self.generation < 0:
-            self.generation += 1
-            self._last_scheduler = scheduler
+        first = self.generation_steps == 0
+        if first:
+            self.planned_steps = _planned_steps(scheduler, idx)
         level = noise_level_at(scheduler, idx, timestep)
         sigma_tensor = None
         if level.flow and idx is not None and isinstance(getattr(scheduler, "sigmas", None), torch.Tensor):
@@ -250,17 +372,17 @@ class StepCapture:
                 tensors[name] = self._to_stored(t, f"an expert output ({name})")
         expert = calls[-1][0] if calls else "unknown"
         meta = StepMeta(
-            index=idx if idx is not None else self.steps,
+            index=idx if idx is not None else self.generation_steps,
             timestep=timestep,
             sigma=level.sigma,
             alpha=level.alpha,
             expert=expert,
             guidance_scale=self.parts.guidance_scale(expert),
-            generation=self.generation,
+            generation=self.generation - 1,
             model_calls=len(calls),
         )
-        first = self.steps == 0
         self.steps += 1
+        self.generation_steps += 1
         if self.writer is not None:
             attrs = None
             if first:  # what is known only once the generation runs (the rest was written at creation)
@@ -268,5 +390,5 @@ class StepCapture:
                 attrs = {k: v for k, v in call.items() if k not in self._attrs}
                 attrs.update(parameterization=param.value, capture=list(self.capture),
                              cfg_branches=self.cfg_branches, step_layout=self.parts.step_layout,
-                             call_args=call)
+                             call_args=call, planned_steps=self.planned_steps)
             self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import uuid
 import warnings
 from typing import Any, Iterable
 
@@ -19,6 +21,11 @@ from .store.writer import DiskFullError, RunWriter
 __all__ = ["LatentProbe"]
 
 
+# Probes entered or left in several threads at once share class-level attributes (a pipeline class's __call__,
+# Wan2.2's scheduler classes' step): installing or removing their one dispatcher is serialised here.
+_HOOKS_LOCK = threading.RLock()
+
+
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank())
@@ -32,14 +39,20 @@ class LatentProbe:
     objects, or any ``(modules, scheduler)`` pair. Stored latents are [B, C, F, H, W] per step; read
     them with ``probe.run`` after the block or ``latent_probe.open_run(path)``.
 
+    Each generation inside the block is its own run: the first goes to ``path``, the n-th to
+    ``<stem>.gen<n><suffix>`` beside it (``run.gen2.h5``); ``probe.runs`` lists them all, ``probe.paths`` their
+    files. A generation is one call of the pipeline (``pipe(...)``) or of ``generate``; for ``(modules,
+    scheduler)`` targets, the steps between two ``scheduler.set_timesteps`` calls (docs/capture.md).
+
     Args:
         target: ``WanT2V``/``WanI2V``/``WanTI2V``, a diffusers ``WanPipeline``-like pipeline, or
             ``(modules, scheduler)``.
-        path: HDF5 file to stream to; None keeps the run in memory.
+        path: HDF5 file to stream the first generation to (the n-th goes to ``<stem>.gen<n><suffix>``); None keeps
+            the runs in memory.
         capture: quantities to record, from ``("x_t", "pred", "x0", "eps")``.
         store_dtype: ``"float16"`` (half the disk) or ``"float32"``.
         cfg_branches: also record the cond and uncond predictions.
-        overwrite: replace an existing file at ``path``.
+        overwrite: replace an existing file at ``path`` (and at the later generations' ``<stem>.gen<n><suffix>``).
         layout: einops layout of the tensors ``step`` receives: for ``(modules, scheduler)`` targets (default
             ``"b c f h w"``) and for diffusers pipelines latent_probe has no spec for; a known pipeline's is its own.
         parameterization: override the prediction type read from the scheduler's configuration.
@@ -98,8 +111,12 @@ class LatentProbe:
         self.capture_state: StepCapture | None = None
         self._registry = HookRegistry()
         self._writer: RunWriter | None = None
-        self._run: Run | None = None
+        self._runs: list[Run] | None = None
+        self._paths: list[str] = []
+        self._memory: list[Run] = []
         self._active = False
+        self._probe_id = ""
+        self._writer_args: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> "LatentProbe":
@@ -114,7 +131,8 @@ class LatentProbe:
             except LayoutError as exc:
                 raise UnsupportedTargetError(str(exc)) from None
         self.parts = parts
-        self._run = None
+        self._runs, self._paths, self._memory = None, [], []
+        self._probe_id = uuid.uuid4().hex
         writes = _rank() == 0
         if not writes:
             warnings.warn("latent_probe: not rank 0 of torch.distributed; this process records nothing",
@@ -128,9 +146,16 @@ class LatentProbe:
         if self.intervene is not None:
             attrs["intervention"] = self.intervene.describe()
         if writes:
+            self._writer_args = dict(attrs=attrs, experts=list(parts.experts), on_error=self.on_write_error,
+                                     probe_id=self._probe_id)
+            if self.path is not None and not self.overwrite:
+                taken = sorted(schema.generation_siblings(self.path).values())
+                if taken:
+                    raise FileExistsError(f"{taken[0]} exists (a later generation of an earlier run at {self.path});"
+                                          " pass overwrite=True to replace it")
             try:
-                self._writer = RunWriter(self.path, self.store_dtype, self.slots, self.overwrite, attrs=attrs,
-                                         experts=list(parts.experts), on_error=self.on_write_error)
+                self._writer = RunWriter(self.path, self.store_dtype, self.slots, self.overwrite, generation=1,
+                                         **self._writer_args)
             except DiskFullError as exc:
                 if self.on_write_error == "raise":
                     raise
@@ -138,19 +163,24 @@ class LatentProbe:
                 writes = False
         if not writes:
             if self.intervene is not None:  # every rank must run the same (changed) computation
-                try:
-                    self.intervene.attach(self._registry, parts, None)
-                except BaseException:
-                    self._registry.remove_all()
-                    raise
+                with _HOOKS_LOCK:
+                    try:
+                        self.intervene.attach(self._registry, parts, None)
+                    except BaseException:
+                        self._registry.remove_all()
+                        raise
             self._active = True
             return self
         self.capture_state = StepCapture(parts, self._writer, self.capture, self.cfg_branches,
-                                         self.parameterization, attrs)
+                                         self.parameterization, attrs, open_writer=self._open_generation)
         try:
-            self._attach(parts, self.capture_state)
+            with _HOOKS_LOCK:
+                try:
+                    self._attach(parts, self.capture_state)
+                except BaseException:
+                    self._registry.remove_all()
+                    raise
         except BaseException:
-            self._registry.remove_all()
             self._writer.close()
             raise
         self._active = True
@@ -164,6 +194,8 @@ class LatentProbe:
             reg.forward(module, cap.forward_hook(name))
         if parts.scheduler is not None:
             reg.intercept(parts.scheduler, "step", cap.step_listener(parts.scheduler))
+            if callable(getattr(parts.scheduler, "set_timesteps", None)):
+                reg.intercept(parts.scheduler, "set_timesteps", cap.schedule_listener())
         scoped = parts.generation_call is not None
         for cls in parts.scheduler_classes:
             reg.intercept(cls, "step", cap.class_step_listener(scoped))
@@ -172,46 +204,78 @@ class LatentProbe:
         if scoped:
             owner, attr = parts.generation_call
             reg.intercept(owner, attr, cap.scope_listener())
+        elif parts.family == "diffusers" and callable(self.target):
+            # one call of the pipeline is one generation. Python looks __call__ up on the class, so the
+            # interception is class-level, routed by identity to this pipeline (TODO adapters: declare it as
+            # TargetParts.generation_call, with the instance whose calls count)
+            reg.intercept(type(self.target), "__call__", cap.generation_listener(owner=self.target))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self._active = False
         try:
-            self._registry.remove_all()
+            with _HOOKS_LOCK:
+                self._registry.remove_all()
         finally:
             self._close(exc_type, exc)
         return False
 
-    def _close(self, exc_type: Any, exc: Any) -> None:
-        if self._writer is None:
-            return
-        final: dict[str, Any] = {"complete": exc_type is None}
-        if exc_type is not None:
-            final["error"] = (f"{exc_type.__name__}: {exc}".splitlines() or [exc_type.__name__])[0]
-        if self.capture_state is not None:
-            final["steps_seen"] = self.capture_state.steps
-            if self.capture_state.stopped and exc_type is None:
-                final.update(complete=False, error=self.capture_state.stopped)
-        writer, self._writer = self._writer, None
+    def _open_generation(self, generation: int) -> RunWriter | None:
+        """The writer of generation ``generation`` ≥ 2 (None: not recorded, after a warning)."""
+        path = None if self.path is None else schema.generation_path(self.path, generation)
         try:
-            writer.close(final)
-        except Exception:
-            if exc_type is None:
+            return RunWriter(path, self.store_dtype, self.slots, self.overwrite, generation=generation,
+                             **self._writer_args)
+        except DiskFullError as exc:
+            if self.on_write_error == "raise":
                 raise
-        if self.path is None:
-            self._run = Run(writer.file, owns_file=True, source=None) if writer.steps_written else None
+            warnings.warn(f"{exc}; generation {generation} goes on unrecorded", RuntimeWarning, stacklevel=2)
+            return None
+
+    def _close(self, exc_type: Any, exc: Any) -> None:
+        writer, self._writer = self._writer, None
+        cap = self.capture_state
+        if writer is None:
+            return
+        if cap is None:  # entered, but nothing attached (should not happen): close as one empty generation
+            writer.close({"complete": exc_type is None})
+            return
+        try:
+            cap.end_generation(exc_type, exc, final=True)
+        finally:
+            for generation, w in sorted(cap.closed, key=lambda gw: gw[0]):
+                if self.path is None:
+                    if w.steps_written:
+                        self._memory.append(Run(w.file, owns_file=True, source=None))
+                elif w.published and w.path is not None:
+                    self._paths.append(w.path)
 
     # ------------------------------------------------------------------ results
     @property
     def run(self) -> Run:
-        """The recorded run (after the block). In memory for path=None, else the file opened read-only."""
+        """The recorded run of the first generation (after the block). In memory for path=None, else the file
+        opened read-only. ``probe.runs`` has every generation's."""
+        runs = self.runs
+        if not runs:
+            raise RuntimeError("no step was recorded (did the generation call scheduler.step inside the block?)")
+        return runs[0]
+
+    @property
+    def runs(self) -> list[Run]:
+        """One Run per generation recorded inside the block, in order (generation 1 first)."""
         if self._active:
             raise RuntimeError("probe.run is available after the with-block; open_run(path, swmr=True) "
                                "follows a live file")
-        if self._run is None and self.path is not None and os.path.exists(self.path):
-            self._run = open_run(self.path)
-        if self._run is None:
-            raise RuntimeError("no step was recorded (did the generation call scheduler.step inside the block?)")
-        return self._run
+        if self._runs is None:
+            if self.path is None:
+                self._runs = list(self._memory)
+            else:
+                self._runs = [open_run(p) for p in self._paths if os.path.exists(p)]
+        return self._runs
+
+    @property
+    def paths(self) -> list[str]:
+        """The files written, one per generation (``path``, then ``<stem>.gen2<suffix>``, ...); [] in memory."""
+        return list(self._paths)
 
     @property
     def hooks_attached(self) -> int:

@@ -136,10 +136,10 @@ def test_info_metrics_dashboard(capsys, demo_dir, tmp_path, no_static):
     code, out, _ = run_cli(capsys, "info", h5)
     assert code == 0 and "SIMULATED" in out and "steps       10" in out
     code, out, _ = run_cli(capsys, "metrics", h5)
-    assert code == 0 and "SIMULATED" in out.splitlines()[0] and "Early steps (1-4):" in out
+    assert code == 0 and "SIMULATED" in out.splitlines()[0] and "Early steps (0-3):" in out
     code, out, _ = run_cli(capsys, "metrics", h5, "--phases", "original", "--space", "eps")
-    # 10 steps: the original's 1-5, 6-10, 11-20 are scaled to the run and the table says so
-    assert code == 0 and "Early steps (1-3):" in out and "Late steps (6-10):" in out and "Late steps (11-10)" not in out
+    # 10 steps: the original's 1-5, 6-10, 11-20 are scaled to the run and the table says so (steps 0-based)
+    assert code == 0 and "Early steps (0-2):" in out and "Late steps (5-9):" in out and "Late steps (10-9)" not in out
     assert "Note: phases 'original'" in out and "scaled to this 10-step run" in out
     code, out, _ = run_cli(capsys, "metrics", h5, "--json")
     doc = json.loads(out)

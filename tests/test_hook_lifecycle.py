@@ -54,7 +54,8 @@ def pipe_state(pipe) -> dict:
 
 
 def steps_of(probe) -> np.ndarray:
-    return probe.run.latents("x_t")[:]
+    """x_t of every generation the probe recorded (one run each), in order."""
+    return np.concatenate([run.latents("x_t")[:] for run in probe.runs])
 
 
 _REFS: dict[tuple[int, int], np.ndarray] = {}
@@ -117,7 +118,7 @@ def test_a_probe_that_raises_inside_another_leaves_the_outer_one_working(two_exp
                 run_pipe(pipe, steps=STEPS, seed=0)
                 raise RuntimeError("inner failure")
         run_pipe(pipe, steps=STEPS, seed=1)
-    assert outer.run.num_steps == 2 * STEPS
+    assert [run.num_steps for run in outer.runs] == [STEPS, STEPS]  # one run per generation
     assert pipe_state(pipe) == before
 
 
@@ -146,8 +147,8 @@ def test_overlapping_probes_on_the_wan_repository(tmp_path):
     a.__exit__(None, None, None)
     t2v.generate("third", seed=3, **WAN_KW)
     b.__exit__(None, None, None)
-    assert a.run.num_steps == 12 and b.run.num_steps == 12
-    np.testing.assert_array_equal(a.run.latents("x_t")[6:], b.run.latents("x_t")[:6])  # both saw "second"
+    assert [r.num_steps for r in a.runs] == [6, 6] and [r.num_steps for r in b.runs] == [6, 6]
+    np.testing.assert_array_equal(a.runs[1].latents("x_t")[:], b.runs[0].latents("x_t")[:])  # both saw "second"
     assert {c: vars(c)["step"] for c in classes} == classes
     assert "generate" not in vars(t2v)
     assert not t2v.high_noise_model._forward_hooks and not t2v.low_noise_model._forward_hooks
@@ -190,7 +191,7 @@ def test_two_wan_objects_in_two_threads_record_only_their_own_steps():
 
     _in_threads([job(0), job(1)])
     for k, probe in enumerate(probes):
-        got = probe.run.latents("x_t")[:]
+        got = steps_of(probe)
         assert got.shape[0] == 12, f"probe {k} recorded {got.shape[0]} steps (another thread's leaked in?)"
         assert got.tobytes() == np.concatenate([refs[k], refs[k]]).tobytes()
 
@@ -211,6 +212,6 @@ def test_two_diffusers_pipelines_in_two_threads_record_only_their_own_steps():
 
     _in_threads([job(0), job(1)])
     for k, probe in enumerate(probes):
-        got = probe.run.latents("x_t")[:]
+        got = steps_of(probe)
         assert got.shape[0] == 2 * STEPS
         assert got.tobytes() == np.concatenate([refs[k], refs[k]]).tobytes()

@@ -62,19 +62,19 @@ def test_collect_shapes(demo_path, two_expert_path):
     with open_run(demo_path) as run:
         s = collect(run, label="demo")
     S, P = 8, 5
-    assert s.steps.tolist() == list(range(1, S + 1))
+    assert s.steps.tolist() == list(range(S))  # 0-based, like run.latents(q)[s]
     assert s.l2.shape == s.cos.shape == s.norm_ratio.shape == (S, P)
     assert s.l2_mean.shape == s.cos_mean.shape == s.noise_floor.shape == s.sigmas.shape == (S,)
     assert s.xt_cos_mean is not None and s.gap is None
     assert list(s.step_change) == ["pred"] and np.isnan(s.step_change["pred"][0][0])
     assert s.simulated and s.switches == [] and len(s.phases) == 3
-    assert set(s.frame_similarity) == {1, 5, 8} and s.frame_similarity[1].shape == (6, 6)
+    assert set(s.frame_similarity) == {0, 4, 7} and s.frame_similarity[0].shape == (6, 6)
     assert "Temporal Continuity Statistics" in s.summary_text
     with open_run(two_expert_path) as run:
         t = collect(run, label="pipe", space="eps")
         experts = list(run.experts)
     switch = next(i for i in range(1, 8) if experts[i] != experts[i - 1])
-    assert t.switches == [switch + 1] and t.expert_switch.tolist() == [i == switch for i in range(8)]
+    assert t.switches == [switch] and t.expert_switch.tolist() == [i == switch for i in range(8)]
     assert list(t.step_change) == ["pred", "pred_cond", "pred_uncond"] and t.gap.shape == (8,)
     with pytest.raises(KeyError, match="not captured"):
         with open_run(demo_path) as run:
@@ -159,7 +159,8 @@ def test_reports(demo_path, tmp_path):
     assert [r["kind"] for r in doc["summary"]["rows"]][:3] == ["steps"] * 3
     assert rows[0].startswith("step,batch,pair,metric,value") and len(rows) == 1 + 4 * 8 * 5
     npz = np.load(write_npz(s, tmp_path / "d.npz"))
-    assert npz["steps"].tolist() == list(range(1, 9)) and npz["l2"].shape == (8, 5)
+    assert npz["steps"].tolist() == list(range(8)) and npz["l2"].shape == (8, 5)
+    assert doc["per_step"]["step"] == list(range(8)) and rows[1].startswith("0,0,0,")
     for key in ("timesteps", "sigmas", "l2_mean", "cos_mean", "cos", "noise_floor", "experts"):
         assert npz[key].shape[0] == 8
     np.testing.assert_allclose(npz["cos_mean"], s.cos_mean)

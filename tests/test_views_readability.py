@@ -147,7 +147,7 @@ def test_log_axes_have_no_labelled_minor_ticks(dashboards):
 
 def test_phases_on_every_per_step_subplot(dashboards):
     for name, series, figs in dashboards:
-        spans = {(a + 0.5, b + 0.5) for s in series for _, a, b in s.phases if b > a}
+        spans = {(a - 0.5, b - 0.5) for s in series for _, a, b in s.phases if b > a}  # steps a … b − 1, 0-based
         switches = {k - 0.5 for s in series for k in s.switches}
         assert spans
         for k, fig in enumerate(figs):
@@ -190,8 +190,8 @@ def test_original_phases_on_40_steps_say_how_they_map(long_path, tmp_path):
         if _step_axes(fig):
             text = fig.layout.title.text + " ".join(a.text or "" for a in fig.layout.annotations)
             assert "late 21-40" in text, f"{FIGURE_NAMES[k]} does not say how the phases were mapped"
-    assert [r["label"] for r in s.summary["rows"] if r["kind"] == "steps"] == [
-        "Early steps (1-10)", "Middle steps (11-20)", "Late steps (21-40)"]
+    assert [r["label"] for r in s.summary["rows"] if r["kind"] == "steps"] == [  # step ranges 0-based
+        "Early steps (0-9)", "Middle steps (10-19)", "Late steps (20-39)"]
     assert "late 21-40" in s.summary_text
     page = Path(write_dashboard([s], tmp_path / "long.html")).read_text(encoding="utf-8")
     assert "late 21-40" in page

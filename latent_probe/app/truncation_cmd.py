@@ -23,7 +23,9 @@ def _keyframes(text: str) -> list[int]:
 def add_truncation_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``truncation`` subcommand to a ``latent-probe`` subparsers object."""
     p = subparsers.add_parser(
-        "truncation", help="how well K key frames predict all frames, step by step (frame-truncation feasibility)")
+        "truncation", help="how well K key frames predict all frames, step by step (frame-truncation feasibility)",
+        description="How well K key frames predict all frames, step by step (frame-truncation feasibility). Steps "
+                    "are 0-based, as everywhere in latent_probe: step s ran at scheduler.timesteps[s].")
     p.add_argument("run", help="RUN.h5 of a baseline (untruncated) generation")
     p.add_argument("--keep", type=int, default=3, help="key latent frames, evenly spaced incl. first and last (3)")
     p.add_argument("--keyframes", type=_keyframes, default=None, help="explicit key frames, e.g. 0,10,20")

@@ -20,7 +20,7 @@ from . import schema
 from .accessors import accessor_of
 from .liveness import writer_alive
 from .superblock import SuperblockError, UnmarkedFile, held_by_another_process, read_superblock
-from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, chunk_within
+from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, check_netcdf_view, chunk_within
 
 __all__ = ["Run", "LatentView", "open_run", "RunFileError"]
 
@@ -265,6 +265,7 @@ class Run:
                 raise
             raise RunFileError(f"{self._where} is corrupt ({type(exc).__name__}: {exc})") from None
         self._accessors.clear()  # extensions cache what they computed from the steps seen so far
+        self.__dict__.pop("_generation_files", None)  # a later generation's file may have appeared since
 
     def close(self) -> None:
         if self._owns:
@@ -341,9 +342,51 @@ class Run:
     def guidance_scales(self) -> np.ndarray:
         return self._steps("guidance_scale")
 
+    # -------------------------------------------------------------- generations
     @property
-    def generations(self) -> np.ndarray:
-        return self._steps("generation")
+    def generation(self) -> int | None:
+        """Which generation of its probe this run is (1-based: ``run.h5`` is 1, ``run.gen2.h5`` 2, ...); None for
+        files written before runs were split per generation."""
+        value = self._root_attrs.get("generation")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+    @property
+    def generations(self) -> list[str]:
+        """The files of every generation of the probe that recorded this run, in order, this one included:
+        ``[run.h5, run.gen2.h5, ...]``, found beside it by name and kept only where ``probe_id`` matches. [] in
+        memory or for older files; ``[source]`` when the name does not follow the pattern (a renamed file)."""
+        cached = self.__dict__.get("_generation_files")
+        if cached is None:
+            cached = self.__dict__["_generation_files"] = self._find_generations()
+        return list(cached)
+
+    def _find_generations(self) -> list[str]:
+        gen, probe = self.generation, self._root_attrs.get("probe_id")
+        if self.source is None or gen is None or not probe:
+            return []
+        first = schema.first_generation_path(self.source, gen)
+        if first is None:
+            return [self.source]
+        found = {1: first, **schema.generation_siblings(first)}
+        out = []
+        for n, path in sorted(found.items()):
+            if n == gen:
+                out.append(self.source)
+                continue
+            try:
+                with open_run(path) as other:
+                    if other._root_attrs.get("probe_id") == probe and other.generation == n:
+                        out.append(path)
+            except (OSError, RunFileError):
+                continue  # missing, damaged, or not a run: not one of this probe's generations
+        return out
+
+    @property
+    def planned_steps(self) -> int | None:
+        """Steps the scheduler planned from this run's first step on (``len(scheduler.timesteps)``); more than
+        ``num_steps`` when the generation stopped early (``error`` says why). None where unknown."""
+        value = self._root_attrs.get("planned_steps")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
     @property
     def blocked_ms(self) -> np.ndarray:
@@ -386,8 +429,60 @@ class Run:
             raise AttributeError(name)
         return accessor_of(self, name)
 
+    # -------------------------------------------------------------- tables (pandas, xarray)
+    def step_table(self) -> Any:
+        """pandas DataFrame, one row per committed step: ``step`` (0-based, the row; the convention everywhere in
+        latent_probe), ``index`` (the scheduler's own step index), ``timestep``, ``sigma``, ``alpha``, ``expert``."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover
+            raise ImportError("step_table needs pandas: pip install pandas") from None
+        return pd.DataFrame({"step": np.arange(self._n), "index": self.step_indices, "timestep": self.timesteps,
+                             "sigma": self.sigmas, "alpha": self.alphas,
+                             "expert": np.asarray([str(e) for e in self.experts], dtype=object)})
+
+    def to_dataframe(self, space: str = "x0") -> Any:
+        """Tidy pandas DataFrame of the adjacent-frame metrics of ``space`` (step, batch, pair, metric, value,
+        space; from the ``run.metrics`` extension) with each step's ``timestep``, ``sigma`` and ``expert``. ``step``
+        is 0-based: row s is ``scheduler.timesteps[s]`` of a generation that started at the first timestep."""
+        df = accessor_of(self, "to_dataframe")(space)
+        steps = self.step_table()
+        extra = [c for c in ("timestep", "sigma", "expert") if c not in df.columns]
+        if not extra or "step" not in df.columns:
+            return df
+        return df.merge(steps[["step", *extra]], on="step", how="left", sort=False)
+
+    def to_xarray(self) -> Any:
+        """The committed steps as an ``xarray.Dataset`` (needs xarray and h5netcdf): every quantity on dimensions
+        (step, batch, channel, frame, height, width), coordinates step (0-based), timestep, sigma, alpha and
+        expert. Read lazily from this run's open file, so it works for a file being recorded or left by a killed
+        writer too (``xarray.open_dataset(path, engine="h5netcdf")`` needs a cleanly closed one); load it
+        (``.load()``) before closing the run. Files written before dimension scales were added are refused."""
+        try:
+            import h5netcdf
+            import xarray as xr
+        except ImportError:
+            raise ImportError("to_xarray needs xarray and h5netcdf: pip install xarray h5netcdf") from None
+        if schema.STEP_DIM not in self._file:
+            raise RunFileError(f"{self._where} was written without HDF5 dimension scales (by latent_probe "
+                               f"{self._root_attrs.get('library_version', '?')}): xarray cannot name its axes")
+        check_netcdf_view(self._file, self._where, self._file_size())
+        if self._file.swmr_mode:  # a live run: let the step scale and coordinates show what was committed since
+            for name in (schema.STEP_DIM, *schema.STEP_COORDS):
+                obj = self._file.get(name)
+                if isinstance(obj, h5py.Dataset):
+                    obj.refresh()
+        store = xr.backends.H5NetCDFStore(h5netcdf.File(self._file, "r"))
+        return xr.open_dataset(store).isel({schema.STEP_DIM: slice(0, self._n)})
+
     def __repr__(self) -> str:
-        return (f"Run({self.source or 'in memory'}, steps={self.num_steps}, quantities={self.quantities}, "
+        gen = ""
+        if self.generation is not None and (self.generation > 1 or len(self.generations) > 1):
+            gen = f", generation {self.generation} of {len(self.generations) or '?'}"
+        planned = self.planned_steps
+        steps = f"{self.num_steps}" + (f" of {planned} planned" if planned is not None and planned != self.num_steps
+                                        else "")
+        return (f"Run({self.source or 'in memory'}{gen}, steps={steps}, quantities={self.quantities}, "
                 f"complete={self.complete})")
 
 

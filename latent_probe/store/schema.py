@@ -10,6 +10,13 @@
                         guidance_scale, generation, model_calls, blocked_ms, wall_time, nonfinite, overflow)
 /metrics/...            cached metric values (written by latent_probe.metrics)
 
+netCDF view (HDF5 dimension scales, so that xarray / h5netcdf name every axis; created before the first commit):
+/step                   [S] int64, 0-based step number (the row): dimension scale "step", extended with the rows
+/batch /channel /frame /height /width   [n] int64 0..n-1: dimension scales of the latents' other axes
+/timestep /sigma /alpha /expert          [S] copies of /steps' fields, coordinates along "step" (expert: UTF-8 name)
+/<quantity>             a second hard link to /latents/<quantity>, so a netCDF reader of the root group sees it
+/generation             [1] int32, the generation number (1-based): dimension scale of /run_state
+
 A step is committed once ``/run_state`` counts it: written after its latents and its ``/steps`` row have
 been flushed, then flushed itself.
 """
@@ -17,8 +24,11 @@ been flushed, then flushed itself.
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 
+import h5py
 import numpy as np
 
 SCHEMA_NAME = "latent_probe"
@@ -74,11 +84,68 @@ STATE_FIELDS = ("steps", "steps_seen", "complete", "closed", "nonfinite_steps", 
 
 JSON_KEYS_ATTR = "json_keys"
 
+# Dimension scales (netCDF dimensions) and the per-step coordinates stored beside /steps.
+STEP_DIM = "step"
+LATENT_DIMS = ("step", "batch", "channel", "frame", "height", "width")  # the axes of LATENT_LAYOUT
+STEP_COORDS = ("timestep", "sigma", "alpha", "expert")  # 1-D datasets along "step", copies of /steps fields
+GENERATION_DIM = "generation"  # the axis of /run_state (one row: this file's generation)
+SCALE_CHUNK = 256  # rows per chunk of the resizable 1-D datasets (/steps, /step, the coordinates)
+
+
+def expert_dtype(names: list[str] | tuple[str, ...]) -> np.dtype:
+    """Fixed-length UTF-8 strings wide enough for every expert name (and "unknown"): no variable-length data."""
+    width = max([len(n.encode("utf-8")) for n in (*names, "unknown")] + [1])
+    return h5py.string_dtype("utf-8", width)
+
+
+def generation_path(path: str, generation: int) -> str:
+    """Where generation ``generation`` (1-based) of a probe recording to ``path`` goes: ``path`` itself for the
+    first, ``<stem>.gen<n><suffix>`` beside it for the n-th (``run.h5`` → ``run.gen2.h5``)."""
+    if generation <= 1:
+        return path
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}.gen{int(generation)}{suffix}"
+
+
+_GEN_NAME = re.compile(r"^(?P<stem>.*)\.gen(?P<n>[1-9][0-9]*)$")
+
+
+def first_generation_path(path: str, generation: int | None) -> str | None:
+    """``path`` of generation ``generation`` → the path of generation 1 (None when the name does not follow
+    :func:`generation_path`, e.g. a renamed file)."""
+    if not generation or generation <= 1:
+        return path
+    stem, suffix = os.path.splitext(path)
+    for stem, suffix in ((stem, suffix), (path, "")):  # "run.gen2.h5", or "run.gen2" of a path without suffix
+        m = _GEN_NAME.match(stem)
+        if m is not None and int(m.group("n")) == generation:
+            return m.group("stem") + suffix
+    return None
+
+
+def generation_siblings(first: str) -> dict[int, str]:
+    """Files beside ``first`` named as its later generations: n → path (n ≥ 2), existing files only."""
+    stem, suffix = os.path.splitext(first)
+    folder = os.path.dirname(os.path.abspath(first))
+    base = os.path.basename(stem)
+    out: dict[int, str] = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return out
+    for name in names:
+        if not (name.startswith(base + ".gen") and name.endswith(suffix)):
+            continue
+        m = _GEN_NAME.match(name[: len(name) - len(suffix)] if suffix else name)
+        if m is not None and m.group("stem") == base:
+            out[int(m.group("n"))] = os.path.join(os.path.dirname(first), name)
+    return dict(sorted(out.items()))
+
 # Root attribute names the library writes itself: user attrs may not use them (refused at entry).
 RESERVED_ATTRS = frozenset({
     "schema", "schema_version", "library_version", "created", "store_dtype", "layout", "quantities",
     "parameterization", "capture", "cfg_branches", "step_layout", "experts", "intervention", "call_args",
-    JSON_KEYS_ATTR, *STATE_FIELDS,
+    "generation", "probe_id", "planned_steps", JSON_KEYS_ATTR, *STATE_FIELDS,
 })
 
 

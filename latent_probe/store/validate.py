@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 from ..errors import LatentProbeError
 
-__all__ = ["RunFileError", "check_link", "check_dataset", "chunk_within", "MAX_ATTR_BYTES"]
+__all__ = ["RunFileError", "check_link", "check_dataset", "check_netcdf_view", "chunk_within", "MAX_ATTR_BYTES"]
 
 MAX_ATTR_BYTES = 16 * 2**20  # the largest root attribute a run file holds is a model configuration (kilobytes)
 
@@ -75,3 +75,15 @@ def chunk_within(ds: h5py.Dataset, coord: tuple[int, ...], nbytes: int, file_siz
     if offset is None:
         return False
     return info.size == nbytes and 0 <= offset and offset + info.size <= file_size
+
+
+def check_netcdf_view(f: h5py.File, where: str, file_size: int) -> None:
+    """What a netCDF reader (h5netcdf, for ``Run.to_xarray``) reads of the root group: hard links only, and
+    datasets whose values live inside the file, unfiltered, of fixed-size types; resizable ones may claim more
+    rows than are written (a run being recorded), but not rows larger than the file."""
+    for name in f:
+        check_link(f, name, where)
+        obj = f[name]
+        if isinstance(obj, h5py.Dataset):
+            resizable = obj.chunks is not None and obj.maxshape[:1] == (None,)
+            check_dataset(obj, where, file_size, chunked_rows=resizable)

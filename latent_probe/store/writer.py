@@ -152,20 +152,27 @@ class RunWriter:
     :meth:`close` for reading. ``attrs`` become root attributes at once (the schema is on disk from
     creation); ``experts`` lists the names ``StepMeta.expert`` may take (others are learnt at the first
     step). ``on_error="warn"`` turns a writer failure into one warning: recording stops, the caller goes on.
+    ``generation`` (1-based) and ``probe_id`` say which generation of which probe the file holds (root
+    attributes, and ``/generation``).
     """
 
     def __init__(self, path: str | os.PathLike | None, store_dtype: str = "float16", slots: int = 3,
                  overwrite: bool = False, *, attrs: dict[str, Any] | None = None,
-                 experts: list[str] | tuple[str, ...] | None = None, on_error: str = "raise") -> None:
+                 experts: list[str] | tuple[str, ...] | None = None, on_error: str = "raise",
+                 generation: int = 1, probe_id: str | None = None) -> None:
         if store_dtype not in schema.STORE_DTYPES:
             raise ValueError(f"store_dtype must be one of {schema.STORE_DTYPES}, got {store_dtype!r}")
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if on_error not in ("raise", "warn"):
             raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        if int(generation) < 1:
+            raise ValueError(f"generation must be >= 1, got {generation}")
         self.path = None if path is None else os.fspath(path)
         self.store_dtype = store_dtype
         self.on_error = on_error
+        self.generation = int(generation)
+        self.probe_id = probe_id
         self._torch_store_dtype = getattr(torch, store_dtype)
         self._experts: list[str] = list(dict.fromkeys(experts or ()))
         self.published = self.path is None
@@ -226,6 +233,8 @@ class RunWriter:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "store_dtype": self.store_dtype,
             "layout": schema.LATENT_LAYOUT,
+            "generation": self.generation,
+            "probe_id": self.probe_id,
         }
         clash = sorted(set(attrs) & set(base))
         if clash:
@@ -236,9 +245,27 @@ class RunWriter:
         self._state_ds = f.create_dataset(schema.STATE_DATASET, shape=(1,), dtype=schema.STATE_DTYPE)
         self._state = np.zeros(1, dtype=schema.STATE_DTYPE)
         self._state_ds[0] = self._state[0]
-        self._steps_ds = f.create_dataset(schema.STEPS_DATASET, shape=(0,), maxshape=(None,), chunks=(256,),
-                                          dtype=schema.STEP_DTYPE)
+        self._steps_ds = f.create_dataset(schema.STEPS_DATASET, shape=(0,), maxshape=(None,),
+                                          chunks=(schema.SCALE_CHUNK,), dtype=schema.STEP_DTYPE)
+        # the netCDF view (docs/hdf5-schema.md): dimension scales and the step coordinates, all created now,
+        # before SWMR starts (a scale is attached by writing attributes, which SWMR forbids later)
+        gen = f.create_dataset(schema.GENERATION_DIM, data=np.array([self.generation], dtype=np.int32))
+        gen.make_scale(schema.GENERATION_DIM)
+        self._state_ds.dims[0].attach_scale(gen)
+        step = self._resizable(schema.STEP_DIM, np.int64)
+        step.make_scale(schema.STEP_DIM)
+        self._steps_ds.dims[0].attach_scale(step)
+        self._coords: dict[str, h5py.Dataset] = {schema.STEP_DIM: step}
+        for name in schema.STEP_COORDS:
+            if name != "expert":  # its width is known once the first step has named its expert
+                self._coords[name] = self._resizable(name, np.float64)
+                self._coords[name].dims[0].attach_scale(step)
         f.flush()
+
+    def _resizable(self, name: str, dtype: Any) -> h5py.Dataset:
+        """An empty 1-D dataset along the step axis, one chunk per SCALE_CHUNK rows."""
+        return self.file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(schema.SCALE_CHUNK,),
+                                        dtype=dtype)
 
     def _discard(self) -> None:
         """Remove a file that holds no committed step (never the published run)."""
@@ -541,12 +568,38 @@ class RunWriter:
         self._step_nbytes = sum(a.nbytes for a in arrays.values())
         self._steps_ds.attrs["quantities"] = list(arrays)
         self._names = tuple(arrays)
+        self._scales(arrays)
         if self.path is not None:
             f.flush()
             f.swmr_mode = True
             if self._space is not None:
                 self._space.hold()
         self._initialised = True
+
+    def _scales(self, arrays: dict[str, np.ndarray]) -> None:
+        """Name the latents' axes for netCDF readers (xarray): dimension scales batch … width, the step scale,
+        the step coordinates, and a second link to each latent dataset at the root (xarray opens one group)."""
+        f = self.file
+        step = self._coords[schema.STEP_DIM]
+        expert = self._resizable("expert", schema.expert_dtype(self._experts))
+        expert.attrs["_Encoding"] = "utf-8"  # xarray decodes the names to str
+        expert.dims[0].attach_scale(step)
+        self._coords["expert"] = expert
+        shape = next(iter(arrays.values())).shape
+        scales = []
+        for name, size in zip(schema.LATENT_DIMS[1:], shape):
+            ds = f.create_dataset(name, data=np.arange(size, dtype=np.int64))
+            ds.make_scale(name)
+            scales.append(ds)
+        coordinates = " ".join(schema.STEP_COORDS)
+        for name, ds in self._datasets.items():
+            if ds.shape[1:] != shape:
+                continue  # not one latent shape: the reader refuses such a run anyway
+            for axis, scale in enumerate([step, *scales]):
+                ds.dims[axis].attach_scale(scale)
+            ds.attrs["coordinates"] = coordinates
+            if name not in f:
+                f[name] = ds  # a hard link: the same dataset, also at the root
 
     @staticmethod
     def _append(ds: h5py.Dataset, n: int, arr: np.ndarray) -> None:
@@ -593,6 +646,11 @@ class RunWriter:
             meta.blocked_ms, meta.wall_time, bits, over,
         )], dtype=schema.STEP_DTYPE)
         self._append(self._steps_ds, n, row[0])
+        coords = self._coords
+        for name in ("timestep", "sigma", "alpha"):
+            self._append(coords[name], n, np.asarray(row[0][name], dtype=np.float64))
+        self._append(coords["expert"], n, np.asarray(str(meta.expert).encode("utf-8"), dtype=coords["expert"].dtype))
+        self._append(coords[schema.STEP_DIM], n, np.asarray(n, dtype=np.int64))
         self.file.flush()  # the step's data are on disk ...
         self._state["steps"] = n + 1
         self._state["nonfinite_steps"] = self.nonfinite_steps

@@ -28,7 +28,7 @@ SPACE_NAMES = {"x0": "x̂₀ (clean estimate)", "eps": "ε̂ (noise estimate)", 
 COLORS = qualitative.Plotly
 PHASE_FILL = ("rgba(239,85,59,0.09)", "rgba(254,203,82,0.13)", "rgba(0,204,150,0.09)", "rgba(99,110,250,0.08)")
 PHASE_STRIP = ("rgba(239,85,59,0.30)", "rgba(254,203,82,0.45)", "rgba(0,204,150,0.30)", "rgba(99,110,250,0.28)")
-STEP_TITLE = "denoising step (1 = noisiest)"
+STEP_TITLE = "denoising step (0-based; 0 = noisiest)"
 HEAT_BOTTOM_PX = 120  # room under the heatmaps for their horizontal colour bars
 PHASE_BAND_PX = 20  # subplot titles of per-step panels sit this much higher, above the phase band
 DASHES = {"pred": "solid", "pred_cond": "dash", "pred_uncond": "dot"}
@@ -73,14 +73,14 @@ def _cells(fig: go.Figure) -> list[tuple[int, int]]:
 
 
 def phase_label(name: str, start: int, stop: int, html: bool = True) -> str:
-    """"early 1–7" from ("Early steps", 0, 7); custom names keep their words. HTML-escaped unless ``html`` is
-    False (matplotlib)."""
+    """"early 0–6" from ("Early steps", 0, 7): steps start … stop − 1, 0-based like every step number; custom names
+    keep their words. HTML-escaped unless ``html`` is False (matplotlib)."""
     words = str(name).strip()
     if words.lower().endswith(" steps"):
         words = words[: -len(" steps")].lower()
     elif words.lower().startswith("steps "):
         words = "steps"
-    text = f"{words} {start + 1}–{stop}" if stop - start > 1 else f"{words} {start + 1}"
+    text = f"{words} {start}–{stop - 1}" if stop - start > 1 else f"{words} {start}"
     return esc(text) if html else text
 
 
@@ -110,7 +110,7 @@ def _flush(fig: go.Figure) -> None:
 
 def _shade_phases(fig: go.Figure, s: RunSeries, cells: Sequence[tuple[int, int]] | None = None,
                   background: bool = True) -> None:
-    """Mark the phases of ``s`` (steps start+1 … stop) on each (row, col) of ``cells`` (default: every subplot).
+    """Mark the phases of ``s`` (steps start … stop − 1) on each (row, col) of ``cells`` (default: every subplot).
 
     Each subplot gets a coloured band just above its plot area with the phases' names and steps (never over
     the data); line plots (``background``) also get the phases shaded behind the curves, heatmaps (whose
@@ -121,24 +121,25 @@ def _shade_phases(fig: go.Figure, s: RunSeries, cells: Sequence[tuple[int, int]]
     for r, c in cells if cells is not None else _cells(fig):
         xr, yr = _refs(fig, r, c)
         for j, (name, start, stop) in enumerate(phases):
-            box = dict(type="rect", xref=xr, yref=f"{yr} domain", x0=start + 0.5, x1=stop + 0.5, line_width=0,
-                       name=f"phase: {esc(name)} {start + 1}–{stop}")
+            box = dict(type="rect", xref=xr, yref=f"{yr} domain", x0=start - 0.5, x1=stop - 0.5, line_width=0,
+                       name=f"phase: {esc(name)} {start}–{stop - 1}")
             shapes.append(dict(box, y0=1.01, y1=1.075, fillcolor=PHASE_STRIP[j % len(PHASE_STRIP)], layer="above"))
             if background:
                 shapes.append(dict(box, y0=0, y1=1, fillcolor=PHASE_FILL[j % len(PHASE_FILL)], layer="below"))
             elif j:
-                shapes.append(dict(type="line", xref=xr, yref=f"{yr} domain", x0=start + 0.5, x1=start + 0.5,
+                shapes.append(dict(type="line", xref=xr, yref=f"{yr} domain", x0=start - 0.5, x1=start - 0.5,
                                    y0=0, y1=1, line=dict(color="rgba(255,255,255,0.9)", width=1, dash="dot"),
                                    name="phase boundary"))
             notes.append(dict(text=phase_label(name, start, stop), xref=xr, yref=f"{yr} domain",
-                              x=(start + stop + 1) / 2, y=1.0425, yanchor="middle", showarrow=False,
+                              x=(start + stop - 1) / 2, y=1.0425, yanchor="middle", showarrow=False,
                               font=dict(size=9, color="#444")))
     _add(fig, shapes, notes)
 
 
 def _mark_switches(fig: go.Figure, s: RunSeries, color: str, annotate: bool,
                    cells: Sequence[tuple[int, int]] | None = None, halo: bool = False) -> None:
-    """A dashed vertical line where another expert takes over (between step k-1 and k), on each of ``cells``."""
+    """A dashed vertical line where another expert takes over (between steps k − 1 and k, at k − 0.5), on each of
+    ``cells``."""
     shapes, notes = [], []
     for step in s.switches:
         for k, (r, c) in enumerate(cells if cells is not None else _cells(fig)):
@@ -150,7 +151,7 @@ def _mark_switches(fig: go.Figure, s: RunSeries, color: str, annotate: bool,
             shapes.append(dict(line, line=dict(color=color, dash="dash", width=1.5)))
             if annotate and k == 0:
                 b = s.attrs.get("boundary_timestep")
-                text = "expert switch → " + esc(s.experts[step - 1])
+                text = "expert switch → " + esc(s.experts[step])
                 if isinstance(b, (int, float)):
                     text += f" (t < {b:g})"
                 notes.append(dict(text=text, xref=xr, yref=f"{yr} domain", x=step - 0.5, y=0.0, xanchor="left",
@@ -447,7 +448,7 @@ def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure:
     titles = []
     for s in series:
         steps = sorted(s.frame_similarity)
-        titles += [(f"{esc(s.label)}: " if multi else "") + f"step {k} of {s.num_steps} (σ = {s.sigmas[k - 1]:.3f})"
+        titles += [(f"{esc(s.label)}: " if multi else "") + f"step {k} of 0–{s.num_steps - 1} (σ = {s.sigmas[k]:.3f})"
                    for k in steps] + [""] * (cols - len(steps))
     height = 130 + 330 * rows
     fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.07, vertical_spacing=min(0.25, 110 / height),

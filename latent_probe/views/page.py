@@ -56,7 +56,7 @@ def summary_table(series: Sequence[RunSeries]) -> str:
                 continue  # one expert: its row repeats the whole run
             kind = "expert " if r.get("kind") == "expert" else ""
             rows.append("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in (
-                s.label, kind + str(r.get("name", "")), f"{int(r['start']) + 1}–{int(r['stop'])}",
+                s.label, kind + str(r.get("name", "")), f"{int(r['start'])}–{int(r['stop']) - 1}",
                 _fmt(r.get("l2_mean"), r.get("l2_std")), _fmt(r.get("cos_mean"), r.get("cos_std")))) + "</tr>")
     return f'<table class="runs">{head}{"".join(rows)}</table>'
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .safe_text import csv_writer, terminal, terminal_lines
-from .series import RunSeries, resolve_phases
+from .series import RunSeries, resolve_phases, zero_based_label, zero_based_summary
 
 __all__ = ["metrics_json", "metrics_csv", "write_npz", "write_statistics", "strict_json", "terminal_summary"]
 
@@ -41,7 +41,7 @@ def strict_json(x: Any) -> Any:
 def _per_step(run: Any, space: str) -> dict[str, Any]:
     m = run.metrics(space)
     return {
-        "step": list(range(1, run.num_steps + 1)),
+        "step": list(range(run.num_steps)),
         "timestep": run.timesteps, "sigma": run.sigmas, "expert": [str(e) for e in run.experts],
         "l2_mean": np.nanmean(m.l2_mean, axis=1), "cos_mean": np.nanmean(m.cos_mean, axis=1),
         "noise_floor": run.noise_floor(),
@@ -51,21 +51,22 @@ def _per_step(run: Any, space: str) -> dict[str, Any]:
 def metrics_json(run: Any, space: str = "x0", phases: str = "thirds") -> str:
     """JSON: file, space, the phase summary (``Summary.to_dict()``), ``phase_note`` (how the phase scheme was
     fitted to the run's length, e.g. "original" scaled to 40 steps; "" when it applies as written) and per-step
-    means [S] (steps 1-based)."""
+    means [S] (steps 0-based, as everywhere; phase labels too)."""
     scheme, note = resolve_phases(run.num_steps, phases)
     doc = {"file": run.source, "space": space, "num_steps": run.num_steps,
            "simulated": bool(run.attrs.get("simulated", False)),
-           "summary": run.summary(space, scheme).to_dict(), "phase_note": note, "per_step": _per_step(run, space)}
+           "summary": zero_based_summary(run.summary(space, scheme)).to_dict(), "phase_note": note, "per_step": _per_step(run, space)}
     return json.dumps(strict_json(doc), indent=2, allow_nan=False)
 
 
 def terminal_summary(summary: Any) -> str:
-    """``Summary.to_text()`` (a ``Summary`` or its ``to_dict()``) with control characters in labels escaped, then
+    """``Summary.to_text()`` (a ``Summary`` or its ``to_dict()``) with step ranges 0-based and control characters in
+    labels escaped, then
     the ``phase_note`` of a ``RunSeries.summary`` (how the phase scheme was fitted to the run), if any."""
     from ..metrics.phases import Summary
 
     d = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
-    rows = [dict(r, label=terminal(r.get("label", ""))) for r in d.get("rows", [])]
+    rows = [dict(r, label=terminal(zero_based_label(r))) for r in d.get("rows", [])]
     note = d.get("note") or d.get("phase_note") or ""
     return terminal_lines(Summary(space=d["space"], num_steps=d["num_steps"], rows=rows,
                                   note=terminal(note) if note else "").to_text())
@@ -93,7 +94,7 @@ def metrics_csv(run: Any, space: str = "x0") -> str:
 def write_npz(s: RunSeries, path: str | os.PathLike) -> str:
     """Step-wise arrays as the original analysis saved them (mean over batch items), no pickles.
 
-    steps [S] (1-based), timesteps, sigmas, noise_floor [S]; l2_mean, cos_mean [S]; l2, cos, one_minus_cos,
+    steps [S] (0-based), timesteps, sigmas, noise_floor [S]; l2_mean, cos_mean [S]; l2, cos, one_minus_cos,
     norm_ratio [S, F-1]; experts [S] (str); space, label, prompt (str); simulated (bool).
     """
     path = os.fspath(path)

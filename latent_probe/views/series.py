@@ -25,20 +25,20 @@ PREDICTIONS = ("pred", "pred_cond", "pred_uncond")  # the step-change panels: gu
 class RunSeries:
     """Per-step data of one run for plotting.
 
-    steps:      [S] 1-based step numbers (the original analysis counts steps from 1)
+    steps:      [S] step numbers, 0-based (step s is ``run.latents(q)[s]``; the convention everywhere)
     timesteps:  [S] scheduler timesteps;  sigmas: [S] noise level σ;  experts: [S] expert names
     l2, cos, one_minus_cos, norm_ratio: [S, F-1] adjacent-frame metrics in ``space`` (mean over batch)
     l2_mean, cos_mean: [S] means over frame pairs (and batch items)
     noise_floor: [S] adjacent-frame cosine x_t shows from noise alone at σ
     xt_cos_mean: [S] adjacent-frame cosine of x_t itself, or None when x_t was not captured
-    step_change: branch → (rel_l1 [S], norm_ratio [S]); NaN at step 1
+    step_change: branch → (rel_l1 [S], norm_ratio [S]); NaN at step 0
     expert_switch: [S] bool, True where the step ran another expert than the step before
     gap: [S] cond–uncond gap ‖c−u‖/‖c‖, or None without captured branches
     phases: [(name, start, stop)] 0-based, stop exclusive
     phase_note: how the phase scheme was fitted to this run ("" when it applies as written), e.g. the
         original analysis's 20-step ranges scaled to a 40-step run; shown on the figures and in the tables
-    switches: 1-based steps at which a different expert takes over
-    frame_similarity: 1-based step → [F, F] cosine of every frame pair (first batch item)
+    switches: steps (0-based) at which a different expert takes over
+    frame_similarity: step (0-based) → [F, F] cosine of every frame pair (first batch item)
     feasibility: (keep, rel_l2 [S], cosine [S]) of rebuilding x̂₀ of all frames from ``keep`` key frames by
         linear interpolation (frame truncation), or None when x̂₀ was not captured or F ≤ keep
     """
@@ -94,8 +94,25 @@ def _batch_mean(a: Any) -> np.ndarray:
 
 
 def expert_switches(experts: Sequence[str]) -> list[int]:
-    """1-based steps where the expert differs from the previous step's."""
-    return [i + 1 for i in range(1, len(experts)) if experts[i] != experts[i - 1]]
+    """Steps (0-based) where the expert differs from the previous step's."""
+    return [i for i in range(1, len(experts)) if experts[i] != experts[i - 1]]
+
+
+def zero_based_label(row: dict[str, Any]) -> str:
+    """A phase row's label with its step range 0-based: "Early steps (1-7)" (the 1-based ``Phase.label``) →
+    "Early steps (0-6)"; a label that is not of that form is returned as it is."""
+    label, start, stop = str(row.get("label", "")), row.get("start"), row.get("stop")
+    one_based = f" ({start + 1}-{stop})" if isinstance(start, int) and isinstance(stop, int) else None
+    if one_based and label.endswith(one_based):
+        return label[: -len(one_based)] + f" ({start}-{stop - 1})"
+    return label
+
+
+def zero_based_summary(summary: Any) -> Any:
+    """A copy of the summary (a ``Summary`` dataclass) with every row's label 0-based (:func:`zero_based_label`)."""
+    import dataclasses
+
+    return dataclasses.replace(summary, rows=[dict(r, label=zero_based_label(r)) for r in summary.rows])
 
 
 def default_labels(sources: Sequence[str]) -> list[str]:
@@ -147,10 +164,10 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     if similarity_steps is None:
         similarity_steps = sorted({0, S // 2, S - 1})
     scheme, phase_note = resolve_phases(S, phases)
-    summary = run.summary(space, scheme)
+    summary = zero_based_summary(run.summary(space, scheme))
     switch = np.zeros(S, dtype=bool)
     switch[1:] = experts[1:] != experts[:-1]
-    sim = {int(s) + 1: np.asarray(run.frame_similarity(space, int(s)), dtype=np.float64)[0] for s in similarity_steps}
+    sim = {int(s): np.asarray(run.frame_similarity(space, int(s)), dtype=np.float64)[0] for s in similarity_steps}
     feasibility = None
     if "x0" in quantities and run.latents("x0").shape[3] > feasibility_keep > 0:
         from ..metrics.feasibility import truncation_feasibility
@@ -163,7 +180,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         space=space,
         attrs=dict(run.attrs),
         quantities=quantities,
-        steps=np.arange(1, S + 1),
+        steps=np.arange(S),
         timesteps=np.asarray(run.timesteps, dtype=np.float64),
         sigmas=np.asarray(run.sigmas, dtype=np.float64),
         experts=experts,

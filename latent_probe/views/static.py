@@ -92,8 +92,8 @@ def _matplotlib_continuity(series: Sequence[RunSeries], path: str) -> str:
     first = series[0]
     for k, (name, start, stop) in enumerate(p for p in first.phases if p[2] > p[1]):
         for ax in (ax_l2, ax_cos):
-            ax.axvspan(start + 0.5, stop + 0.5, color=fills[k % len(fills)], zorder=0, lw=0)
-            ax.text((start + stop + 1) / 2, 1.01, phase_label(name, start, stop, html=False),
+            ax.axvspan(start - 0.5, stop - 0.5, color=fills[k % len(fills)], zorder=0, lw=0)  # steps 0-based
+            ax.text((start + stop - 1) / 2, 1.01, phase_label(name, start, stop, html=False),
                     transform=ax.get_xaxis_transform(), fontsize=7, ha="center", va="bottom", color="#555")
     for i, s in enumerate(series):
         ax_l2.plot(s.steps, s.l2_mean, "o-", ms=3, label=s.label, color=f"C{i}")
