@@ -73,7 +73,11 @@ __all__ = [
 
 
 def __getattr__(name: str):  # PEP 562: the views (and plotly) load on first use, not with the capture path
-    # (build_figures and write_dashboard are not in __all__: `from latent_probe import *` needs no plotly)
+    # (build_figures, write_dashboard, open_runs are not in __all__: `from latent_probe import *` needs no plotly/xarray)
+    if name == "open_runs":  # a set of runs as an xarray Dataset: needs xarray, pandas (the [study] extra)
+        from .study.collection import open_runs
+
+        return open_runs
     if name in ("build_figures", "write_dashboard"):
         from .views import dashboard
 

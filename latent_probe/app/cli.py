@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_truncation_parser(sub)  # `latent-probe truncation` (app/truncation_cmd.py)
     from .study_cmd import register as add_study_parser  # `latent-probe study` (app/study_cmd.py)
     add_study_parser(sub)
+    from .suite_cmd import register as add_suite_parser  # `latent-probe suite` (app/suite_cmd.py)
+    add_suite_parser(sub)
     return p
 
 

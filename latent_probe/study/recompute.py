@@ -1,0 +1,155 @@
+"""Per-step metrics of many run files on ``dask.distributed``: one task per file, small results gathered.
+
+Each task is :func:`~latent_probe.study.records.read_run_metrics`: it opens its file writable, so
+``run.metrics`` reuses a current ``/metrics`` cache (a file whose cache is current is not recomputed) and
+stores what it computes; it returns per-step metrics ([S, F−1] float64 arrays), never latents.
+
+Where it runs: ``workers=N`` starts a ``LocalCluster`` of N worker processes, one thread each (torch set to
+one thread in each), ``memory_limit`` per worker; ``scheduler="tcp://host:8786"`` uses a running cluster
+(its workers must see the same paths); ``client=`` an existing ``distributed.Client``; ``workers=0`` reads
+the files one after another in this process (no Dask).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .records import RunRecord, Skipped, StudyError, one_line, read_run_metrics
+
+__all__ = ["expand_paths", "iter_recompute", "recompute", "local_client", "DEFAULT_MEMORY_LIMIT", "default_workers"]
+
+DEFAULT_MEMORY_LIMIT = "2GiB"  # per worker: a task holds a few steps of one run (a 720p float32 step is 19 MB)
+Result = RunRecord | Skipped
+
+
+def default_workers() -> int:
+    """Worker processes of the default LocalCluster: the CPU count, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def expand_paths(items: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """Run files named by ``items``: paths, glob patterns (``**`` recursive) or folders (every ``*.h5`` below
+    them, hidden names such as a recorder's ``.*.partial.h5`` left out), in order, each once. A pattern or
+    folder that names no file raises StudyError; a path that does not exist is kept (its task reports it)."""
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    out: list[str] = []
+    for item in items:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            found = sorted(p for p in glob.glob(os.path.join(glob.escape(item), "**", "*.h5"), recursive=True)
+                           if not os.path.basename(p).startswith("."))
+            if not found:
+                raise StudyError(f"{item}: no .h5 file in this folder")
+        elif glob.has_magic(item):
+            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise StudyError(f"{item}: no file matches")
+        else:
+            found = [item]
+        out.extend(found)
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _prepare_worker() -> None:
+    """One torch thread per worker process, and the library imported before the first file."""
+    import torch
+
+    from . import records  # noqa: F401 - imports latent_probe, its metrics accessor and h5py once, up front
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def local_client(workers: int | None = None, memory_limit: str | int = DEFAULT_MEMORY_LIMIT,
+                 processes: bool = True) -> Iterator[Any]:
+    """``with local_client(2) as client:`` a ``distributed.Client`` of a new LocalCluster of ``workers``
+    processes (None: :func:`default_workers`), one thread each (torch too), ``memory_limit`` each; both are
+    closed on exit."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster
+
+    n = default_workers() if workers is None else int(workers)
+    if n < 1:
+        raise StudyError(f"workers must be at least 1 for a LocalCluster (0: no Dask), got {n}")
+    import dask
+
+    # worker-saturation inf: the scheduler hands workers their files up front instead of one at a time after
+    # each result (a round trip per file, which a busy machine makes expensive; the tasks are independent);
+    # no profiler: its stack-sampling thread (every 10 ms) slowed each task measurably here
+    with dask.config.set({"distributed.scheduler.worker-saturation": "inf",
+                          "distributed.worker.profile.enabled": False}), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, memory_limit=memory_limit,
+                         dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+        if processes:
+            client.run(_prepare_worker)
+        yield client
+
+
+def iter_recompute(paths: Sequence[str], *, space: str = "x0", phases: Any = "thirds", cache: bool = True,
+                   incomplete: bool = False, workers: int | None = None, scheduler: str | None = None,
+                   client: Any = None, memory_limit: str | int = DEFAULT_MEMORY_LIMIT,
+                   processes: bool = True) -> Iterator[tuple[int, Result]]:
+    """Yield ``(index into paths, RunRecord | Skipped)`` as each file's task finishes (any order).
+
+    ``workers``: None → :func:`default_workers`; 0 → no Dask, a plain loop in this process. A task that dies
+    (a worker killed past its memory limit) is reported as Skipped with the reason.
+    """
+    paths = [os.fspath(p) for p in paths]
+    kw = dict(space=space, phases=phases, cache=cache, incomplete=incomplete)
+    if client is None and scheduler is None and (workers == 0 or len(paths) == 0):
+        for i, p in enumerate(paths):
+            yield i, read_run_metrics(p, **kw)
+        return
+    from dask.distributed import Client, as_completed
+
+    with ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(Client(scheduler) if scheduler is not None else
+                                         local_client(workers, memory_limit, processes))
+        futures = client.map(read_run_metrics, paths, pure=False, **kw)
+        index = {f.key: i for i, f in enumerate(futures)}
+        for batch in as_completed(futures).batches():  # one gather per batch: not a round trip per file
+            for fut, result in zip(batch, _gather(client, batch, [paths[index[f.key]] for f in batch])):
+                yield index[fut.key], result
+            for fut in batch:
+                fut.release()
+
+
+def _gather(client: Any, futures: list, paths: list[str]) -> list[Result]:
+    """Results of finished futures; a failed task (a worker lost past its memory limit, ...) is a Skipped."""
+    try:
+        return list(client.gather(futures))
+    except Exception:  # noqa: BLE001 - one of them failed: ask each
+        out: list[Result] = []
+        for fut, path in zip(futures, paths):
+            try:
+                out.append(fut.result())
+            except Exception as exc:  # noqa: BLE001
+                out.append(Skipped(path, f"task failed: {one_line(exc)[:300]}"))
+        return out
+
+
+def recompute(paths: Sequence[str], *, progress: Callable[[Iterable, str, int], Iterable] | None = None,
+              **kw: Any) -> list[Result]:
+    """Results of every file in the order of ``paths`` (keywords as :func:`iter_recompute`). ``progress``:
+    a wrapper such as ``latent_probe.views.progress.progress(iterable, desc, total)`` for a progress bar."""
+    paths = [os.fspath(p) for p in paths]
+    out: list[Result | None] = [None] * len(paths)
+    it: Iterable = iter_recompute(paths, **kw)
+    if progress is not None:
+        it = progress(it, "run metrics", len(paths))
+    for i, result in it:
+        out[i] = result
+    return [r for r in out if r is not None]

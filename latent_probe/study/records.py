@@ -1,0 +1,158 @@
+"""One run file → a small record of its per-step metrics: what one recompute task returns (no latent leaves it).
+
+``read_run_metrics(path)`` opens the run writable when it can, so ``run.metrics`` reuses a current
+``/metrics`` cache and stores what it had to compute; a file it cannot read becomes a ``Skipped`` with a
+one-line reason, never an exception, so one bad file in a glob costs one line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import LatentProbeError
+from ..store.reader import open_run
+from .jobs import StudyError
+
+__all__ = ["RunRecord", "Skipped", "read_run_metrics", "StudyError", "SUITE_ATTRS", "SETTING_PREFIX",
+           "one_line"]
+
+SUITE_ATTRS = ("study", "job_id", "prompt_id", "prompt", "seed")  # root attributes a suite's runs carry
+SETTING_PREFIX = "setting_"  # and one setting_<name> per setting
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = str(exc.args[0])
+    else:
+        text = str(exc).strip()
+    line = text.split("\n", 1)[0].rstrip("\r")
+    if not line:
+        return type(exc).__name__
+    return line if isinstance(exc, (LatentProbeError, OSError)) else f"{type(exc).__name__}: {line}"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that gave no record, and why (one line)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Per-step metrics of one run in one latent space, averaged over batch items (B is 1 for Wan runs).
+
+    sigmas, timesteps: [S] float64; experts: [S] names; l2, cos, one_minus_cos, norm_ratio: [S, P] float64
+    (P = F − 1 adjacent-frame pairs); l2_mean, cos_mean: [S] (means over pairs, from ``run.metrics``);
+    phases: the run's own (name, start, stop) step ranges, 0-based, stop exclusive; meta: the suite
+    attributes (None where absent), complete, simulated; settings: name → value of each ``setting_<name>``;
+    computed: the metrics were computed from latents (no current cache); seconds: time the task took.
+    """
+
+    path: str
+    space: str
+    meta: dict[str, Any]
+    settings: dict[str, Any]
+    sigmas: np.ndarray
+    timesteps: np.ndarray
+    experts: tuple[str, ...]
+    l2: np.ndarray
+    cos: np.ndarray
+    one_minus_cos: np.ndarray
+    norm_ratio: np.ndarray
+    l2_mean: np.ndarray
+    cos_mean: np.ndarray
+    phases: tuple[tuple[str, int, int], ...]
+    computed: bool
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.sigmas.shape[0])
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.l2.shape[1])
+
+
+def _open(path: str, cache: bool) -> Any:
+    """Writable when allowed (the metrics cache is kept in the file), else read-only: a file being recorded,
+    left by a killed writer or not ours to write is still read."""
+    if cache and os.access(path, os.W_OK):
+        try:
+            return open_run(path, "r+")
+        except LatentProbeError:
+            pass  # e.g. being recorded: the read-only open below answers (or gives the one-line reason)
+    return open_run(path, "r")
+
+
+def _meta(attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    meta: dict[str, Any] = {}
+    for key in ("study", "job_id", "prompt_id", "prompt"):
+        value = attrs.get(key)
+        meta[key] = None if value is None else str(value)
+    seed = attrs.get("seed")
+    meta["seed"] = int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
+    meta["simulated"] = bool(attrs.get("simulated", False))
+    settings = {k[len(SETTING_PREFIX):]: v for k, v in attrs.items()
+                if isinstance(k, str) and k.startswith(SETTING_PREFIX) and len(k) > len(SETTING_PREFIX)}
+    return meta, settings
+
+
+def read_run_metrics(path: str, space: str = "x0", phases: Any = "thirds", cache: bool = True,
+                     incomplete: bool = False) -> RunRecord | Skipped:
+    """The :class:`RunRecord` of the run at ``path`` (metrics from its cache when current), or ``Skipped``.
+
+    ``cache``: open the file writable so computed metrics are stored in ``/metrics``; ``incomplete``: keep
+    runs whose recording stopped early (their committed steps), else they are skipped.
+    """
+    t0 = time.perf_counter()
+    path = os.fspath(path)
+    try:
+        run = _open(path, cache)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one line
+        return Skipped(path, one_line(exc))
+    try:
+        with run:
+            if space not in run.quantities:
+                return Skipped(path, f"space {space!r} was not captured (captured: {', '.join(run.quantities)})")
+            S = run.num_steps
+            if S == 0:
+                return Skipped(path, "no committed step")
+            if not run.complete and not incomplete:
+                why = run.error or ("being recorded" if run.recording else "the writer stopped without closing it")
+                return Skipped(path, f"incomplete ({S} steps committed: {why})")
+            if run.latents(space).shape[3] < 2:
+                return Skipped(path, f"{space} has one latent frame: continuity needs two")
+            reads: list[str] = []
+            latents = run.latents
+
+            def counting(name: str) -> Any:  # the metrics read latents only when they compute
+                reads.append(name)
+                return latents(name)
+
+            run.latents = counting  # type: ignore[method-assign]
+            m = run.metrics(space)
+            step_phases = tuple((str(p.name), int(p.start), int(p.stop)) for p in run.phases(phases))
+            meta, settings = _meta(run.attrs)
+            meta["complete"] = bool(run.complete)
+            return RunRecord(
+                path=path, space=space, meta=meta, settings=settings,
+                sigmas=np.asarray(run.sigmas, dtype=np.float64), timesteps=np.asarray(run.timesteps, np.float64),
+                experts=tuple(str(e) for e in run.experts),
+                l2=np.asarray(m.l2, np.float64).mean(axis=1), cos=np.asarray(m.cos, np.float64).mean(axis=1),
+                one_minus_cos=np.asarray(m.one_minus_cos, np.float64).mean(axis=1),
+                norm_ratio=np.asarray(m.norm_ratio, np.float64).mean(axis=1),
+                l2_mean=np.asarray(m.l2_mean, np.float64).mean(axis=1),
+                cos_mean=np.asarray(m.cos_mean, np.float64).mean(axis=1),
+                phases=step_phases, computed=bool(reads), seconds=time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - a file damaged past validation (a bad chunk) is one line too
+        return Skipped(path, one_line(exc))
