@@ -1,8 +1,16 @@
-"""A simulated run through the real capture path: no weights, CPU only, seconds.
+"""The demo's generations: the model organism (baseline and frame-truncated), or a simulated run.
 
-An analytic "denoiser" (a torch module, hooked like a DiT) knows the clean video — a bright blob moving
-across a textured background — and returns the flow velocity v = ε̂ − x̂₀ for an x̂₀ whose error shrinks
-with σ: x̂₀ = x₀ + σ²·η with η independent per frame, so adjacent frames of x̂₀ agree more as σ falls.
+``run_organism_demo`` records two generations of the packaged model organism (``latent_probe.organism``: a
+small two-expert diffusers WanPipeline trained here on procedural videos; CPU, no download) with the same
+prompt and seed: a baseline and one under ``FrameTruncation(keep=3, until="boundary")``, and decodes both
+final latents to RGB frames. ``load_demo_organism`` raises ``OrganismUnavailable`` with a one-line reason
+when it cannot be loaded (diffusers or safetensors missing, weights file missing or damaged); the demo
+then falls back to the simulated run below.
+
+The simulated run (``run_demo_generation``; no weights, CPU only, seconds): an analytic "denoiser" (a torch
+module, hooked like a DiT) knows the clean video — a bright blob moving across a textured background —
+and returns the flow velocity v = ε̂ − x̂₀ for an x̂₀ whose error shrinks with σ: x̂₀ = x₀ + σ²·η with η
+independent per frame, so adjacent frames of x̂₀ agree more as σ falls.
 A real diffusers flow-matching scheduler (UniPC, configured as Wan2.2 configures it) integrates it.
 The data are simulated: they show what the probe records and how the views read, not a model.
 """
@@ -11,11 +19,20 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["moving_pattern_video", "AnalyticDenoiser", "run_demo_generation"]
+from .errors import LatentProbeError
+
+__all__ = ["moving_pattern_video", "AnalyticDenoiser", "run_demo_generation", "ORGANISM_DESCRIPTION",
+           "DEMO_PROMPT", "OrganismUnavailable", "OrganismDemo", "load_demo_organism", "run_organism_demo",
+           "truncated_label"]
+
+ORGANISM_DESCRIPTION = "a small video DiT trained on synthetic videos (the latent_probe organism), not Wan2.2"
+DEMO_PROMPT = "a red square moving right"
 
 
 def moving_pattern_video(frames: int = 13, channels: int = 16, height: int = 24, width: int = 32,
@@ -76,3 +93,83 @@ def run_demo_generation(path: str | os.PathLike | None, steps: int = 20, frames:
             v = model(x, t.expand(x.shape[0]))
             x = scheduler.step(v, t, x, return_dict=False)[0]
     return x, probe.run
+
+
+# ----------------------------------------------------------------------------------------- the organism
+class OrganismUnavailable(LatentProbeError, RuntimeError):
+    """The model organism cannot be loaded here; the message says why in one line."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ImportError):
+        name = getattr(exc, "name", None) or str(exc)
+        return f"{name} is not installed (pip install 'latent-probe[diffusers]')"
+    if isinstance(exc, LatentProbeError):
+        return " ".join(str(exc).split())
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def load_demo_organism(weights: str | os.PathLike | None = None) -> Any:
+    """``latent_probe.organism.load_organism(path=weights)`` on the CPU; ``OrganismUnavailable`` (one line)
+    when it cannot be loaded: diffusers or safetensors missing, weights missing or not the organism's."""
+    try:
+        from .organism import load_organism
+
+        return load_organism(path=weights)
+    except Exception as exc:  # noqa: BLE001 — any failure to load means: fall back, saying why
+        raise OrganismUnavailable(_reason(exc)) from exc
+
+
+@dataclass
+class OrganismDemo:
+    """What ``run_organism_demo`` recorded: run files, decoded frames and final latents by label (baseline
+    first), and the wall-clock seconds of each generation."""
+
+    paths: dict[str, str]
+    frames: dict[str, torch.Tensor]        # label → uint8 RGB [F, H, W, 3]
+    latents: dict[str, torch.Tensor]       # label → final latent [1, C, F, h, w]
+    seconds: dict[str, float] = field(default_factory=dict)
+    prompt: str = DEMO_PROMPT
+    seed: int = 0
+    steps: int = 20
+    keep: int = 3
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.paths)
+
+
+def truncated_label(keep: int) -> str:
+    return f"truncated (keep {keep}, until boundary)"
+
+
+def run_organism_demo(organism: Any, baseline_path: str | os.PathLike, truncated_path: str | os.PathLike,
+                      prompt: str | int = DEMO_PROMPT, seed: int = 0, steps: int = 20, keep: int = 3,
+                      overwrite: bool = True, **probe_kwargs: Any) -> OrganismDemo:
+    """Record the organism's generation of ``prompt`` twice with the same seed — as it is, and under
+    ``FrameTruncation(keep=keep, until="boundary")`` — into two closed run files; decode both final latents.
+
+    Labels: "baseline" and ``truncated_label(keep)``. The runs' attrs carry the prompt, the seed and
+    ``model`` = ``ORGANISM_DESCRIPTION``.
+    """
+    from .interventions import FrameTruncation
+    from .probe import LatentProbe
+
+    text = organism.prompts[organism.index(prompt)]
+    plans = (("baseline", os.fspath(baseline_path), None),
+             (truncated_label(keep), os.fspath(truncated_path), FrameTruncation(keep=keep, until="boundary")))
+    demo = OrganismDemo(paths={}, frames={}, latents={}, prompt=text, seed=seed, steps=steps, keep=keep)
+    for label, path, intervention in plans:
+        attrs = {"prompt": text, "seed": seed, "model": ORGANISM_DESCRIPTION, "demo_run": label}
+        start = time.perf_counter()
+        probe = LatentProbe(organism.pipe, path, overwrite=overwrite, attrs=attrs, intervene=intervention,
+                            **probe_kwargs)
+        with probe:
+            latent = organism.generate(text, seed=seed, num_inference_steps=steps)
+        probe.run.close()
+        demo.seconds[label] = time.perf_counter() - start
+        demo.paths[label] = path
+        demo.latents[label] = latent.detach().cpu()
+        demo.frames[label] = organism.decode(latent)
+    return demo

@@ -52,7 +52,7 @@ def demo_dir(tmp_path_factory):
 
         so, se = io.StringIO(), io.StringIO()
         with redirect_stdout(so), redirect_stderr(se):
-            code = cli.main(["demo", "--out", str(out), "--steps", "10", "--frames", "8"])
+            code = cli.main(["demo", "--simulated", "--out", str(out), "--steps", "10", "--frames", "8"])
     finally:
         mp.undo()
     return out, code, so.getvalue(), se.getvalue()
@@ -67,7 +67,9 @@ def test_demo(demo_dir):
     assert "latent-probe demo: note: no static image written" in stderr and len(stderr.strip().splitlines()) == 1
     assert stdout.startswith("latent-probe demo: SIMULATED data")
     assert "Temporal Continuity Statistics" in stdout and "Normalized L2 Distance:" in stdout
-    assert "SIMULATED DATA" in (out / "temporal_continuity_demo.html").read_text()
+    html = (out / "temporal_continuity_demo.html").read_text()
+    assert "SIMULATED DATA" in html and 'id="videos"' not in html  # --simulated: no model, no video section
+    assert not (out / "temporal_continuity_demo_truncated.h5").exists()
 
 
 def test_help_everywhere(capsys):

@@ -41,26 +41,63 @@ def _note(command: str, text: str) -> None:
 
 # ----------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo_generation
+    from ..demo import (ORGANISM_DESCRIPTION, OrganismUnavailable, load_demo_organism, run_demo_generation,
+                        run_organism_demo)
     from ..store.reader import open_run
     from ..views.dashboard import write_dashboard
     from ..views.figures import continuity_figure
     from ..views.report import terminal_summary, write_npz
     from ..views.series import collect
     from ..views.static import StaticExportError, write_continuity_image
+    from ..views.video import write_strip_png
 
+    if args.frames is not None and not args.simulated:
+        raise UsageError("--frames sets the simulated run's latent frames (the organism always makes 21): "
+                         "add --simulated")
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, DEMO_STEM)
-    print(f"latent-probe demo: {SIMULATED}")
-    _, run = run_demo_generation(base + ".h5", steps=args.steps, frames=args.frames, seed=args.seed)
-    print(f"recorded {run.num_steps} steps of {run.quantities} to {terminal(base)}.h5")
-    run.close()
-    with open_run(base + ".h5", "r+") as run:  # writable: metrics are cached in the file
-        s = collect(run, label=DEMO_STEM)
-    write_dashboard([s], base + ".html", title="latent_probe demo (SIMULATED data): temporal continuity")
-    print(f"wrote {terminal(base)}.html (dashboard; open it in a browser)")
+    organism = None
+    if not args.simulated:
+        try:
+            organism = load_demo_organism(args.weights)
+        except OrganismUnavailable as exc:
+            _note("demo", f"the model organism could not be loaded ({exc}); running the simulated demo instead")
+    if organism is None:  # the simulated run: analytic denoiser, real scheduler
+        about, videos = SIMULATED, None
+        print(f"latent-probe demo: {SIMULATED}")
+        _, run = run_demo_generation(base + ".h5", steps=args.steps, frames=args.frames or 13, seed=args.seed)
+        print(f"recorded {run.num_steps} steps of {run.quantities} to {terminal(base)}.h5")
+        run.close()
+        runs = {DEMO_STEM: base + ".h5"}
+        title = "latent_probe demo (SIMULATED data): temporal continuity"
+    else:  # the organism: baseline and frame-truncated generations of the same prompt and seed
+        about = ORGANISM_DESCRIPTION
+        print(f"latent-probe demo: {ORGANISM_DESCRIPTION}")
+        prompt = int(args.prompt) if args.prompt.isdigit() else args.prompt
+        text = organism.prompts[organism.index(prompt)]
+        print(f"prompt {terminal(repr(text))}, seed {args.seed}, {args.steps} steps on the CPU: a baseline, then "
+              f"FrameTruncation(keep={args.keep}, until='boundary') from the same noise")
+        demo = run_organism_demo(organism, base + ".h5", base + "_truncated.h5", prompt=prompt, seed=args.seed,
+                                 steps=args.steps, keep=args.keep)
+        for label, path in demo.paths.items():
+            print(f"recorded {label} to {terminal(path)} ({demo.seconds[label]:.1f} s)")
+        runs, videos = demo.paths, demo.frames
+        title = f"latent_probe demo: {ORGANISM_DESCRIPTION}"
+    series = []
+    for label, path in runs.items():
+        with open_run(path, "r+") as run:  # writable: metrics are cached in the file
+            series.append(collect(run, label=label))
+    s = series[0]
+    write_dashboard(series, base + ".html", title=title, videos=videos)
+    shown = " (dashboard; open it in a browser)" if videos is None else \
+        " (dashboard with both videos; open it in a browser)"
+    print(f"wrote {terminal(base)}.html{shown}")
     write_npz(s, base + ".npz")
-    print(f"wrote {terminal(base)}.npz (step-wise arrays)")
+    print(f"wrote {terminal(base)}.npz (step-wise arrays{', baseline' if videos else ''})")
+    if videos:
+        write_strip_png(videos, base + "_frames.png")
+        print(f"wrote {terminal(base)}_frames.png (every few frames: {', '.join(map(terminal, videos))}, "
+              "one row each)")
     if args.png:
         try:
             write_continuity_image([s], base + ".png", continuity_figure([s]))
@@ -69,7 +106,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             _note("demo", str(exc))
     print()
     print(terminal_summary(s.summary))
-    print(f"\n(The numbers above are {SIMULATED}.)")
+    if organism is not None:
+        t = series[1]
+        final = list(demo.latents.values())
+        rel = float((final[1] - final[0]).norm() / final[0].norm().clamp_min(1e-12))
+        print(f"\nFrame-truncated run vs baseline: final latent {rel:.1%} apart (relative L2); adjacent-frame "
+              f"cosine of the final x̂₀ {float(t.cos_mean[-1]):.4f} (baseline {float(s.cos_mean[-1]):.4f}). "
+              "The dashboard overlays both runs and shows both videos.")
+    print(f"\n(The numbers above are from {about}.)" if videos else f"\n(The numbers above are {about}.)")
     return 0
 
 
@@ -362,13 +406,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            help="what to do (latent-probe COMMAND --help for its options):")
 
-    d = sub.add_parser("demo", help="simulated run through the real capture path (CPU, no download, seconds)",
-                       description=f"Record a {SIMULATED} and write {DEMO_STEM}.h5/.html/.png/.npz to --out, "
-                                   "then print the statistics table.")
+    d = sub.add_parser("demo", help="record the model organism (baseline and frame-truncated) and write the "
+                                     "views (CPU, no download)",
+                       description="Record two generations of the latent_probe model organism — "
+                                   "a small video DiT trained on synthetic videos, not Wan2.2 — with the same "
+                                   "prompt and seed: a baseline and one under FrameTruncation(keep=KEEP, "
+                                   "until='boundary'). Writes "
+                                   f"{DEMO_STEM}.h5/.html/.png/.npz (baseline), {DEMO_STEM}_truncated.h5 and "
+                                   f"{DEMO_STEM}_frames.png to --out; the dashboard compares both runs and shows "
+                                   "both videos; then prints the statistics table. Without diffusers or the "
+                                   f"organism's weights (or with --simulated): a simulated run, {SIMULATED}.")
     d.add_argument("--out", default="demo_continuity", help="output folder (default: demo_continuity)")
     d.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    d.add_argument("--frames", type=int, default=13, help="latent frames (default 13)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the simulated video and noise (default 0)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    d.add_argument("--prompt", default="a red square moving right",
+                   help="one of the organism's 8 training prompts, or its index 0-7 (default: a red square "
+                        "moving right)")
+    d.add_argument("--keep", type=int, default=3, help="key frames of the truncated run (default 3)")
+    d.add_argument("--weights", metavar="PATH", help="organism weights file (default: the packaged one)")
+    d.add_argument("--simulated", action="store_true",
+                   help="run the simulated demo instead (analytic denoiser, real diffusers scheduler; no model)")
+    d.add_argument("--frames", type=int, help="with --simulated: latent frames (default 13)")
     d.add_argument("--no-png", dest="png", action="store_false", help="skip the static PNG")
     d.set_defaults(func=_cmd_demo)
 

@@ -2,15 +2,17 @@
 
 ``build_figures(runs)`` returns the plotly figures; ``write_dashboard(runs, "report.html")`` writes them
 with plotly.js inlined (nothing is fetched when the page is opened), a header naming each run and the
-statistics table. Every string read from a file (prompt, expert names, labels) is HTML-escaped before
-it reaches the page or a plotly title, legend, hover label or annotation, which plotly renders as HTML.
+statistics table; ``videos={"baseline": frames, ...}`` (uint8 RGB [F, H, W, 3] each, decoded by the
+caller) adds the generated videos at the top, side by side (``views.video``). Every string read from a file
+(prompt, expert names, labels) is HTML-escaped before it reaches the page or a plotly title, legend, hover
+label or annotation, which plotly renders as HTML.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import plotly.graph_objects as go
 
@@ -18,6 +20,7 @@ from .figures import all_figures
 from .page import render_page
 from .progress import progress
 from .series import RunSeries, collect, default_labels
+from .video import is_video_figure, video_figure, video_section
 
 __all__ = ["build_figures", "write_dashboard", "collect_series"]
 
@@ -46,14 +49,15 @@ def collect_series(runs: Any, labels: Sequence[str] | None = None, space: str = 
 
 
 def build_figures(runs: Any, labels: Sequence[str] | None = None, space: str = "x0",
-                  phases: str = "thirds") -> list[go.Figure]:
+                  phases: str = "thirds", videos: Mapping[str, Any] | None = None) -> list[go.Figure]:
     """The dashboard's plotly figures for one or more runs (Run objects or paths), overlaid with a legend.
 
-    Order: continuity (L2 and cosine against step), step × pair heatmaps, noise floor and norm ratio,
-    step-to-step change, frame-similarity matrices of the first run.
+    Order: the videos (``videos``: label → uint8 frames [F, H, W, 3], one animated figure, if given),
+    continuity (L2 and cosine against step), step × pair heatmaps, noise floor and norm ratio, step-to-step
+    change, frame-similarity matrices of the first run.
     """
     series = runs if _all_series(runs) else collect_series(runs, labels, space, phases)
-    return all_figures(series)
+    return ([video_figure(videos)] if videos else []) + all_figures(series)
 
 
 def _all_series(runs: Any) -> bool:
@@ -62,13 +66,19 @@ def _all_series(runs: Any) -> bool:
 
 def write_dashboard(runs: Any, path: str | os.PathLike, labels: Sequence[str] | None = None, space: str = "x0",
                     title: str | None = None, phases: str = "thirds",
-                    figures: Sequence[go.Figure] | None = None) -> str:
+                    figures: Sequence[go.Figure] | None = None, videos: Mapping[str, Any] | None = None) -> str:
     """Write the dashboard of ``runs`` (Run objects or paths) to ``path`` as one self-contained HTML file,
     atomically (a temporary file beside it, then a rename). ``figures``: ones already built with
-    ``build_figures`` for the same runs (not built again). Returns the path written.
+    ``build_figures`` for the same runs (not built again). ``videos``: label → uint8 RGB frames
+    [F, H, W, 3] (numpy or CPU torch, e.g. decoded generations), shown at the top of the page side by side,
+    animated, with a static strip of evenly spaced frames under them. Returns the path written.
     """
     series = runs if _all_series(runs) else collect_series(runs, labels, space, phases)
-    page = render_page(list(figures) if figures is not None else all_figures(series), series, title)
+    figs = list(figures) if figures is not None else all_figures(series)
+    built = [f for f in figs if is_video_figure(f)]  # build_figures(videos=...) made it: reuse, don't rebuild
+    figs = [f for f in figs if not is_video_figure(f)]
+    section = video_section(videos, figure=built[0] if built else None) if videos or built else None
+    page = render_page(figs, series, title, video=section)
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

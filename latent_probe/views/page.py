@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -10,6 +10,9 @@ import plotly.io as pio
 from .figures import esc, space_name
 from .progress import progress
 from .series import RunSeries
+
+if TYPE_CHECKING:
+    from .video import VideoSection
 
 __all__ = ["render_page", "summary_table", "run_table", "phase_notes", "PLOT_CONFIG"]
 
@@ -23,6 +26,8 @@ table.runs{border-collapse:collapse;font-size:13px;margin:6px 0} table.runs td,t
 padding:3px 8px;text-align:left;vertical-align:top} table.runs th{background:#f4f4f4}
 pre.summary{background:#f8f8f8;border:1px solid #e4e4e4;padding:8px 12px;font-size:13px;display:inline-block;
 margin:4px 16px 4px 0;vertical-align:top} .fig{margin:10px 0 18px} .note{color:#666;font-size:13px}
+table.strips{border-collapse:collapse;font-size:13px} table.strips th{text-align:right;padding:2px 8px 2px 0;
+font-weight:600;vertical-align:middle} img.strip{image-rendering:pixelated;max-width:100%;height:auto;display:block}
 """
 
 
@@ -69,8 +74,10 @@ def phase_notes(series: Sequence[RunSeries]) -> str:
                    for s in series if s.phase_note)
 
 
-def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title: str | None = None) -> str:
-    """The whole HTML page: header, run table, figures (plotly.js inlined once), statistics tables."""
+def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title: str | None = None,
+                video: "VideoSection | None" = None) -> str:
+    """The whole HTML page: header, the video section (``video``, if any), run table, figures (plotly.js
+    inlined once), statistics tables."""
     title = title if title is not None else "latent_probe dashboard: " + ", ".join(s.label for s in series)
     parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
              f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>',
@@ -79,6 +86,17 @@ def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title
     if sim:
         parts.append('<p class="simulated">SIMULATED DATA: ' + esc(", ".join(sim)) + " — an analytic denoiser, not "
                      "a model. It shows what latent_probe records and how to read the views.</p>")
+    js_done = False
+    if video is not None:
+        parts.append(f'<h2 id="videos">{esc(video.heading)}</h2>')
+        if video.note:
+            parts.append(f'<p class="note">{esc(video.note)}</p>')
+        if video.figure is not None:
+            div = pio.to_html(video.figure, full_html=False, include_plotlyjs=True, config=PLOT_CONFIG,
+                              div_id="video-fig", default_width="100%", auto_play=False)
+            parts.append(f'<div class="fig">{div}</div>')
+            js_done = True
+        parts.append(video.static_html)
     parts.append(f'<p class="note">Metrics in {space_name(series[0].space)} space; adjacent frames f, f+1 of the '
                  "latent (all C·H·W values of a frame); mean over frame pairs. Coloured bands above the per-step "
                  "panels (and shading behind the curves): the run's phases; dashed vertical line: the step where "
@@ -87,7 +105,7 @@ def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title
     parts.append(notes)
     parts.append(run_table(series))
     for k, fig in enumerate(progress(list(figures), desc="writing figures")):
-        div = pio.to_html(fig, full_html=False, include_plotlyjs=(k == 0), config=PLOT_CONFIG,
+        div = pio.to_html(fig, full_html=False, include_plotlyjs=(k == 0 and not js_done), config=PLOT_CONFIG,
                           div_id=f"fig{k}", default_width="100%")
         parts.append(f'<div class="fig">{div}</div>')
     parts.append("<h2>Temporal continuity statistics</h2>")
