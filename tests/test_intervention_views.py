@@ -44,3 +44,26 @@ def test_info_names_the_intervention_and_its_steps(tmp_path):
     assert out.returncode == 0, out.stderr
     line = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("intervened")]
     assert line and "2 key frames, until 2" in line[0] and "changed steps 0–1 of 4" in line[0]
+
+
+def test_dashboard_marks_truncated_steps_as_fills(tmp_path):
+    from latent_probe.views.dashboard import build_figures, collect_series
+
+    pipe = tiny_wan_pipeline()
+    paths = []
+    for name, iv in (("base.h5", None), ("trunc.h5", FrameTruncation(keep=2, until=2))):
+        paths.append(tmp_path / name)
+        with LatentProbe(pipe, paths[-1], capture=("x_t", "x0"), intervene=iv):
+            pipe(prompt_embeds=tiny_prompt_embeds("a"), negative_prompt_embeds=tiny_prompt_embeds(""), height=32,
+                 width=32, num_frames=9, num_inference_steps=4, output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+    series = collect_series([str(p) for p in paths], labels=["baseline", "truncated"])
+    assert series[0].intervention == "" and not series[0].changed_steps.any()
+    assert series[1].changed_steps.tolist() == [True, True, False, False]
+    figs = build_figures(series)
+    cont = figs[0]
+    bands = [sh for sh in cont.layout.shapes if (sh.name or "").startswith("intervened:")]
+    assert bands and all(sh.name == "intervened: truncated" for sh in bands)
+    assert {(sh.x0, sh.x1) for sh in bands} == {(-0.5, 1.5)}          # steps 0 and 1, per subplot
+    texts = " ".join([cont.layout.title.text] + [a.text for a in cont.layout.annotations])  # label and caption
+    assert "truncated: truncated (fills)" in texts and "changed steps 0–1 of 4" in texts

@@ -160,6 +160,32 @@ def _mark_switches(fig: go.Figure, s: RunSeries, color: str, annotate: bool,
     _add(fig, shapes, notes)
 
 
+def _mark_changed(fig: go.Figure, series: Sequence[RunSeries], cells: Sequence[tuple[int, int]] | None = None
+                  ) -> None:
+    """Hatch-like grey bands over the steps an intervention changed (frame truncation: the non-key frames of
+    those steps are interpolated fills, so continuity there describes the fill), one band per run that has
+    them, labelled at the bottom of the first subplot. Shapes are named "intervened: <run>"."""
+    shapes, notes = [], []
+    for s in series:
+        mask = s.changed_steps
+        if mask is None or not np.any(mask):
+            continue
+        idx = np.flatnonzero(mask)
+        runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
+        for k, (r, c) in enumerate(cells if cells is not None else _cells(fig)):
+            xr, yr = _refs(fig, r, c)
+            for run in runs:
+                shapes.append(dict(type="rect", xref=xr, yref=f"{yr} domain", x0=run[0] - 0.5, x1=run[-1] + 0.5,
+                                   y0=0, y1=1, fillcolor="rgba(90,90,90,0.10)", layer="below",
+                                   line=dict(color="rgba(90,90,90,0.55)", width=1, dash="dot"),
+                                   name=f"intervened: {esc(s.label)}"))
+                if k == 0:
+                    notes.append(dict(text=f"{esc(s.label)}: truncated (fills)", xref=xr, yref=f"{yr} domain",
+                                      x=(run[0] + run[-1]) / 2, y=0.02, yanchor="bottom", showarrow=False,
+                                      font=dict(size=9, color="#333"), bgcolor="rgba(255,255,255,0.75)"))
+    _add(fig, shapes, notes)
+
+
 def _first_switching(series: Sequence[RunSeries]) -> RunSeries | None:
     """The first run with an expert switch (its switch is the one labelled)."""
     return next((s for s in series if s.switches), None)
@@ -174,6 +200,8 @@ def _notes(series: Sequence[RunSeries], phases: bool = True) -> list[str]:
     for s in series:
         if s.phase_note:
             out.append((f"{esc(s.label)}: " if multi else "") + esc(s.phase_note))
+        if s.intervention:  # grey dotted bands: steps whose non-key frames the intervention filled in
+            out.append((f"{esc(s.label)}: " if multi else "") + esc(s.intervention) + "; grey bands")
     return out
 
 
@@ -256,6 +284,7 @@ def continuity_figure(series: Sequence[RunSeries]) -> go.Figure:
             fig.add_trace(_floor_trace(s, label, color if len(series) > 1 else "#888"), row=1, col=2)
         _mark_switches(fig, s, color if len(series) > 1 else "#555", annotate=s is _first_switching(series))
     _shade_phases(fig, series[0])
+    _mark_changed(fig, series)
     fig.update_xaxes(title_text=STEP_TITLE)
     fig.update_yaxes(title_text="normalized L2 distance", row=1, col=1)
     fig.update_yaxes(title_text="adjacent-frame cosine", row=1, col=2)
@@ -351,6 +380,7 @@ def floor_and_norms_figure(series: Sequence[RunSeries]) -> go.Figure:
         fig.add_annotation(text="x_t was not captured: no x_t cosine to set against the noise floor",
                            xref="x domain", yref="y domain", x=0.5, y=0.5, showarrow=False, font_color="#888")
     _shade_phases(fig, series[0])
+    _mark_changed(fig, series)
     fig.update_xaxes(title_text=STEP_TITLE)
     fig.update_yaxes(title_text="adjacent-frame cosine of x_t", row=1, col=1)
     fig.update_yaxes(title_text="norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖", row=1, col=2)
@@ -422,6 +452,7 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
         fig.add_annotation(text="no prediction was captured", xref="x domain", yref="y domain", x=0.5, y=0.5,
                            showarrow=False, font_color="#888")
     _shade_phases(fig, series[0])
+    _mark_changed(fig, series)
     _log_axis(fig, shown, 1, 1,
               "relative L1 change (log scale)")
     fig.update_yaxes(title_text="magnitude ratio", row=1, col=2)
@@ -496,6 +527,7 @@ def feasibility_figure(series: Sequence[RunSeries]) -> go.Figure | None:
                        annotate=s is _first_switching([s for _, s in have]))
     fig.add_hline(y=0.1, line=dict(color="#999", dash="dash", width=1), row=1, col=1)
     _shade_phases(fig, have[0][1])
+    _mark_changed(fig, [h[1] for h in have])
     fig.update_xaxes(title_text=STEP_TITLE)
     fig.update_yaxes(title_text="relative L2 error of x̂₀", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="cosine to the real x̂₀", row=1, col=2)

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from ..metrics.phases import fit_phases as resolve_phases  # the views show what the metrics define
+from .intervention import changed_steps, describe_intervention
 
 __all__ = ["RunSeries", "collect", "default_labels", "expert_switches", "resolve_phases", "PREDICTIONS"]
 
@@ -39,6 +40,8 @@ class RunSeries:
         original analysis's 20-step ranges scaled to a 40-step run; shown on the figures and in the tables
     switches: steps (0-based) at which a different expert takes over
     frame_similarity: step (0-based) → [F, F] cosine of every frame pair (first batch item)
+    intervention, changed_steps: the intervention (views/intervention.py) and the [S] steps it changed, whose
+        non-key frames are fills (their continuity metrics describe the fill)
     feasibility: (keep, rel_l2 [S], cosine [S]) of rebuilding x̂₀ of all frames from ``keep`` key frames by
         linear interpolation (frame truncation), or None when x̂₀ was not captured or F ≤ keep
     """
@@ -70,6 +73,8 @@ class RunSeries:
     frame_similarity: dict[int, np.ndarray] = field(default_factory=dict)
     feasibility: tuple[int, np.ndarray, np.ndarray] | None = None
     phase_note: str = ""
+    intervention: str = ""                      # one line naming the intervention and its steps ("" plain run)
+    changed_steps: np.ndarray | None = None     # [S] bool: steps the intervention changed (their fills, not the model)
 
     @property
     def num_steps(self) -> int:
@@ -202,4 +207,6 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         frame_similarity=sim,
         feasibility=feasibility,
         phase_note=phase_note,
+        intervention=describe_intervention(run.attrs, [str(e) for e in experts]),
+        changed_steps=changed_steps(run.attrs, [str(e) for e in experts]),
     )
