@@ -79,24 +79,31 @@ def import_wan(wan_repo: str | None) -> Any:
     return wan
 
 
+def wan_config(wan: Any, o: Any) -> Any:
+    """The Wan2.2 config for ``o.task``: the stand-in's tiny one (``--wan_config tiny``) or the repository's,
+    with ``--model_path`` checked; one line (ValueError / FileNotFoundError) when it cannot be had."""
+    if o.wan_config == "tiny":
+        makers = {"t2v-A14B": "tiny_t2v_config", "i2v-A14B": "tiny_i2v_config", "ti2v-5B": "tiny_ti2v_config"}
+        maker = getattr(wan.configs, makers[o.task], None)
+        if maker is None:
+            raise ValueError("--wan_config tiny needs a wan package with tiny configs (tests/wan_standin)")
+        config = maker()
+    else:
+        if not o.model_path:
+            raise ValueError("the wan backend needs --model_path (the checkpoint folder)")
+        config = wan.configs.WAN_CONFIGS[o.task]
+    if o.model_path and not os.path.isdir(o.model_path):
+        raise FileNotFoundError(f"--model_path {o.model_path}: no such folder")
+    return config
+
+
 class WanBackend:
     """The Wan2.2 repository's pipelines (``wan`` package)."""
 
     def __init__(self, o: AnalyzeOptions) -> None:
         wan = import_wan(o.wan_repo)
         self.o = o
-        if o.wan_config == "tiny":
-            makers = {"t2v-A14B": "tiny_t2v_config", "i2v-A14B": "tiny_i2v_config", "ti2v-5B": "tiny_ti2v_config"}
-            maker = getattr(wan.configs, makers[o.task], None)
-            if maker is None:
-                raise ValueError("--wan_config tiny needs a wan package with tiny configs (tests/wan_standin)")
-            self.config = maker()
-        else:
-            if not o.model_path:
-                raise ValueError("the wan backend needs --model_path (the checkpoint folder)")
-            self.config = wan.configs.WAN_CONFIGS[o.task]
-        if o.model_path and not os.path.isdir(o.model_path):
-            raise FileNotFoundError(f"--model_path {o.model_path}: no such folder")
+        self.config = wan_config(wan, o)
         cls = {"t2v-A14B": wan.WanT2V, "i2v-A14B": wan.WanI2V, "ti2v-5B": wan.WanTI2V}[o.task]
         self.model = cls(config=self.config, checkpoint_dir=o.model_path, device_id=0, rank=0, t5_cpu=o.t5_cpu,
                          convert_model_dtype=o.convert_model_dtype)

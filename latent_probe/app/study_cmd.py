@@ -15,7 +15,7 @@ import os
 from typing import Any, Callable
 
 from ..study import Job, Ranks, StudyError, Suite, parse_seeds, parse_setting, read_prompts, run_study
-from .backends import DEFAULT_SIZE, TASKS, SweepPoint, WanBackend, import_wan
+from .backends import DEFAULT_SIZE, TASKS, SweepPoint, WanBackend, import_wan, wan_config
 
 __all__ = ["register", "study_command", "check_parallel", "BACKEND_SETTINGS"]
 
@@ -93,18 +93,7 @@ class StudyWanBackend(WanBackend):
     def __init__(self, o: Any, ranks: Ranks, group: bool, dit_fsdp: bool, t5_fsdp: bool, ulysses_size: int) -> None:
         wan = import_wan(o.wan_repo)
         self.o = o
-        if o.wan_config == "tiny":
-            maker = getattr(wan.configs, {"t2v-A14B": "tiny_t2v_config", "i2v-A14B": "tiny_i2v_config",
-                                          "ti2v-5B": "tiny_ti2v_config"}[o.task], None)
-            if maker is None:
-                raise ValueError("--wan_config tiny needs a wan package with tiny configs (tests/wan_standin)")
-            self.config = maker()
-        else:
-            if not o.model_path:
-                raise ValueError("the wan backend needs --model_path (the checkpoint folder)")
-            self.config = wan.configs.WAN_CONFIGS[o.task]
-        if o.model_path and not os.path.isdir(o.model_path):
-            raise FileNotFoundError(f"--model_path {o.model_path}: no such folder")
+        self.config = wan_config(wan, o)
         if ulysses_size > 1:
             init = getattr(getattr(getattr(wan, "distributed", None), "util", None), "init_distributed_group", None)
             if init is not None:

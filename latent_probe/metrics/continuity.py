@@ -24,6 +24,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import overload
 
@@ -91,6 +92,13 @@ class AdjacentFrameMetrics:
     zero_frames: np.ndarray
     lag: int = 1
     space: str | None = None
+
+    def batch_mean(self, axis: int = 1) -> "AdjacentFrameMetrics":
+        """The same metrics averaged (float64) over the batch axis ``axis`` (1 for a run's [S, B, ...]);
+        ``zero_frames`` becomes "zero in any batch item". What the views and the run sets show per step."""
+        avg = {k: np.asarray(getattr(self, k), dtype=np.float64).mean(axis=axis)
+               for k in ("l2", "cos", "one_minus_cos", "norm_ratio", "l2_mean", "cos_mean")}
+        return dataclasses.replace(self, **avg, zero_frames=np.asarray(self.zero_frames).any(axis=axis))
 
 
 @dataclass(frozen=True)

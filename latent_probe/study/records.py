@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LatentProbeError
+from ..metrics.continuity import AdjacentFrameMetrics
 from ..store.reader import open_run
 from .jobs import StudyError
 
@@ -49,7 +50,7 @@ class Skipped:
 class RunRecord:
     """Per-step metrics of one run in one latent space, averaged over batch items (B is 1 for Wan runs).
 
-    sigmas, timesteps: [S] float64; experts: [S] names; l2, cos, one_minus_cos, norm_ratio: [S, P] float64
+    sigmas, timesteps: [S] float64; experts: [S] names; pairs (also read as rec.l2, ...): l2, cos, one_minus_cos, norm_ratio: [S, P] float64
     (P = F − 1 adjacent-frame pairs); l2_mean, cos_mean: [S] (means over pairs, from ``run.metrics``);
     phases: the run's own (name, start, stop) step ranges, 0-based, stop exclusive; meta: the suite
     attributes (None where absent), complete, simulated; settings: name → value of each ``setting_<name>``;
@@ -63,12 +64,7 @@ class RunRecord:
     sigmas: np.ndarray
     timesteps: np.ndarray
     experts: tuple[str, ...]
-    l2: np.ndarray
-    cos: np.ndarray
-    one_minus_cos: np.ndarray
-    norm_ratio: np.ndarray
-    l2_mean: np.ndarray
-    cos_mean: np.ndarray
+    pairs: AdjacentFrameMetrics   # batch-averaged: .l2, .cos, .one_minus_cos, .norm_ratio [S, F−1]; .l2_mean ...
     phases: tuple[tuple[str, int, int], ...]
     computed: bool
     seconds: float = 0.0
@@ -78,9 +74,14 @@ class RunRecord:
     def num_steps(self) -> int:
         return int(self.sigmas.shape[0])
 
+    def __getattr__(self, name: str) -> Any:  # rec.l2, rec.cos_mean, ...: the metrics' own fields
+        if name in ("l2", "cos", "one_minus_cos", "norm_ratio", "l2_mean", "cos_mean"):
+            return getattr(self.pairs, name)
+        raise AttributeError(name)
+
     @property
     def num_pairs(self) -> int:
-        return int(self.l2.shape[1])
+        return int(self.pairs.l2.shape[1])
 
 
 def _open(path: str, cache: bool) -> Any:
@@ -148,11 +149,7 @@ def read_run_metrics(path: str, space: str = "x0", phases: Any = "thirds", cache
                 path=path, space=space, meta=meta, settings=settings,
                 sigmas=np.asarray(run.sigmas, dtype=np.float64), timesteps=np.asarray(run.timesteps, np.float64),
                 experts=tuple(str(e) for e in run.experts),
-                l2=np.asarray(m.l2, np.float64).mean(axis=1), cos=np.asarray(m.cos, np.float64).mean(axis=1),
-                one_minus_cos=np.asarray(m.one_minus_cos, np.float64).mean(axis=1),
-                norm_ratio=np.asarray(m.norm_ratio, np.float64).mean(axis=1),
-                l2_mean=np.asarray(m.l2_mean, np.float64).mean(axis=1),
-                cos_mean=np.asarray(m.cos_mean, np.float64).mean(axis=1),
+                pairs=m.batch_mean(),
                 phases=step_phases, computed=bool(reads), seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - a file damaged past validation (a bad chunk) is one line too
         return Skipped(path, one_line(exc))

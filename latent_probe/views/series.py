@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from ..metrics.phases import fit_phases as resolve_phases  # the views show what the metrics define
+from ..metrics.continuity import AdjacentFrameMetrics
 from .intervention import changed_steps, describe_intervention
 
 __all__ = ["RunSeries", "collect", "default_labels", "expert_switches", "resolve_phases", "PREDICTIONS"]
@@ -28,8 +29,9 @@ class RunSeries:
 
     steps:      [S] step numbers, 0-based (step s is ``run.latents(q)[s]``; the convention everywhere)
     timesteps:  [S] scheduler timesteps;  sigmas: [S] noise level σ;  experts: [S] expert names
-    l2, cos, one_minus_cos, norm_ratio: [S, F-1] adjacent-frame metrics in ``space`` (mean over batch)
-    l2_mean, cos_mean: [S] means over frame pairs (and batch items)
+    pairs:      the run's ``AdjacentFrameMetrics`` in ``space``, batch-averaged — the metrics' own result type;
+                ``.l2``, ``.cos``, ``.one_minus_cos``, ``.norm_ratio`` [S, F-1] and ``.l2_mean``, ``.cos_mean`` [S]
+                are reachable here directly (``series.l2``)
     noise_floor: [S] adjacent-frame cosine x_t shows from noise alone at σ
     xt_cos_mean: [S] adjacent-frame cosine of x_t itself, or None when x_t was not captured
     step_change: branch → (rel_l1 [S], norm_ratio [S]); NaN at step 0
@@ -55,12 +57,7 @@ class RunSeries:
     timesteps: np.ndarray
     sigmas: np.ndarray
     experts: np.ndarray
-    l2: np.ndarray
-    cos: np.ndarray
-    one_minus_cos: np.ndarray
-    norm_ratio: np.ndarray
-    l2_mean: np.ndarray
-    cos_mean: np.ndarray
+    pairs: AdjacentFrameMetrics
     noise_floor: np.ndarray
     xt_cos_mean: np.ndarray | None
     step_change: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -75,6 +72,30 @@ class RunSeries:
     phase_note: str = ""
     intervention: str = ""                      # one line naming the intervention and its steps ("" plain run)
     changed_steps: np.ndarray | None = None     # [S] bool: steps the intervention changed (their fills, not the model)
+
+    @property
+    def l2(self) -> np.ndarray:
+        return self.pairs.l2
+
+    @property
+    def cos(self) -> np.ndarray:
+        return self.pairs.cos
+
+    @property
+    def one_minus_cos(self) -> np.ndarray:
+        return self.pairs.one_minus_cos
+
+    @property
+    def norm_ratio(self) -> np.ndarray:
+        return self.pairs.norm_ratio
+
+    @property
+    def l2_mean(self) -> np.ndarray:
+        return self.pairs.l2_mean
+
+    @property
+    def cos_mean(self) -> np.ndarray:
+        return self.pairs.cos_mean
 
     @property
     def num_steps(self) -> int:
@@ -189,12 +210,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         timesteps=np.asarray(run.timesteps, dtype=np.float64),
         sigmas=np.asarray(run.sigmas, dtype=np.float64),
         experts=experts,
-        l2=_batch_mean(m.l2),
-        cos=_batch_mean(m.cos),
-        one_minus_cos=_batch_mean(m.one_minus_cos),
-        norm_ratio=_batch_mean(m.norm_ratio),
-        l2_mean=_batch_mean(m.l2_mean),
-        cos_mean=_batch_mean(m.cos_mean),
+        pairs=m.batch_mean(),
         noise_floor=np.asarray(run.noise_floor(), dtype=np.float64),
         xt_cos_mean=xt_cos,
         step_change=_step_change(run, quantities),
