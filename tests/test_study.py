@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import re
 import runpy
 import signal
@@ -240,6 +241,7 @@ def test_killed_study_resumes_exactly_the_missing_jobs(tmp_path, worker):
     (logs / "serial.log").unlink()
     stale = out / "runs" / f".{ids[12]}.h5.0123456789ab.partial.h5"  # what a job killed before its first step leaves
     stale.write_bytes(b"")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # left by a run killed an hour ago
     lines: list[str] = []  # the rerun, in this process
     result = run_study(w["suite"](), w["make_generate"](str(out), str(logs / "serial.log")), (w["model"], w["sched"]),
                        out, log=lines.append)

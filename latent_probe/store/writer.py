@@ -196,6 +196,7 @@ class RunWriter:
         try:
             if self.write_path is not None:
                 self._space = _SpaceReservation(self.write_path)
+                self._space.hold()  # live from creation: a partial file is never taken for a killed writer's
                 self._space.ensure(_METADATA_MARGIN)
             self._begin(attrs or {})
         except BaseException as exc:
@@ -572,8 +573,6 @@ class RunWriter:
         if self.path is not None:
             f.flush()
             f.swmr_mode = True
-            if self._space is not None:
-                self._space.hold()
         self._initialised = True
 
     def _scales(self, arrays: dict[str, np.ndarray]) -> None:

@@ -118,13 +118,22 @@ def plan_study(suite: Suite, out_dir: str | os.PathLike, shard: tuple[int, int] 
     return [(j, job_status(run_path(out_dir, j.id), j.id)) for j in jobs]
 
 
+STALE_PARTIAL_S = 60.0  # a partial file younger than this may be a writer between creating it and locking it
+
+
 def _drop_stale_partials(path: str) -> None:
-    """A killed job may leave ``.<name>.<id>.partial.h5`` beside its path (before its first step): remove it."""
+    """A killed job may leave ``.<name>.<id>.partial.h5`` beside its path (before its first step): remove it —
+    only when no process holds its writer lock and it is older than ``STALE_PARTIAL_S`` (a second study on the
+    same folder may be creating it this instant)."""
     from ..store.liveness import writer_alive
 
     folder, name = os.path.split(path)
     for partial in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.partial.h5")):
-        if writer_alive(partial) is not True:
+        try:
+            young = time.time() - os.stat(partial).st_mtime < STALE_PARTIAL_S
+        except OSError:
+            continue
+        if not young and writer_alive(partial) is not True:
             try:
                 os.unlink(partial)
             except OSError:
