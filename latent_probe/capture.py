@@ -33,9 +33,11 @@ from einops import rearrange
 from .adapters.base import TargetParts
 from .adapters._util import jsonable
 from .hooks import static_lookup
+from .latent_steps import LatentSteps, boundary_step
 from .parameterization import (
     Parameterization,
     estimate_x0_eps,
+    noise_convention,
     noise_level_at,
     parameterization_of,
 )
@@ -103,6 +105,15 @@ def _planned_steps(scheduler: Any, first_index: int | None) -> int | None:
     return n if n > 0 else None
 
 
+def _source_dtypes(x_t: torch.Tensor, pred: torch.Tensor, sigma: torch.Tensor | None) -> dict[str, str]:
+    """The dtypes x̂₀ and ε̂ were computed from (and σ's, when the scheduler's own tensor was used): what deriving
+    them on read needs to repeat the computation exactly."""
+    out = {"x_t": str(x_t.dtype).removeprefix("torch."), "pred": str(pred.dtype).removeprefix("torch.")}
+    if sigma is not None:
+        out["sigma"] = str(sigma.dtype).removeprefix("torch.")
+    return out
+
+
 def _shares_storage(t: torch.Tensor, *others: torch.Tensor) -> bool:
     """``t`` is (a view of) one of ``others``: the caller may overwrite it, so the writer must copy it."""
     ptr = t.untyped_storage().data_ptr()
@@ -115,11 +126,14 @@ class StepCapture:
     ``first_writer`` records generation 1 (made when the block is entered, so that a path that cannot be written
     fails before anything runs); ``open_writer(n)`` makes the writer of generation n ≥ 2 when it begins (None:
     that generation is not recorded). Writers are closed when their generation ends; ``closed`` lists them.
+    ``online`` (metrics.online.OnlineSums) computes each step's metric sums on the tensors' device; ``latent_steps``
+    chooses the steps whose latents are stored (None: every step).
     """
 
     def __init__(self, parts: TargetParts, first_writer: RunWriter | None, capture: tuple[str, ...],
                  cfg_branches: bool, parameterization: Parameterization | None, attrs: dict[str, Any],
-                 open_writer: Callable[[int], RunWriter | None] | None = None) -> None:
+                 open_writer: Callable[[int], RunWriter | None] | None = None, online: Any = None,
+                 latent_steps: LatentSteps | None = None) -> None:
         self.parts = parts
         self.writer = first_writer  # the current (or next) generation's writer
         self._writer_generation = 1  # the generation self.writer records
@@ -128,6 +142,9 @@ class StepCapture:
         self.capture = capture
         self.cfg_branches = cfg_branches
         self._fixed_param = parameterization
+        self.online = online
+        self.latent_steps = None if latent_steps is None or latent_steps.all else latent_steps
+        self._chosen: Any = None  # the current generation's resolved latent_steps
         self._params: dict[int, Parameterization] = {}
         self._attrs = attrs
         self._calls: list[tuple[str, torch.Tensor | None]] = []
@@ -162,6 +179,9 @@ class StepCapture:
             self.generation_steps = self.generation_seen = 0
             self.planned_steps = None
             self.stopped = None
+            self._chosen = None
+            if self.online is not None:
+                self.online.reset()
             if explicit:
                 self._calls = []
 
@@ -348,6 +368,14 @@ class StepCapture:
         first = self.generation_steps == 0
         if first:
             self.planned_steps = _planned_steps(scheduler, idx)
+            if self.latent_steps is not None:
+                switch = boundary_step(getattr(scheduler, "timesteps", None), idx or 0,
+                                       self._attrs.get("boundary_timestep"))
+                if self.latent_steps.needs_plan and self.planned_steps is None:
+                    raise LayoutError(f"latent_steps={self.latent_steps.spec!r} counts from the planned end, but "
+                                      f"{type(scheduler).__name__} has no timesteps to plan with")
+                self._chosen = self.latent_steps.resolve(self.planned_steps, switch)
+        keep = self._chosen is None or self.generation_steps in self._chosen
         level = noise_level_at(scheduler, idx, timestep)
         sigma_tensor = None
         if level.flow and idx is not None and isinstance(getattr(scheduler, "sigmas", None), torch.Tensor):
@@ -360,13 +388,17 @@ class StepCapture:
         if "pred" in self.capture:
             tensors["pred"] = pred
         owned = set()
-        if "x0" in self.capture or "eps" in self.capture:
+        spaces = {"x_t": x_t, "pred": pred}
+        online = () if self.online is None else self.online.spaces
+        if {"x0", "eps"} & (set(self.capture) | set(online)):
             x0, eps = estimate_x0_eps(param, x_t, pred, level, sigma_tensor)
+            spaces.update(x0=x0, eps=eps)
             for name, t in (("x0", x0), ("eps", eps)):
                 if name in self.capture:
                     tensors[name] = t
                     if not _shares_storage(t, sample, model_output):  # ε̂ of ε-prediction *is* the output
                         owned.add(name)
+        sums = self.online.step({k: spaces[k] for k in online}) if online else None
         if self.cfg_branches:
             for name, t in self._branches(calls, x_t.shape[0]).items():
                 tensors[name] = self._to_stored(t, f"an expert output ({name})")
@@ -390,5 +422,12 @@ class StepCapture:
                 attrs = {k: v for k, v in call.items() if k not in self._attrs}
                 attrs.update(parameterization=param.value, capture=list(self.capture),
                              cfg_branches=self.cfg_branches, step_layout=self.parts.step_layout,
-                             call_args=call, planned_steps=self.planned_steps)
-            self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs)
+                             call_args=call, planned_steps=self.planned_steps,
+                             noise_convention=noise_convention(level), latent_shape=list(x_t.shape),
+                             source_dtypes=_source_dtypes(x_t, pred, sigma_tensor))
+                if self.latent_steps is not None:
+                    attrs["latent_steps"] = self.latent_steps.spec
+            if self.latent_steps is not None:
+                self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums, keep_latents=keep)
+            else:
+                self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums)

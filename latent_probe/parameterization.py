@@ -29,6 +29,9 @@ __all__ = [
     "parameterization_of",
     "noise_level_at",
     "estimate_x0_eps",
+    "noise_convention",
+    "recorded_level",
+    "NOISE_CONVENTIONS",
 ]
 
 
@@ -56,6 +59,28 @@ class NoiseLevel:
     flow: bool
     inverted: bool = False
     k_diffusion: bool = False
+
+
+# How a run's stored (alpha, sigma) relate to the x_t that step received (the root attribute noise_convention).
+NOISE_CONVENTIONS = ("flow", "flow_inverted", "k_diffusion", "variance_preserving")
+
+
+def noise_convention(level: NoiseLevel) -> str:
+    """The name recorded in a run file for ``level``'s convention."""
+    if level.inverted:
+        return "flow_inverted"
+    if level.flow:
+        return "flow"
+    return "k_diffusion" if level.k_diffusion else "variance_preserving"
+
+
+def recorded_level(convention: str, alpha: float, sigma: float) -> NoiseLevel:
+    """The :class:`NoiseLevel` of a recorded step from its stored alpha and sigma (as :func:`noise_level_at` made
+    them) and the run's ``noise_convention``; raises UnknownParameterizationError for another name."""
+    if convention not in NOISE_CONVENTIONS:
+        raise UnknownParameterizationError(f"noise convention {convention!r} is not one of {NOISE_CONVENTIONS}")
+    return NoiseLevel(alpha=float(alpha), sigma=float(sigma), flow=convention.startswith("flow"),
+                      inverted=convention == "flow_inverted", k_diffusion=convention == "k_diffusion")
 
 
 # diffusers schedulers whose `step` receives the unscaled sample x = x0 + sigma * eps (k-diffusion convention:

@@ -13,6 +13,8 @@ import torch
 from .adapters import TargetParts, UnsupportedTargetError, resolve_target
 from .capture import BRANCHES, CAPTURABLE, LayoutError, StepCapture, check_step_signature
 from .hooks import HookRegistry, static_lookup
+from .latent_steps import LatentSteps, LatentStepsError
+from .metrics.online import ONLINE_SPACES, OnlineSums
 from .parameterization import Parameterization, parameterization_of
 from .store import schema
 from .store.reader import Run, open_run
@@ -49,7 +51,13 @@ class LatentProbe:
             ``(modules, scheduler)``.
         path: HDF5 file to stream the first generation to (the n-th goes to ``<stem>.gen<n><suffix>``); None keeps
             the runs in memory.
-        capture: quantities to record, from ``("x_t", "pred", "x0", "eps")``.
+        capture: quantities whose latents are stored, from ``("x_t", "pred", "x0", "eps")``; ``()`` stores none
+            (give ``metrics=``).
+        metrics: spaces, from the same four, whose adjacent-frame metrics and step change are computed during the
+            run, on the tensors' device (the fused kernel on a GPU) and from their full precision; their float64
+            sums are stored every step under ``/online`` (kilobytes a run) and ``run.metrics(space)`` reads them.
+        latent_steps: the steps whose latents are stored: ``"all"`` (default), ``"none"``, an int k (every k-th
+            step), or terms like ``"every:4,last,boundary:2"`` (latent_probe.latent_steps says which).
         store_dtype: ``"float16"`` (half the disk) or ``"float32"``.
         cfg_branches: also record the cond and uncond predictions.
         overwrite: replace an existing file at ``path`` (and at the later generations' ``<stem>.gen<n><suffix>``).
@@ -71,6 +79,8 @@ class LatentProbe:
         path: str | os.PathLike | None = None,
         *,
         capture: Iterable[str] = ("x_t", "pred", "x0", "eps"),
+        metrics: Iterable[str] = (),
+        latent_steps: Any = "all",
         store_dtype: str = "float16",
         cfg_branches: bool = False,
         overwrite: bool = False,
@@ -86,8 +96,18 @@ class LatentProbe:
         if unknown:
             raise ValueError(f"cannot capture {unknown}; choose from {CAPTURABLE} (cfg_branches=True adds "
                              f"{BRANCHES})")
-        if not capture and not cfg_branches:
-            raise ValueError("nothing to capture: give capture= or cfg_branches=True")
+        metrics = tuple(dict.fromkeys(metrics))
+        unknown = [m for m in metrics if m not in ONLINE_SPACES]
+        if unknown:
+            raise ValueError(f"cannot compute metrics of {unknown} during the run; choose from {ONLINE_SPACES}")
+        selection = LatentSteps.parse(latent_steps)
+        if selection.none:
+            if cfg_branches:
+                raise LatentStepsError("latent_steps='none' stores no latents, but cfg_branches=True asks for the "
+                                       "cond/uncond latents; choose one")
+            capture = ()
+        if not capture and not cfg_branches and not metrics:
+            raise ValueError("nothing to record: give capture=, metrics= or cfg_branches=True")
         if on_write_error not in ("raise", "warn"):
             raise ValueError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
         user_attrs = dict(attrs or {})
@@ -98,6 +118,8 @@ class LatentProbe:
         self.target = target
         self.path = None if path is None else os.fspath(path)
         self.capture = capture
+        self.metrics = metrics
+        self.latent_steps = selection
         self.store_dtype = store_dtype
         self.cfg_branches = cfg_branches
         self.overwrite = overwrite
@@ -130,6 +152,9 @@ class LatentProbe:
                 check_step_signature(cls)
             except LayoutError as exc:
                 raise UnsupportedTargetError(str(exc)) from None
+        if self.latent_steps.boundary and parts.attrs.get("boundary_timestep") is None:
+            raise LatentStepsError(f"latent_steps={self.latent_steps.spec!r} stores steps around the expert switch, "
+                                   f"but this {parts.family} target has one expert (no boundary)")
         self.parts = parts
         self._runs, self._paths, self._memory = None, [], []
         self._probe_id = uuid.uuid4().hex
@@ -147,7 +172,8 @@ class LatentProbe:
             attrs["intervention"] = self.intervene.describe()
         if writes:
             self._writer_args = dict(attrs=attrs, experts=list(parts.experts), on_error=self.on_write_error,
-                                     probe_id=self._probe_id)
+                                     probe_id=self._probe_id,
+                                     latent_rows=not self.latent_steps.all and bool(self.capture or self.cfg_branches))
             if self.path is not None and not self.overwrite:
                 taken = sorted(schema.generation_siblings(self.path).values())
                 if taken:
@@ -172,7 +198,10 @@ class LatentProbe:
             self._active = True
             return self
         self.capture_state = StepCapture(parts, self._writer, self.capture, self.cfg_branches,
-                                         self.parameterization, attrs, open_writer=self._open_generation)
+                                         self.parameterization, attrs, open_writer=self._open_generation,
+                                         online=OnlineSums(self.metrics) if self.metrics else None,
+                                         latent_steps=None if self.latent_steps.all or self.latent_steps.none
+                                         else self.latent_steps)
         try:
             with _HOOKS_LOCK:
                 try:

@@ -75,3 +75,37 @@ def test_float16_overflow_flagged_from_the_gpu_range(tmp_path):
         assert not run.nonfinite["x_t"].any()
         pred = run.latents("pred")[:]
         assert np.isposinf(pred[1]).all() and np.isnan(pred[2]).all() and np.isneginf(pred[3]).all()
+
+
+def test_metrics_computed_on_the_gpu_during_the_run_equal_those_of_the_stored_latents(tmp_path):
+    """The online sums (fused Triton kernel on CUDA, copied with the step) give the metrics the stored float32
+    latents give; a metrics-only run gives the same; the output is bit-identical to an unprobed run; x̂₀ derived
+    on read from float32 x_t and pred equals the stored one bit for bit."""
+    from latent_probe import open_run
+    from latent_probe.testing import tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline(two_experts=True, boundary_ratio=0.875).to("cuda")
+    gen = lambda: dict(generator=torch.Generator("cuda").manual_seed(0))  # noqa: E731
+    base = run_pipe(pipe, steps=8, **gen())
+    spaces = ("x_t", "pred", "x0", "eps")
+    with LatentProbe(pipe, tmp_path / "full.h5", store_dtype="float32", metrics=spaces):
+        out = run_pipe(pipe, steps=8, **gen())
+    with LatentProbe(pipe, tmp_path / "only.h5", capture=(), metrics=spaces):
+        out2 = run_pipe(pipe, steps=8, **gen())
+    with LatentProbe(pipe, tmp_path / "derived.h5", capture=("x_t", "pred"), store_dtype="float32",
+                     latent_steps="every:3,last,boundary:1"):
+        out3 = run_pipe(pipe, steps=8, **gen())
+    assert torch.equal(out, base) and torch.equal(out2, base) and torch.equal(out3, base)
+    with open_run(tmp_path / "full.h5") as run, open_run(tmp_path / "only.h5") as only, \
+            open_run(tmp_path / "derived.h5") as der:
+        for space in spaces:
+            on, off = run.metrics(space, source="online"), run.metrics(space, source="latents")
+            np.testing.assert_allclose(on.l2, off.l2, rtol=1e-6)  # float32 partial sums in another order
+            np.testing.assert_allclose(on.cos, off.cos, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(only.metrics(space).l2, on.l2)
+            np.testing.assert_allclose(run.step_change(space, source="online").rel_l1,
+                                       run.step_change(space, source="latents").rel_l1, rtol=1e-9, equal_nan=True)
+        kept = der.latent_steps
+        assert 0 < len(kept) < 8
+        for q in ("x0", "eps"):
+            assert der.latents(q)[:].tobytes() == run.latents(q)[kept].tobytes()

@@ -417,13 +417,13 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_step(tmp_path):
     assert os.listdir(tmp_path) == ["r.h5"]
 
 
-def test_schema_v2_layout_is_readable_by_plain_h5py(tmp_path):
+def test_schema_layout_is_readable_by_plain_h5py(tmp_path):
     from latent_probe.demo import run_demo_generation
 
     path = tmp_path / "r.h5"
     run_demo_generation(path, steps=3, frames=5)[1].close()
     with h5py.File(path, "r") as f:
-        assert f.attrs["schema_version"] == 2
+        assert f.attrs["schema_version"] == 3  # 3 adds /online and /latent_step; the layout read here is v2's
         state = f["run_state"][0]
         assert state["steps"] == 3 and state["complete"] == 1 and state["closed"] == 1
         experts = f["steps"].fields("expert")[:]

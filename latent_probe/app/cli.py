@@ -138,10 +138,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
         else:
             state = "  (INCOMPLETE: " + t(run.error or "interrupted: the writer stopped without closing the file") + ")"
         print(f"  steps       {run.num_steps}{state}")
-        print(f"  quantities  {t(', '.join(run.quantities))}  [{t(a.get('store_dtype'))}]")
+        stored = ", ".join(run.quantities) or "none"
+        if run.quantities and len(run.latent_steps) != run.num_steps:
+            stored += f" at {len(run.latent_steps)} of {run.num_steps} steps ({t(a.get('latent_steps', 'chosen'))})"
+        print(f"  quantities  {t(stored)}  [{t(a.get('store_dtype'))}]")
+        if run.derivable:
+            print(f"  derived     {t(', '.join(run.derivable))} on read, from x_t and pred")
+        if run.online_spaces:
+            print(f"  online      metrics of {t(', '.join(run.online_spaces))} computed during the run, every step")
         if run.num_steps:
-            shape = run.latents(run.quantities[0]).shape
-            print(f"  latent      [S, B, C, F, H, W] = {list(shape)}")
+            if run.latent_shape is not None:
+                print(f"  latent      [B, C, F, H, W] = {list(run.latent_shape)} a step")
             print(f"  sigma       {run.sigmas[0]:.4f} → {run.sigmas[-1]:.4f}  ({t(a.get('parameterization'))})")
             from ..metrics.phases import expert_phases
 
@@ -208,8 +215,8 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     from ..views.report import metrics_csv, metrics_json, terminal_summary
 
     with _open_for_metrics(args.run, args.cache) as run:
-        if args.space not in run.quantities:
-            raise KeyError(f"space {args.space!r} was not captured; captured: {', '.join(run.quantities)}")
+        if args.space not in run.spaces:
+            raise KeyError(f"space {args.space!r} was not captured; this run's spaces: {', '.join(run.spaces)}")
         if args.json:
             text = metrics_json(run, args.space, args.phases)
         elif args.csv:

@@ -199,7 +199,7 @@ def _suite(args: argparse.Namespace) -> Suite:
 
 def _fixed(args: argparse.Namespace) -> dict[str, Any]:
     """What every job shares and a rerun must not change (the manifest keeps it)."""
-    out: dict[str, Any] = {"backend": args.backend, "store_dtype": args.store_dtype, "cfg_branches": args.cfg_branches}
+    out: dict[str, Any] = {"backend": args.backend, **_storage(args)}
     if args.backend != "demo":
         out.update(task=args.task, model_path=os.path.abspath(args.model_path) if args.model_path else None,
                    size=args.size or DEFAULT_SIZE[args.task], negative_prompt=args.negative_prompt,
@@ -208,6 +208,20 @@ def _fixed(args: argparse.Namespace) -> dict[str, Any]:
         out.update(wan_config=args.wan_config, sample_solver=args.sample_solver, sample_shift=args.sample_shift)
     if args.backend == "diffusers":
         out.update(dtype=args.dtype)
+    return out
+
+
+def _storage(args: argparse.Namespace) -> dict[str, Any]:
+    """The probe's storage options (LatentProbe keyword arguments), from --store_dtype, --cfg_branches,
+    --capture, --metrics and --latent_steps."""
+    out: dict[str, Any] = {"store_dtype": args.store_dtype, "cfg_branches": args.cfg_branches}
+    if args.capture is not None:
+        out["capture"] = [] if args.capture.strip().lower() == "none" else \
+            [q.strip() for q in args.capture.split(",") if q.strip()]
+    if args.metrics:
+        out["metrics"] = [q.strip() for q in args.metrics.split(",") if q.strip()]
+    if args.latent_steps and args.latent_steps != "all":
+        out["latent_steps"] = args.latent_steps
     return out
 
 
@@ -255,7 +269,7 @@ def study_command(args: argparse.Namespace) -> int:
         extra = {"backend": args.backend, **({"simulated": True} if args.backend == "demo" else
                                              {"task": args.task, "model_path": args.model_path or ""})}
         result = run_study(suite, gen, gen.target, args.out, mode=mode, shard=shard, attrs=extra,
-                           probe_kwargs={"store_dtype": args.store_dtype, "cfg_branches": args.cfg_branches},
+                           probe_kwargs=_storage(args),
                            on_error="raise" if args.stop_on_error else "continue", log=say)
     finally:
         if mode == "group":
@@ -327,6 +341,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="diffusers backend: weights dtype (default bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--store_dtype", default="float16", choices=("float16", "float32"), help="latents on disk")
     p.add_argument("--cfg_branches", action="store_true", help="also record the cond and uncond predictions")
+    p.add_argument("--capture", metavar="Q,Q|none",
+                   help="latents stored per step, from x_t,pred,x0,eps (default all four; 'none' with --metrics: "
+                        "metrics-only runs, kilobytes each; 'x_t,pred': x0/eps derived on read)")
+    p.add_argument("--metrics", metavar="SPACE,SPACE",
+                   help="spaces whose metrics are computed during the run on the GPU (x_t,pred,x0,eps)")
+    p.add_argument("--latent_steps", metavar="SPEC",
+                   help="steps whose latents are stored: all (default), none, k (every k-th) or terms like "
+                        "every:4,last,boundary:2")
     p.add_argument("--dit_fsdp", action="store_true",
                    help="wan backend under torchrun: shard the DiTs across all ranks (each job runs on all of them)")
     p.add_argument("--t5_fsdp", action="store_true", help="wan backend under torchrun: shard umT5 across all ranks")

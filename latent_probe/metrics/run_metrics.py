@@ -17,12 +17,13 @@ import h5py
 import numpy as np
 import torch
 
-from ..parameterization import NoiseLevel, Parameterization, estimate_x0_eps
+from ..parameterization import NoiseLevel, Parameterization, estimate_x0_eps, recorded_level
 from ..store import schema
 from ..store.accessors import register_run_accessor
 from .continuity import AdjacentFrameMetrics, StepChange, _nanmean_last, adjacent_frame_metrics, \
     frame_similarity_matrix, lag_similarity, noise_floor
 from .continuity import step_change as _step_change
+from .online import change_from_sums, from_sums
 from .phases import expert_switch_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,6 +97,11 @@ def _cache_group(run: "Run", key: str) -> Any:
     return node if current else None
 
 
+def needs_writing(run: "Run", space: str) -> bool:
+    """True when ``run.metrics(space)`` would compute and cache (no sums from the run, no current cache)."""
+    return space not in run.online_spaces and _cache_group(run, f"{space}/adjacent") is None
+
+
 def _writable(run: "Run") -> bool:
     try:
         return run.file.mode == "r+" and not run.file.swmr_mode
@@ -131,40 +137,98 @@ def _cached(run: "Run", key: str, compute: Callable[[], dict[str, np.ndarray]]) 
 
 
 # ------------------------------------------------------------------ metrics
-def continuity(run: "Run", space: str = "x0", lag: int = 1, device: str = "cpu") -> AdjacentFrameMetrics:
-    """Adjacent-frame (or lag-k) metrics of ``space`` for every step, computed once and cached."""
+SOURCES = ("auto", "online", "latents")
 
-    def compute() -> dict[str, np.ndarray]:
-        S = run.num_steps
-        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("l2", "cos", "one_minus_cos", "norm_ratio",
-                                                              "zero_frames")}
-        for x in iter_steps(run, space, device):
-            m = adjacent_frame_metrics(x) if lag == 1 else lag_similarity(x, lag)
-            for k in rows:
-                rows[k].append(getattr(m, k))
-        if S == 0:
-            raise ValueError("the run has no committed step")
-        return {k: np.stack(v) for k, v in rows.items()}
 
-    key = f"{space}/adjacent" if lag == 1 else f"{space}/lag{lag}"
-    a = _cached(run, key, compute)
+def _source(run: "Run", space: str, source: str, lag: int = 1) -> str:
+    """Where ``space``'s metrics come from: the sums computed during the run ("online": every step, from the full
+    precision tensors) or the stored latents ("latents"); "auto" prefers the first."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    online = space in run.online_spaces and lag == 1
+    if source == "online" and not online:
+        raise KeyError(f"no {'lag-1 ' if lag != 1 else ''}metrics of {space!r} were computed during this run "
+                       f"(computed: {run.online_spaces})")
+    if source == "auto":
+        source = "online" if online else "latents"
+    if source == "latents" and space not in run.quantities and space not in run.derivable:
+        have = run.online_spaces
+        raise KeyError(f"space {space!r} has no stored latents in this run (stored: {run.quantities}"
+                       + (f"; lag-1 metrics computed during the run: {have})" if have else ")"))
+    return source
+
+
+def _scatter(run: "Run", arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows of stored steps → [S, ...] arrays, NaN (False for masks) at the steps without latents."""
+    kept, S = run.latent_steps, run.num_steps
+    if len(kept) == S:
+        return arrays
+    out = {}
+    for k, v in arrays.items():
+        full = np.zeros((S, *v.shape[1:]), dtype=v.dtype) if v.dtype == bool else \
+            np.full((S, *v.shape[1:]), np.nan, dtype=np.float64)
+        full[kept] = v
+        out[k] = full
+    return out
+
+
+def continuity(run: "Run", space: str = "x0", lag: int = 1, device: str = "cpu", source: str = "auto"
+               ) -> AdjacentFrameMetrics:
+    """Adjacent-frame (or lag-k) metrics of ``space`` for every step [S, ...], computed once and cached: from the
+    sums computed during the run where there are some (``source="auto"``), else from the stored latents (steps
+    whose latents were not stored are NaN)."""
+    if _source(run, space, source, lag) == "online":
+        mem = run.metrics.cache
+        key = f"{space}/online"
+        if key not in mem:
+            sums = run.online_sums(space)
+            if "sq" not in sums:
+                raise ValueError(f"{space!r} has fewer than two frames: no frame pairs to compare")
+            m = from_sums(sums["sq"], sums["dot"], sums["dd"], space)
+            mem[key] = {k: getattr(m, k) for k in ("l2", "cos", "one_minus_cos", "norm_ratio", "zero_frames")}
+        a = mem[key]
+    else:
+        def compute() -> dict[str, np.ndarray]:
+            rows: dict[str, list[np.ndarray]] = {k: [] for k in ("l2", "cos", "one_minus_cos", "norm_ratio",
+                                                                  "zero_frames")}
+            for x in iter_steps(run, space, device):
+                m = adjacent_frame_metrics(x) if lag == 1 else lag_similarity(x, lag)
+                for k in rows:
+                    rows[k].append(getattr(m, k))
+            if not rows["l2"]:
+                raise ValueError("the run has no committed step with stored latents")
+            return _scatter(run, {k: np.stack(v) for k, v in rows.items()})
+
+        key = f"{space}/adjacent" if lag == 1 else f"{space}/lag{lag}"
+        a = _cached(run, key, compute)
     return AdjacentFrameMetrics(l2=a["l2"], cos=a["cos"], one_minus_cos=a["one_minus_cos"],
                                 norm_ratio=a["norm_ratio"], l2_mean=_nanmean_last(a["l2"]),
                                 cos_mean=_nanmean_last(a["cos"]), zero_frames=a["zero_frames"].astype(bool),
                                 lag=lag, space=space)
 
 
-def step_change(run: "Run", space: str = "pred") -> StepChange:
+def step_change(run: "Run", space: str = "pred", source: str = "auto") -> StepChange:
     """Relative L1 change and norm ratio of ``space`` between consecutive steps [S] (the tensor function
-    :func:`latent_probe.metrics.step_change` over the run's steps, streamed), with ``expert_switch``."""
+    :func:`latent_probe.metrics.step_change` over the run's steps, streamed), with ``expert_switch``. From the sums
+    computed during the run where there are some (``source="auto"``); from stored latents only when every step's
+    are stored."""
+    if _source(run, space, source) == "online":
+        mem = run.metrics.cache
+        if f"{space}/online_change" not in mem:
+            mem[f"{space}/online_change"] = change_from_sums(run.online_sums(space)["change"])
+        a = mem[f"{space}/online_change"]
+    else:
+        if len(run.latent_steps) != run.num_steps:
+            raise ValueError(f"the step change of {space!r} needs every step's latents; this run stored "
+                             f"{len(run.latent_steps)} of {run.num_steps} (record metrics=[{space!r}] during the run)")
 
-    def compute() -> dict[str, np.ndarray]:
-        if run.num_steps == 0:
-            raise ValueError("the run has no committed step")
-        sc = _step_change(x.double() for x in iter_steps(run, space))  # float64 rows: exact differences
-        return {"rel_l1": sc.rel_l1[: run.num_steps], "norm_ratio": sc.norm_ratio[: run.num_steps]}
+        def compute() -> dict[str, np.ndarray]:
+            if run.num_steps == 0:
+                raise ValueError("the run has no committed step")
+            sc = _step_change(x.double() for x in iter_steps(run, space))  # float64 rows: exact differences
+            return {"rel_l1": sc.rel_l1[: run.num_steps], "norm_ratio": sc.norm_ratio[: run.num_steps]}
 
-    a = _cached(run, f"{space}/step_change", compute)
+        a = _cached(run, f"{space}/step_change", compute)
     switch = expert_switch_mask(list(run.experts))
     return StepChange(rel_l1=a["rel_l1"], norm_ratio=a["norm_ratio"], space=space, expert_switch=switch)
 
@@ -172,9 +236,12 @@ def step_change(run: "Run", space: str = "pred") -> StepChange:
 def _eps_slope(param: Parameterization, level: NoiseLevel) -> float:
     """dε̂/d(pred) for each parameterisation, so ε̂_c − ε̂_u = slope · (c − u) without cancellation."""
     if param is Parameterization.FLOW:
-        return 1.0 - level.sigma
+        return 1.0 - level.sigma  # inverted flow: ε̂ = x_t − σ_own·u with σ_own = 1 − σ: the same magnitude
     if param is Parameterization.EPSILON:
         return 1.0
+    if level.k_diffusion:  # x = x₀ + σ·ε, the model saw x/√(σ²+1)
+        k = (level.sigma ** 2 + 1.0) ** 0.5
+        return 1.0 / k if param is Parameterization.V else (-1.0 / level.sigma if level.sigma > 0 else float("nan"))
     if param is Parameterization.V:
         return level.alpha
     return -level.alpha / level.sigma if level.sigma > 0 else float("nan")  # sample
@@ -189,13 +256,15 @@ def gap(run: "Run") -> np.ndarray | None:
     if not {"pred_cond", "pred_uncond", "x_t"} <= set(run.quantities):
         return None
     param = Parameterization(run.attrs.get("parameterization", "flow_prediction"))
+    convention = run.attrs.get("noise_convention") or ("flow" if param is Parameterization.FLOW
+                                                       else "variance_preserving")
 
     def compute() -> dict[str, np.ndarray]:
         out = []
         sig, alp = run.sigmas, run.alphas
         steps = zip(iter_steps(run, "x_t"), iter_steps(run, "pred_cond"), iter_steps(run, "pred_uncond"))
         for i, (xt, c, u) in enumerate(steps):
-            level = NoiseLevel(alpha=float(alp[i]), sigma=float(sig[i]), flow=param is Parameterization.FLOW)
+            level = recorded_level(convention, alp[i], sig[i])
             c, u = c.double(), u.double()
             eps_c = estimate_x0_eps(param, xt.double(), c, level)[1]
             diff = abs(_eps_slope(param, level)) * torch.linalg.vector_norm(c - u)
@@ -212,8 +281,16 @@ def run_noise_floor(run: "Run") -> np.ndarray:
 
 
 def frame_similarity(run: "Run", space: str, step: int) -> np.ndarray:
-    """Cosine similarity of every pair of frames at one step: [B, F, F]."""
-    return frame_similarity_matrix(torch.from_numpy(run.latents(space)[step]))
+    """Cosine similarity of every pair of frames at one step (0-based; negative counts from the end): [B, F, F].
+    The step's latents must be stored (or derivable)."""
+    S = run.num_steps
+    s = step + S if step < 0 else step
+    kept = run.latent_steps
+    row = int(np.searchsorted(kept, s))
+    if not 0 <= s < S or row >= len(kept) or kept[row] != s:
+        raise KeyError(f"step {step} has no stored latents (this run stored steps {kept.tolist()[:20]}"
+                       + ("..." if len(kept) > 20 else "") + ")")
+    return frame_similarity_matrix(torch.from_numpy(run.latents(space)[row]))
 
 
 def to_dataframe(run: "Run", space: str = "x0") -> Any:
@@ -250,10 +327,11 @@ class RunMetrics:
         self._run = run
         self.cache: dict[str, dict[str, np.ndarray]] = {}
 
-    def __call__(self, space: str = "x0", *, device: str = "cpu") -> AdjacentFrameMetrics:
+    def __call__(self, space: str = "x0", *, device: str = "cpu", source: str = "auto") -> AdjacentFrameMetrics:
         """Adjacent-frame continuity of ``space`` (x0, eps, x_t, pred, ...): ``.l2``, ``.cos`` [S, B, F−1],
-        ``.l2_mean``, ``.cos_mean`` [S, B], ``.one_minus_cos``, ``.norm_ratio``."""
-        return continuity(self._run, space, device=device)
+        ``.l2_mean``, ``.cos_mean`` [S, B], ``.one_minus_cos``, ``.norm_ratio``. ``source``: "auto" (the metrics
+        computed during the run where there are, else the stored latents), "online" or "latents"."""
+        return continuity(self._run, space, device=device, source=source)
 
     def lag_similarity(self, space: str = "x0", k: int = 2) -> AdjacentFrameMetrics:
         """Frame f vs f+k metrics for every step: fields [S, B, F−k]."""
@@ -263,9 +341,9 @@ class RunMetrics:
         """Cosine of every pair of frames at one step: [B, F, F]."""
         return frame_similarity(self._run, space, step)
 
-    def step_change(self, space: str = "pred") -> StepChange:
+    def step_change(self, space: str = "pred", source: str = "auto") -> StepChange:
         """Relative L1 change and norm ratio between consecutive steps: ``.rel_l1``, ``.norm_ratio`` [S]."""
-        return step_change(self._run, space)
+        return step_change(self._run, space, source)
 
     def eps_gap(self) -> np.ndarray | None:
         """‖ε̂_cond − ε̂_uncond‖ / ‖ε̂_cond‖ per step [S], or None when the CFG branches were not captured."""

@@ -9,7 +9,6 @@ in one line, in bounded time and memory.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterator
 
@@ -26,7 +25,11 @@ __all__ = ["Run", "LatentView", "open_run", "RunFileError"]
 
 
 class LatentView:
-    """Lazy [S, B, C, F, H, W] view of one captured quantity; index it like a numpy array."""
+    """Lazy [K, B, C, F, H, W] view of one stored quantity; index it like a numpy array. Row k is step
+    ``view.steps[k]``: K = S and row s = step s unless the run stored latents for chosen steps only
+    (``latent_steps=``)."""
+
+    derived = False
 
     def __init__(self, run: "Run", name: str) -> None:
         self._run = run
@@ -34,8 +37,17 @@ class LatentView:
         self._ds = run._latents[name]
 
     @property
+    def _rows(self) -> int:
+        return self._run._k
+
+    @property
+    def steps(self) -> np.ndarray:
+        """[K] the step (0-based) of each row."""
+        return self._run.latent_steps
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        return (self._run.num_steps, *self._ds.shape[1:])
+        return (self._rows, *self._ds.shape[1:])
 
     @property
     def dtype(self) -> np.dtype:
@@ -46,10 +58,10 @@ class LatentView:
         return int(np.prod(self._ds.shape[1:])) * self._ds.dtype.itemsize
 
     def __len__(self) -> int:
-        return self._run.num_steps
+        return self._rows
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        n = self._run.num_steps
+        n = self._rows
         if isinstance(key, tuple):
             first, rest = key[0], key[1:]
         else:
@@ -57,7 +69,7 @@ class LatentView:
         if isinstance(first, (int, np.integer)):
             i = int(first) + n if first < 0 else int(first)
             if not 0 <= i < n:
-                raise IndexError(f"step {first} out of range for a run of {n} steps")
+                raise IndexError(f"row {first} out of range for {n} stored steps")
             return self._ds[(i, *rest)]
         if isinstance(first, slice):
             return self._ds[(slice(*first.indices(n)), *rest)]
@@ -66,14 +78,14 @@ class LatentView:
             idx = np.flatnonzero(idx)
         idx = np.where(idx < 0, idx + n, idx)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"step index out of range for a run of {n} steps")
+            raise IndexError(f"row index out of range for {n} stored steps")
         order = np.argsort(idx)
         data = self._ds[(np.sort(idx).tolist(), *rest)] if idx.size else self._ds[(slice(0, 0), *rest)]
         return data[np.argsort(order)]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """One step at a time: [B, C, F, H, W] each; memory stays at one step."""
-        for i in range(self._run.num_steps):
+        """One row at a time: [B, C, F, H, W] each; memory stays at one step."""
+        for i in range(self._rows):
             yield self._ds[i]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -172,8 +184,22 @@ class Run:
                 raise RunFileError(f"{where}: {ds.name} is not stored one step per chunk")
             shape = ds.shape[1:]
             self._latents[name] = ds
-        if not self._latents:
-            raise RunFileError(f"{where} holds no latent dataset")
+        self._online = self._check_online(size)
+        self._latent_step_ds = None
+        if schema.LATENT_STEP_DIM in f and self._latents:
+            check_link(f, schema.LATENT_STEP_DIM, where)
+            ls = f[schema.LATENT_STEP_DIM]
+            check_dataset(ls, where, size, chunked_rows=True)
+            if ls.ndim != 1 or ls.dtype.kind not in "iu":
+                raise RunFileError(f"{where}: /{schema.LATENT_STEP_DIM} is not a list of step numbers")
+            self._latent_step_ds = ls
+        if not self._latents and not self._online:
+            raise RunFileError(f"{where} holds no latent dataset and no metrics recorded during the run")
+        if shape is None:
+            stated = self._root_attrs.get("latent_shape")
+            if isinstance(stated, list) and len(stated) == 5 and all(isinstance(v, int) and v >= 0 for v in stated):
+                shape = tuple(stated)
+        self._shape = shape
         try:
             self._quantity_bits = [q.decode() if isinstance(q, bytes) else str(q)
                                    for q in steps.attrs.get("quantities", [])]
@@ -184,10 +210,56 @@ class Run:
             raise RunFileError(f"{where}: the attribute 'experts' is not a list of names")
         self._expert_names = list(experts) if version >= 2 else []
         self._n = 0
+        self._k = 0
+        self._kept: np.ndarray = np.zeros(0, np.int64)
         self._count()
 
+    def _check_online(self, size: int) -> dict[str, dict[str, h5py.Dataset]]:
+        """``/online/<space>/<sum>`` datasets: float64, one row a step, chunked along steps, inside the file."""
+        f, where = self._file, self._where
+        if schema.ONLINE_GROUP not in f:
+            return {}
+        check_link(f, schema.ONLINE_GROUP, where)
+        group = f[schema.ONLINE_GROUP]
+        if not isinstance(group, h5py.Group):
+            raise RunFileError(f"{where}: /{schema.ONLINE_GROUP} is not a group")
+        out: dict[str, dict[str, h5py.Dataset]] = {}
+        for space in group:
+            check_link(group, space, where)
+            sub = group[space]
+            if not isinstance(sub, h5py.Group):
+                raise RunFileError(f"{where}: /{schema.ONLINE_GROUP}/{space} is not a group")
+            fields: dict[str, h5py.Dataset] = {}
+            for name in sub:
+                check_link(sub, name, where)
+                ds = sub[name]
+                check_dataset(ds, where, size, chunked_rows=True)
+                if ds.dtype != np.float64 or ds.ndim < 2 or ds.chunks is None or ds.chunks[1:] != ds.shape[1:]:
+                    raise RunFileError(f"{where}: {ds.name} is not a float64 table of per-step sums")
+                fields[name] = ds
+            if fields:
+                out[space] = fields
+        return out
+
     def _state(self) -> dict[str, Any]:
-        return {} if self._state_ds is None else schema.state_dict(self._state_ds[0])
+        """/run_state as a dict; read once for a file no writer holds (SWMR: every time)."""
+        if self._state_ds is None:
+            return {}
+        cached = self.__dict__.get("_state_cache")
+        if cached is not None:
+            return dict(cached)
+        state = schema.state_dict(self._state_ds[0])
+        if not self._file.swmr_mode:
+            self.__dict__["_state_cache"] = state
+        return dict(state)
+
+    def _table(self, n: int | None = None) -> np.ndarray:
+        """The first ``n`` (default: committed) rows of /steps, read in one go and kept until the next refresh."""
+        n = self._n if n is None else n
+        cached = self.__dict__.get("_table_cache")
+        if cached is None or len(cached) != n:
+            cached = self.__dict__["_table_cache"] = self._file[schema.STEPS_DATASET][:n]
+        return cached
 
     def _count(self) -> None:
         """Committed steps, each checked to be present in the file (bounded: no step is read)."""
@@ -198,30 +270,65 @@ class Run:
             claimed = int(self._state_ds.fields("steps")[0])
             if self._file.swmr_mode:
                 steps.refresh()
-                for ds in self._latents.values():
+                for ds in self._datasets():
                     ds.refresh()
-        present = min([steps.shape[0], *(ds.shape[0] for ds in self._latents.values())])
+        online = [ds for fields in self._online.values() for ds in fields.values()]
+        rows_per_step = [] if self._latent_step_ds is not None else [ds.shape[0] for ds in self._latents.values()]
+        present = min([steps.shape[0], *rows_per_step, *(ds.shape[0] for ds in online)])
         if claimed is not None:
             if not 0 <= claimed <= present:
                 raise RunFileError(f"{where} claims {claimed} committed steps but holds {present}")
         else:
             claimed = present
+        kept = self._kept_steps(claimed, size)
         step_bytes = sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in self._latents.values())
-        if claimed * step_bytes > size or claimed * steps.dtype.itemsize > size:
+        if len(kept) * step_bytes > size or claimed * steps.dtype.itemsize > size:
             raise RunFileError(f"{where} claims {claimed} steps of {step_bytes} bytes; the file has {size}")
-        rows = steps.chunks[0] if steps.chunks else None
-        for i in range(self._n, claimed):
-            for name, ds in self._latents.items():
-                nbytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+        latent_rows = [(name, ds, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize) for name, ds in self._latents.items()]
+        for i in range(self._k, len(kept)):
+            for name, ds, nbytes in latent_rows:
                 if not chunk_within(ds, (i, 0, 0, 0, 0, 0), nbytes, size):
-                    raise RunFileError(f"{where}: step {i} of {name} is missing from the file (corrupt)")
-            if rows and i % rows == 0 and not chunk_within(steps, (i,), rows * steps.dtype.itemsize, size):
-                raise RunFileError(f"{where}: the metadata of step {i} is missing from the file (corrupt)")
+                    raise RunFileError(f"{where}: step {int(kept[i])} of {name} is missing from the file (corrupt)")
+        tables = [(steps, "the metadata"), *((ds, f"the sums in {ds.name}") for ds in online)]
+        for ds, what in tables:  # one check a chunk of rows: each holds ``per`` steps
+            per = ds.chunks[0] if ds.chunks else None
+            if not per:
+                continue
+            nbytes, zeros = per * int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, (0,) * (ds.ndim - 1)
+            for i in range(-(-self._n // per) * per, claimed, per):
+                if not chunk_within(ds, (i, *zeros), nbytes, size):
+                    raise RunFileError(f"{where}: {what} of step {i} is missing from the file (corrupt)")
+        self._table_cache = None
         if claimed and self._expert_names is not None and self._version >= 2:
-            idx = steps.fields("expert")[:claimed]
+            idx = self._table(claimed)["expert"]
             if idx.min() < -1 or idx.max() >= len(self._expert_names):
                 raise RunFileError(f"{where}: a step names an expert that the run does not list")
         self._n = claimed
+        self._k = len(kept)
+        self._kept = kept
+
+    def _datasets(self) -> list[h5py.Dataset]:
+        """Every per-step dataset besides /steps (for SWMR refreshes)."""
+        out = list(self._latents.values()) + [ds for fields in self._online.values() for ds in fields.values()]
+        return out + ([self._latent_step_ds] if self._latent_step_ds is not None else [])
+
+    def _kept_steps(self, claimed: int, size: int) -> np.ndarray:
+        """The steps (< ``claimed``) whose latents are stored, in row order: every step, or /latent_step's rows
+        that are present in every latent dataset, committed, and strictly increasing."""
+        if not self._latents:
+            return np.zeros(0, np.int64)
+        if self._latent_step_ds is None:
+            return np.arange(claimed, dtype=np.int64)
+        ls = self._latent_step_ds
+        rows = min([ls.shape[0], claimed, *(ds.shape[0] for ds in self._latents.values())])
+        per = ls.chunks[0] if ls.chunks else None
+        for i in range(0, rows, per or max(rows, 1)):
+            if per and not chunk_within(ls, (i,), per * ls.dtype.itemsize, size):
+                raise RunFileError(f"{self._where}: /{schema.LATENT_STEP_DIM} row {i} is missing from the file (corrupt)")
+        values = np.asarray(ls[:rows], dtype=np.int64)
+        if values.size and (values[0] < 0 or np.any(np.diff(values) <= 0)):
+            raise RunFileError(f"{self._where}: /{schema.LATENT_STEP_DIM} is not a strictly increasing list of steps")
+        return values[values < claimed]
 
     @property
     def file(self) -> h5py.File:
@@ -254,7 +361,7 @@ class Run:
     def refresh(self) -> None:
         """Re-read the committed steps of a run that is still being written (SWMR)."""
         self._file[schema.STEPS_DATASET].refresh()
-        for ds in self._latents.values():
+        for ds in self._datasets():
             ds.refresh()
         if self._state_ds is not None:
             self._state_ds.refresh()
@@ -264,6 +371,7 @@ class Run:
             if isinstance(exc, RunFileError):
                 raise
             raise RunFileError(f"{self._where} is corrupt ({type(exc).__name__}: {exc})") from None
+        self.__dict__.pop("_state_cache", None)
         self._accessors.clear()  # extensions cache what they computed from the steps seen so far
         self.__dict__.pop("_generation_files", None)  # a later generation's file may have appeared since
 
@@ -311,7 +419,7 @@ class Run:
         return self._n
 
     def _steps(self, name: str) -> np.ndarray:
-        return self._file[schema.STEPS_DATASET].fields(name)[: self._n]
+        return np.array(self._table()[name])
 
     @property
     def step_indices(self) -> np.ndarray:
@@ -417,10 +525,62 @@ class Run:
         order = [q for q in declared if q in present] if isinstance(declared, list) else []
         return order + [q for q in present if q not in order]
 
-    def latents(self, name: str) -> LatentView:
-        if name not in self._latents:
-            raise KeyError(f"{name!r} was not captured in this run; captured: {self.quantities}")
-        return LatentView(self, name)
+    def latents(self, name: str) -> Any:
+        """Lazy [K, B, C, F, H, W] view of a stored quantity — or of x̂₀ / ε̂ derived on read from the stored x_t and
+        prediction when they were not stored themselves (store/derived.py; ``view.derived`` says which)."""
+        if name in self._latents:
+            return LatentView(self, name)
+        if name in self.derivable:
+            from .derived import DerivedView
+
+            return DerivedView(self, name)
+        why = ""
+        if name in ("x0", "eps") and {"x_t", "pred"} <= set(self._latents):
+            why = f" (not derivable: {self._derive_refusal()})"
+        raise KeyError(f"{name!r} was not captured in this run; captured: {self.quantities}{why}")
+
+    @property
+    def derivable(self) -> list[str]:
+        """x̂₀ / ε̂ when they can be derived on read (x_t and the prediction stored, noise convention recorded)."""
+        if self._derive_refusal() is not None:
+            return []
+        return [q for q in ("x0", "eps") if q not in self._latents]
+
+    def _derive_refusal(self) -> str | None:
+        if not {"x_t", "pred"} <= set(self._latents):
+            return "x_t and pred were not both stored"
+        if "noise_convention" not in self._root_attrs or "parameterization" not in self._root_attrs:
+            return "the file does not record its noise convention (written before latent_probe 0.3's schema 3)"
+        return None
+
+    @property
+    def latent_steps(self) -> np.ndarray:
+        """[K] the steps (0-based) whose latents are stored: every step, or those ``latent_steps=`` chose."""
+        return self._kept.copy()
+
+    @property
+    def latent_shape(self) -> tuple[int, ...] | None:
+        """[B, C, F, H, W] of one step's latent (also for a run that stored none); None where unknown."""
+        return self._shape
+
+    @property
+    def online_spaces(self) -> list[str]:
+        """Spaces whose metric sums were computed during the run (``metrics=``)."""
+        return [q for q in ("x_t", "pred", "x0", "eps") if q in self._online] + \
+            [q for q in self._online if q not in ("x_t", "pred", "x0", "eps")]
+
+    def online_sums(self, space: str) -> dict[str, np.ndarray]:
+        """The per-step float64 sums of ``space`` computed during the run: name → [S, ...] (committed steps)."""
+        if space not in self._online:
+            raise KeyError(f"no metrics of {space!r} were computed during this run; computed: {self.online_spaces}")
+        return {name: ds[: self._n] for name, ds in self._online[space].items()}
+
+    @property
+    def spaces(self) -> list[str]:
+        """Every space whose per-step metrics this run can give: stored, derivable or computed during the run."""
+        have = set(self.quantities) | set(self.derivable) | set(self._online)
+        order = ["x0", "eps", "x_t", "pred", "pred_cond", "pred_uncond"]
+        return [q for q in order if q in have] + sorted(have - set(order))
 
     # -------------------------------------------------------------- extensions (metrics, ...)
     def __getattr__(self, name: str) -> Any:
@@ -473,7 +633,10 @@ class Run:
                 if isinstance(obj, h5py.Dataset):
                     obj.refresh()
         store = xr.backends.H5NetCDFStore(h5netcdf.File(self._file, "r"))
-        return xr.open_dataset(store).isel({schema.STEP_DIM: slice(0, self._n)})
+        ds = xr.open_dataset(store).isel({schema.STEP_DIM: slice(0, self._n)})
+        if schema.LATENT_STEP_DIM in ds.dims:  # latents for chosen steps: the committed rows
+            ds = ds.isel({schema.LATENT_STEP_DIM: slice(0, self._k)})
+        return ds
 
     def __repr__(self) -> str:
         gen = ""

@@ -9,6 +9,10 @@
 /steps                  [S] compound per-step metadata (index, timestep, sigma, alpha, expert index,
                         guidance_scale, generation, model_calls, blocked_ms, wall_time, nonfinite, overflow)
 /metrics/...            cached metric values (written by latent_probe.metrics)
+/online/<space>/<sum>   [S, ...] float64 per-step sums of metrics computed during the run (``metrics=``): sq [B, F],
+                        dot and dd [B, F−1], change [4] (latent_probe.metrics.online says what each holds)
+/latent_step            [K] int64, with latents for chosen steps only (``latent_steps=``): the step of each latent
+                        row; dimension scale "latent_step" of the latents' first axis. Absent: row s is step s.
 
 netCDF view (HDF5 dimension scales, so that xarray / h5netcdf name every axis; created before the first commit):
 /step                   [S] int64, 0-based step number (the row): dimension scale "step", extended with the rows
@@ -32,10 +36,12 @@ import h5py
 import numpy as np
 
 SCHEMA_NAME = "latent_probe"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: /online sums, /latent_step, runs without latents; root attrs noise_convention, source_dtypes
 LATENT_LAYOUT = "s b c f h w"
 LATENTS_GROUP = "latents"
 METRICS_GROUP = "metrics"
+ONLINE_GROUP = "online"
+LATENT_STEP_DIM = "latent_step"
 STORE_DTYPES = ("float16", "float32")
 
 # /steps: one compound row per step. "expert" indexes the root attribute "experts" (-1: no expert ran);
@@ -89,7 +95,7 @@ STEP_DIM = "step"
 LATENT_DIMS = ("step", "batch", "channel", "frame", "height", "width")  # the axes of LATENT_LAYOUT
 STEP_COORDS = ("timestep", "sigma", "alpha", "expert")  # 1-D datasets along "step", copies of /steps fields
 GENERATION_DIM = "generation"  # the axis of /run_state (one row: this file's generation)
-SCALE_CHUNK = 256  # rows per chunk of the resizable 1-D datasets (/steps, /step, the coordinates)
+SCALE_CHUNK = 64  # rows per chunk of the resizable 1-D datasets (/steps, /step, the coordinates)
 
 
 def expert_dtype(names: list[str] | tuple[str, ...]) -> np.dtype:
@@ -145,7 +151,8 @@ def generation_siblings(first: str) -> dict[int, str]:
 RESERVED_ATTRS = frozenset({
     "schema", "schema_version", "library_version", "created", "store_dtype", "layout", "quantities",
     "parameterization", "capture", "cfg_branches", "step_layout", "experts", "intervention", "call_args",
-    "generation", "probe_id", "planned_steps", JSON_KEYS_ATTR, *STATE_FIELDS,
+    "generation", "probe_id", "planned_steps", "online", "latent_steps", "latent_shape", "noise_convention",
+    "source_dtypes", JSON_KEYS_ATTR, *STATE_FIELDS,
 })
 
 

@@ -86,6 +86,11 @@ class _Slot:
     held: dict[str, torch.Tensor] = field(default_factory=dict)  # own tensors passed by reference (CPU)
     from_cuda: frozenset[str] = frozenset()  # quantities copied from the GPU (their min/max are in ranges)
     staging: dict[str, torch.Tensor] = field(default_factory=dict)  # GPU buffers for the cast (CUDA)
+    keep: bool = True  # this step's latents are stored (False: only their shapes are read, at the first step)
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(default_factory=dict)  # of unstored latents
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # per-step float64 metric sums (host)
+    sums_host: torch.Tensor | None = None  # pinned float64 vector the device sums are copied into (CUDA)
+    sums_layout: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (name, shape) of the pieces of sums_host
 
 
 def _wait_for(event: torch.cuda.Event) -> None:
@@ -153,13 +158,14 @@ class RunWriter:
     creation); ``experts`` lists the names ``StepMeta.expert`` may take (others are learnt at the first
     step). ``on_error="warn"`` turns a writer failure into one warning: recording stops, the caller goes on.
     ``generation`` (1-based) and ``probe_id`` say which generation of which probe the file holds (root
-    attributes, and ``/generation``).
+    attributes, and ``/generation``). ``latent_rows``: latents are stored for chosen steps only (``submit(...,
+    keep_latents=False)`` for the others); ``/latent_step`` then says which step each latent row is.
     """
 
     def __init__(self, path: str | os.PathLike | None, store_dtype: str = "float16", slots: int = 3,
                  overwrite: bool = False, *, attrs: dict[str, Any] | None = None,
                  experts: list[str] | tuple[str, ...] | None = None, on_error: str = "raise",
-                 generation: int = 1, probe_id: str | None = None) -> None:
+                 generation: int = 1, probe_id: str | None = None, latent_rows: bool = False) -> None:
         if store_dtype not in schema.STORE_DTYPES:
             raise ValueError(f"store_dtype must be one of {schema.STORE_DTYPES}, got {store_dtype!r}")
         if slots < 1:
@@ -173,6 +179,7 @@ class RunWriter:
         self.on_error = on_error
         self.generation = int(generation)
         self.probe_id = probe_id
+        self.latent_rows = bool(latent_rows)
         self._torch_store_dtype = getattr(torch, store_dtype)
         self._experts: list[str] = list(dict.fromkeys(experts or ()))
         self.published = self.path is None
@@ -214,7 +221,11 @@ class RunWriter:
         self._names: tuple[str, ...] = ()
         self._datasets: dict[str, h5py.Dataset] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._sum_datasets: dict[str, h5py.Dataset] = {}
+        self._sum_shapes: dict[str, tuple[int, ...]] = {}
+        self._latent_step: h5py.Dataset | None = None
         self._step_nbytes = 0
+        self.latent_rows_written = 0
         self.steps_written = 0
         self.blocked_s = 0.0
         self.nonfinite_steps = 0
@@ -284,13 +295,19 @@ class RunWriter:
 
     # ------------------------------------------------------------------ producer side (hot path)
     def submit(self, meta: StepMeta, tensors: dict[str, torch.Tensor], owned: frozenset[str] = frozenset(),
-               attrs: dict[str, Any] | None = None) -> float:
+               attrs: dict[str, Any] | None = None, *, sums: dict[str, torch.Tensor] | None = None,
+               keep_latents: bool = True) -> float:
         """Queue one step; returns seconds the caller was blocked waiting for a free slot.
 
         tensors: quantity → [B, C, F, H, W]. ``owned`` names tensors the probe created itself and shares
         with nobody (on the CPU they travel by reference). ``attrs`` (first step only) are added to the root
-        attributes before the first commit.
+        attributes before the first commit. ``sums``: name → float64 tensor of a fixed shape, stored every step
+        under ``/online/<name>`` (metrics computed during the run; on a GPU they travel with the step's copies).
+        ``keep_latents=False`` (a writer made with ``latent_rows``): this step's latents are not stored; only
+        their shapes and dtypes are read.
         """
+        if not keep_latents and not self.latent_rows:
+            raise ValueError("keep_latents=False needs a writer made with latent_rows=True")
         if self._failed():
             return 0.0
         t0 = time.perf_counter()
@@ -306,11 +323,18 @@ class RunWriter:
         meta.blocked_ms = blocked * 1e3
         event = None
         slot.held = {}
-        cuda = [t for t in tensors.values() if t.is_cuda]
+        slot.keep = keep_latents
+        slot.shapes = {} if keep_latents else {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
+        if not keep_latents:
+            tensors = {}
+        sums = dict(sums or {})
+        cuda = [t for t in tensors.values() if t.is_cuda] + [t for t in sums.values() if t.is_cuda]
         slot.from_cuda = frozenset(n for n, t in tensors.items() if t.is_cuda)
+        slot.sums = {n: t.detach() for n, t in sums.items() if not t.is_cuda}
+        slot.sums_layout = ()
         ts = meta.timestep
         if cuda or (isinstance(ts, torch.Tensor) and ts.is_cuda):
-            event = self._copy_to_host(slot, tensors, ts)
+            event = self._copy_to_host(slot, tensors, ts, {n: t for n, t in sums.items() if t.is_cuda})
         for name, t in tensors.items():
             t = t.detach()
             if t.is_cuda:
@@ -338,16 +362,20 @@ class RunWriter:
                           RuntimeWarning, stacklevel=3)
         return True
 
-    def _copy_to_host(self, slot: _Slot, tensors: dict[str, torch.Tensor], ts: Any) -> torch.cuda.Event:
+    def _copy_to_host(self, slot: _Slot, tensors: dict[str, torch.Tensor], ts: Any,
+                      sums: dict[str, torch.Tensor] | None = None) -> torch.cuda.Event:
         """Start device→pinned-host copies on a side stream; return the event that marks them done.
 
         The side stream first waits for the producer's stream (so it copies the values as of this step),
         and ``record_stream`` keeps the caching allocator from reusing the sources before the copy ran.
         The sampling loop's stream never waits on the copies. (Sources must not be modified in place
         afterwards; Wan2.2 and diffusers rebind their latents instead.) Each source's min and max travel
-        with it, so a value the float16 cast turns into ±inf is told from a non-finite source.
+        with it, so a value the float16 cast turns into ±inf is told from a non-finite source. Device ``sums``
+        are gathered into one float64 vector on the GPU and copied in one transfer.
         """
-        device = next((t.device for t in tensors.values() if t.is_cuda), None) or ts.device
+        sums = sums or {}
+        device = (next((t.device for t in tensors.values() if t.is_cuda), None)
+                  or next((t.device for t in sums.values()), None) or ts.device)
         producer = torch.cuda.current_stream(device)
         if self._copy_stream is None:
             self._copy_stream = torch.cuda.Stream(device)
@@ -383,6 +411,15 @@ class RunWriter:
                     ranges[i, 1].copy_(hi)
                 t.record_stream(stream)
             slot.ranges.copy_(ranges, non_blocking=True)
+            if sums:
+                for t in sums.values():
+                    t.record_stream(stream)
+                flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in sums.values()])
+                if slot.sums_host is None or slot.sums_host.numel() != flat.numel():
+                    slot.sums_host = torch.empty(flat.numel(), dtype=torch.float64, pin_memory=True)
+                slot.sums_host.copy_(flat, non_blocking=True)
+                flat.record_stream(stream)
+            slot.sums_layout = tuple((n, tuple(t.shape)) for n, t in sums.items())
             if isinstance(ts, torch.Tensor) and ts.is_cuda:
                 if slot.timestep is None:
                     slot.timestep = torch.empty(1, dtype=torch.float64, pin_memory=True)
@@ -536,6 +573,18 @@ class RunWriter:
             out[name] = src.astype(dtype, copy=False)
         return out, nonfinite, overflow
 
+    @staticmethod
+    def _sum_arrays(slot: _Slot) -> dict[str, np.ndarray]:
+        """This step's metric sums as float64 host arrays, in the order they were given."""
+        out = {n: t.to(torch.float64).numpy() for n, t in slot.sums.items()}
+        if slot.sums_layout and slot.sums_host is not None:
+            flat, at = slot.sums_host.numpy(), 0
+            for name, shape in slot.sums_layout:
+                size = int(np.prod(shape))
+                out[name] = flat[at: at + size].reshape(shape).copy()
+                at += size
+        return out
+
     def _expert_index(self, name: str) -> int:
         if name == "unknown":
             return -1
@@ -545,12 +594,16 @@ class RunWriter:
             self._experts.append(name)
         return self._experts.index(name)
 
-    def _create(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None, expert: str) -> None:
-        """First step: the latent datasets and the attributes known only now; then SWMR mode."""
+    def _create(self, shapes: dict[str, tuple[int, ...]], sums: dict[str, np.ndarray], attrs: dict[str, Any] | None,
+                expert: str) -> None:
+        """First step: the latent datasets (``shapes``: quantity → [B, C, F, H, W]), those of the per-step sums,
+        and the attributes known only now; then SWMR mode (nothing is created after it)."""
         f = self.file
         self._expert_index(expert)
         extra = dict(attrs or {})
-        extra.update(quantities=list(arrays), experts=list(self._experts))
+        extra.update(quantities=list(shapes), experts=list(self._experts))
+        if sums:
+            extra["online"] = sorted({name.split("/")[0] for name in sums})
         clash = sorted(set(extra) & set(f.attrs))
         if clash:
             raise ValueError(f"attrs {clash} are already set on this run")
@@ -562,29 +615,42 @@ class RunWriter:
         f.attrs[schema.JSON_KEYS_ATTR] = json.dumps(sorted(json_keys))
         lat = f.create_group(schema.LATENTS_GROUP)
         self._datasets = {}
-        for name, arr in arrays.items():
+        dtype = np.dtype(self.store_dtype)
+        for name, shape in shapes.items():
             self._datasets[name] = lat.create_dataset(
-                name, shape=(0, *arr.shape), maxshape=(None, *arr.shape), chunks=(1, *arr.shape), dtype=arr.dtype)
-            self._shapes[name] = arr.shape
-        self._step_nbytes = sum(a.nbytes for a in arrays.values())
-        self._steps_ds.attrs["quantities"] = list(arrays)
-        self._names = tuple(arrays)
-        self._scales(arrays)
+                name, shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape), dtype=dtype)
+            self._shapes[name] = tuple(shape)
+        self._step_nbytes = sum(int(np.prod(s)) * dtype.itemsize for s in shapes.values())
+        self._steps_ds.attrs["quantities"] = list(shapes)
+        self._names = tuple(shapes)
+        if self.latent_rows:
+            self._latent_step = self._resizable(schema.LATENT_STEP_DIM, np.int64)
+            self._latent_step.make_scale(schema.LATENT_STEP_DIM)
+        expert = self._resizable("expert", schema.expert_dtype(self._experts))
+        expert.attrs["_Encoding"] = "utf-8"  # xarray decodes the names to str
+        expert.dims[0].attach_scale(self._coords[schema.STEP_DIM])
+        self._coords["expert"] = expert
+        if shapes:
+            self._scales(shapes)
+        if sums:
+            online = f.create_group(schema.ONLINE_GROUP)
+            for name, arr in sums.items():
+                rows = max(1, min(schema.SCALE_CHUNK, (1 << 16) // max(1, arr.nbytes)))
+                self._sum_datasets[name] = online.create_dataset(
+                    name, shape=(0, *arr.shape), maxshape=(None, *arr.shape), chunks=(rows, *arr.shape),
+                    dtype=np.float64)
+                self._sum_shapes[name] = arr.shape
         if self.path is not None:
             f.flush()
             f.swmr_mode = True
         self._initialised = True
 
-    def _scales(self, arrays: dict[str, np.ndarray]) -> None:
-        """Name the latents' axes for netCDF readers (xarray): dimension scales batch … width, the step scale,
-        the step coordinates, and a second link to each latent dataset at the root (xarray opens one group)."""
+    def _scales(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Name the latents' axes for netCDF readers (xarray): dimension scales batch … width, the step (or
+        latent_step) scale, the step coordinates, and a second link to each latent dataset at the root (xarray opens one group)."""
         f = self.file
         step = self._coords[schema.STEP_DIM]
-        expert = self._resizable("expert", schema.expert_dtype(self._experts))
-        expert.attrs["_Encoding"] = "utf-8"  # xarray decodes the names to str
-        expert.dims[0].attach_scale(step)
-        self._coords["expert"] = expert
-        shape = next(iter(arrays.values())).shape
+        shape = next(iter(shapes.values()))
         scales = []
         for name, size in zip(schema.LATENT_DIMS[1:], shape):
             ds = f.create_dataset(name, data=np.arange(size, dtype=np.int64))
@@ -594,9 +660,10 @@ class RunWriter:
         for name, ds in self._datasets.items():
             if ds.shape[1:] != shape:
                 continue  # not one latent shape: the reader refuses such a run anyway
-            for axis, scale in enumerate([step, *scales]):
+            for axis, scale in enumerate([self._latent_step or step, *scales]):
                 ds.dims[axis].attach_scale(scale)
-            ds.attrs["coordinates"] = coordinates
+            if self._latent_step is None:  # rows are steps: the step coordinates apply
+                ds.attrs["coordinates"] = coordinates
             if name not in f:
                 f[name] = ds  # a hard link: the same dataset, also at the root
 
@@ -618,21 +685,31 @@ class RunWriter:
 
     def _write(self, slot: _Slot, meta: StepMeta, names: tuple[str, ...], attrs: dict[str, Any] | None) -> None:
         arrays, bits, over = self._arrays(slot, names)
+        sums = self._sum_arrays(slot)
         if self._space is not None:  # reserve first: a full disk stops here, before HDF5 writes anything
-            need = sum(a.nbytes for a in arrays.values()) + _METADATA_MARGIN
+            need = sum(a.nbytes for a in arrays.values()) + sum(a.nbytes for a in sums.values()) + _METADATA_MARGIN
             self._space.ensure(self.file.id.get_filesize() + need)
+        shapes = {n: a.shape for n, a in arrays.items()} if slot.keep else {n: s for n, (s, _) in slot.shapes.items()}
         if not self._initialised:
-            self._create(arrays, attrs, meta.expert)
-        if tuple(arrays) != self._names:
-            raise ValueError(f"step {meta.index} recorded {sorted(arrays)}, the run records {sorted(self._names)}")
-        for name, arr in arrays.items():
-            if arr.shape != self._shapes[name]:
-                raise ValueError(f"latent shape changed from {self._shapes[name]} to {arr.shape} within one run "
+            self._create(shapes, sums, attrs, meta.expert)
+        if tuple(shapes) != self._names:
+            raise ValueError(f"step {meta.index} recorded {sorted(shapes)}, the run records {sorted(self._names)}")
+        for name, shape in shapes.items():
+            if tuple(shape) != self._shapes[name]:
+                raise ValueError(f"latent shape changed from {self._shapes[name]} to {tuple(shape)} within one run "
                                  f"({name}, step {meta.index}); use one LatentProbe per generation size")
+        if set(sums) != set(self._sum_datasets) or any(a.shape != self._sum_shapes[k] for k, a in sums.items()):
+            raise ValueError(f"step {meta.index} computed sums {sorted(sums)} of other shapes than the run's first step")
         expert = self._expert_index(meta.expert)
         n = self.steps_written
-        for name in self._names:
-            self._append_chunk(self._datasets[name], n, arrays[name])
+        if slot.keep and self._names:
+            at = self.latent_rows_written if self.latent_rows else n
+            for name in self._names:
+                self._append_chunk(self._datasets[name], at, arrays[name])
+            if self._latent_step is not None:
+                self._append(self._latent_step, at, np.asarray(n, dtype=np.int64))
+        for name, arr in sums.items():
+            self._append(self._sum_datasets[name], n, arr)
         if bits:
             self.nonfinite_steps += 1
             self._warn_values(meta.index, bits, over)
@@ -651,6 +728,8 @@ class RunWriter:
         self._append(coords["expert"], n, np.asarray(str(meta.expert).encode("utf-8"), dtype=coords["expert"].dtype))
         self._append(coords[schema.STEP_DIM], n, np.asarray(n, dtype=np.int64))
         self.file.flush()  # the step's data are on disk ...
+        if slot.keep and self._names and self.latent_rows:
+            self.latent_rows_written += 1
         self._state["steps"] = n + 1
         self._state["nonfinite_steps"] = self.nonfinite_steps
         self._state_ds[0] = self._state[0]

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import LatentProbeError
 from ..metrics.continuity import AdjacentFrameMetrics
+from ..metrics.run_metrics import needs_writing
 from ..store.reader import open_run
 from .jobs import StudyError
 
@@ -84,15 +85,19 @@ class RunRecord:
         return int(self.pairs.l2.shape[1])
 
 
-def _open(path: str, cache: bool) -> Any:
-    """Writable when allowed (the metrics cache is kept in the file), else read-only: a file being recorded,
-    left by a killed writer or not ours to write is still read."""
-    if cache and os.access(path, os.W_OK):
-        try:
-            return open_run(path, "r+")
-        except LatentProbeError:
-            pass  # e.g. being recorded: the read-only open below answers (or gives the one-line reason)
-    return open_run(path, "r")
+def _open(path: str, cache: bool, space: str = "x0") -> Any:
+    """Read-only when ``space``'s metrics need no writing (computed during the run, or cached and current: opening
+    an HDF5 file writable costs about three read-only opens); writable when they will be computed and ``cache``
+    allows (the metrics cache is kept in the file). A file being recorded, left by a killed writer or not ours to
+    write is still read."""
+    run = open_run(path, "r")
+    if not cache or not needs_writing(run, space) or not os.access(path, os.W_OK):
+        return run
+    run.close()
+    try:
+        return open_run(path, "r+")
+    except LatentProbeError:
+        return open_run(path, "r")  # e.g. being recorded: read-only answers (or gives the one-line reason)
 
 
 def _meta(attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -118,20 +123,20 @@ def read_run_metrics(path: str, space: str = "x0", phases: Any = "thirds", cache
     t0 = time.perf_counter()
     path = os.fspath(path)
     try:
-        run = _open(path, cache)
+        run = _open(path, cache, space)
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one line
         return Skipped(path, one_line(exc))
     try:
         with run:
-            if space not in run.quantities:
-                return Skipped(path, f"space {space!r} was not captured (captured: {', '.join(run.quantities)})")
+            if space not in run.spaces:
+                return Skipped(path, f"space {space!r} was not captured (its spaces: {', '.join(run.spaces)})")
             S = run.num_steps
             if S == 0:
                 return Skipped(path, "no committed step")
             if not run.complete and not incomplete:
                 why = run.error or ("being recorded" if run.recording else "the writer stopped without closing it")
                 return Skipped(path, f"incomplete ({S} steps committed: {why})")
-            if run.latents(space).shape[3] < 2:
+            if (run.latent_shape or (0, 0, 0))[2] < 2:
                 return Skipped(path, f"{space} has one latent frame: continuity needs two")
             reads: list[str] = []
             latents = run.latents

@@ -469,12 +469,14 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
                    ["; ".join(notes)] + _notes(series))
 
 
-def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure:
+def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure | None:
     """F × F cosine of every pair of latent frames (i, j) at the first, middle and last step: one row of
-    matrices per run."""
+    matrices per run. None when no run stored latents (metrics-only runs)."""
     series = [series] if isinstance(series, RunSeries) else list(series)
     rows = len(series)
     cols = max(len(s.frame_similarity) for s in series)
+    if cols == 0:
+        return None
     multi = rows > 1
     titles = []
     for s in series:

@@ -158,9 +158,11 @@ def _phase_tuples(run: Any, scheme: Any) -> list[tuple[str, int, int]]:
 
 # The original analysis's phases: steps 1-5, 6-10 and 11-20 of a 20-step run.
 def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Step change of each prediction: from the sums computed during the run, or from every step's latents."""
     out = {}
+    every_step = len(run.latent_steps) == run.num_steps
     for branch in PREDICTIONS:
-        if branch in quantities:
+        if branch in run.online_spaces or (branch in quantities and every_step):
             sc = run.step_change(branch)
             out[branch] = (np.asarray(sc.rel_l1, dtype=np.float64), np.asarray(sc.norm_ratio, dtype=np.float64))
     return out
@@ -173,17 +175,18 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     ``similarity_steps``: 0-based steps for the F×F frame-similarity matrices (default first, middle, last).
     """
     quantities = list(run.quantities)
-    if space not in quantities:
-        raise KeyError(f"space {space!r} was not captured in {run.source or 'this run'}; captured: {quantities}")
+    spaces = list(run.spaces)
+    if space not in spaces:
+        raise KeyError(f"space {space!r} was not captured in {run.source or 'this run'}; its spaces: {spaces}")
     S = int(run.num_steps)
     if S == 0:
         raise ValueError(f"{run.source or 'the run'} holds no committed step")
-    frames = run.latents(space).shape[3]
+    frames = run.latent_shape[2]
     if frames < 2:
         raise ValueError(f"{run.source or 'the run'} has {frames} latent frame: continuity needs at least 2")
     m = run.metrics(space)
     xt_cos = None
-    if "x_t" in quantities:
+    if "x_t" in spaces:
         xt_cos = _batch_mean(run.metrics("x_t").cos_mean) if space != "x_t" else _batch_mean(m.cos_mean)
     gap = run.eps_gap()
     experts = np.asarray([str(e) for e in run.experts], dtype=object)
@@ -193,9 +196,15 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     summary = zero_based_summary(run.summary(space, scheme))
     switch = np.zeros(S, dtype=bool)
     switch[1:] = experts[1:] != experts[:-1]
-    sim = {int(s): np.asarray(run.frame_similarity(space, int(s)), dtype=np.float64)[0] for s in similarity_steps}
+    # F×F matrices and feasibility need latents: the steps stored (or derivable) only
+    kept = [int(k) for k in run.latent_steps] if space in quantities or space in run.derivable else []
+    shown = [int(s) for s in similarity_steps if int(s) in kept]
+    if kept and not shown:
+        shown = [kept[i] for i in sorted({0, len(kept) // 2, len(kept) - 1})]
+    sim = {s: np.asarray(run.frame_similarity(space, s), dtype=np.float64)[0] for s in shown}
     feasibility = None
-    if "x0" in quantities and run.latents("x0").shape[3] > feasibility_keep > 0:
+    every_step = len(run.latent_steps) == S
+    if every_step and ("x0" in quantities or "x0" in run.derivable) and frames > feasibility_keep > 0:
         from ..metrics.feasibility import truncation_feasibility
 
         f = truncation_feasibility(run, keep=feasibility_keep, space="x0")
