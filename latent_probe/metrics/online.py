@@ -11,8 +11,8 @@ Per step and space:
 
 * ``sq``  [B, F]   ‖x_f‖²;  ``dot`` [B, F−1] x_f·x_{f+1};  ``dd`` [B, F−1] ‖x_f − x_{f+1}‖²  (frame_pair_stats: the
   fused Triton kernel on CUDA, the blocked engine elsewhere)
-* ``change`` [4]   ‖x_s − x_{s−1}‖₁, ‖x_{s−1}‖², ‖x_{s−1}‖₁, ‖x_s‖² over the whole tensor (diff_norms); NaN at a
-  generation's first step.
+* ``change`` [4]   ‖x_s − x_{s−1}‖₁, ‖x_{s−1}‖², ‖x_{s−1}‖₁, ‖x_s‖² over the whole tensor, from float64 values
+  (the previous step is kept in float64 on the device); NaN at a generation's first step.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from .continuity import AdjacentFrameMetrics, _nanmean_last
 from .formulas import pair_metrics
-from .reductions import diff_norms, frame_pair_stats
+from .reductions import frame_pair_stats
 
 __all__ = ["OnlineSums", "ONLINE_SPACES", "SUM_FIELDS", "from_sums", "change_from_sums"]
 
@@ -42,7 +42,7 @@ class OnlineSums:
         unknown = [s for s in self.spaces if s not in ONLINE_SPACES]
         if unknown:
             raise ValueError(f"cannot compute metrics of {unknown} online; choose from {ONLINE_SPACES}")
-        self._prev: dict[str, torch.Tensor] = {}
+        self._prev: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def reset(self) -> None:
         self._prev = {}
@@ -50,22 +50,25 @@ class OnlineSums:
     @torch.no_grad()
     def step(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``tensors``: space → [B, C, F, H, W] of this step. Returns ``"<space>/<field>"`` → float64 tensor on the
-        tensor's device (frames < 2: no pair sums, only ``change``)."""
+        tensor's device (frames < 2: no pair sums, only ``change``). No host synchronisation: a handful of kernel
+        launches a space (the fused pair kernel on CUDA, then four float64 reductions)."""
         out: dict[str, torch.Tensor] = {}
         for space in self.spaces:
             x = tensors[space].detach()
             if x.shape[2] >= 2:
                 st = frame_pair_stats(x, "b c f h w", 1)
                 out[f"{space}/sq"], out[f"{space}/dot"], out[f"{space}/dd"] = st.sq, st.dot, st.diff_sq
+            x64 = x.double()  # float64 values, as the stored-latent step change streams them: exact differences
+            l1 = torch.linalg.vector_norm(x64, 1)
+            sq = torch.linalg.vector_norm(x64) ** 2
             prev = self._prev.get(space)
-            if prev is None or prev.shape != x.shape:
+            if prev is None or prev[0].shape != x.shape:
                 out[f"{space}/change"] = torch.full((4,), math.nan, dtype=torch.float64, device=x.device)
             else:
-                # float64 rows, as the stored-latent step change streams them: the difference itself is exact
-                r = diff_norms(prev.reshape(1, -1).double(), x.reshape(1, -1).double(), "f d", frame_axes=("d",),
-                               l1=True)
-                out[f"{space}/change"] = torch.cat([r["l1_d"], r["sq_a"], r["l1_a"], r["sq_b"]]).to(torch.float64)
-            self._prev[space] = x.clone()
+                prev64, prev_l1, prev_sq = prev
+                l1d = torch.linalg.vector_norm(x64 - prev64, 1)
+                out[f"{space}/change"] = torch.stack([l1d, prev_sq, prev_l1, sq])
+            self._prev[space] = (x64, l1, sq)
         return out
 
 

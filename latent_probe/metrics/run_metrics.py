@@ -181,7 +181,7 @@ def continuity(run: "Run", space: str = "x0", lag: int = 1, device: str = "cpu",
         mem = run.metrics.cache
         key = f"{space}/online"
         if key not in mem:
-            sums = run.online_sums(space)
+            sums = run.online_sums(space, ("sq", "dot", "dd"))
             if "sq" not in sums:
                 raise ValueError(f"{space!r} has fewer than two frames: no frame pairs to compare")
             m = from_sums(sums["sq"], sums["dot"], sums["dd"], space)
@@ -215,7 +215,7 @@ def step_change(run: "Run", space: str = "pred", source: str = "auto") -> StepCh
     if _source(run, space, source) == "online":
         mem = run.metrics.cache
         if f"{space}/online_change" not in mem:
-            mem[f"{space}/online_change"] = change_from_sums(run.online_sums(space)["change"])
+            mem[f"{space}/online_change"] = change_from_sums(run.online_sums(space, ("change",))["change"])
         a = mem[f"{space}/online_change"]
     else:
         if len(run.latent_steps) != run.num_steps:

@@ -10,6 +10,7 @@ in one line, in bounded time and memory.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import h5py
@@ -99,6 +100,55 @@ class LatentView:
         return f"LatentView({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+class RootAttrs(Mapping):
+    """The root attributes of a run file, read and decoded one at a time, on first use (each is checked to fit in
+    the file before it is read: a crafted size is refused in one line, not allocated)."""
+
+    def __init__(self, f: h5py.File, where: str, size: int) -> None:
+        self._f, self._where, self._size = f, where, size
+        self._names: list[str] | None = None
+        self._values: dict[str, Any] = {}
+        self._json: set[str] | None = None
+
+    def _raw(self, name: str) -> Any:
+        try:
+            if self._f.attrs.get_id(name).get_storage_size() > min(MAX_ATTR_BYTES, self._size):
+                raise RunFileError(f"{self._where}: root attribute {name!r} claims more bytes than a run file holds")
+            value = self._f.attrs[name]
+        except RunFileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged attribute makes h5py raise: one line
+            raise RunFileError(f"{self._where}: root attribute {name!r} cannot be read ({type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+        if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_BYTES:  # variable-length: stored elsewhere
+            raise RunFileError(f"{self._where}: root attribute {name!r} holds {len(value)} characters, more than a "
+                               "run file's attributes ever do")
+        return value
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._values:
+            return self._values[name]
+        if name == schema.JSON_KEYS_ATTR or name not in self._f.attrs:
+            raise KeyError(name)
+        if self._json is None:
+            self._json = schema.json_keys_of(self._raw(schema.JSON_KEYS_ATTR)) \
+                if schema.JSON_KEYS_ATTR in self._f.attrs else set()
+        value = self._values[name] = schema.decode_value(name, self._raw(name), self._json)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name != schema.JSON_KEYS_ATTR and (
+            name in self._values or name in self._f.attrs)
+
+    def __iter__(self) -> Iterator[str]:
+        if self._names is None:
+            self._names = [n for n in self._f.attrs if n != schema.JSON_KEYS_ATTR]
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class Run:
     """A recorded run. Per-step arrays have length S (committed steps)."""
 
@@ -125,18 +175,11 @@ class Run:
     def _check(self) -> None:
         f, where = self._file, self._where
         size = self._file_size()
-        for name in f.attrs:
-            if f.attrs.get_id(name).get_storage_size() > min(MAX_ATTR_BYTES, size):
-                raise RunFileError(f"{where}: root attribute {name!r} claims more bytes than a run file holds")
-        raw_attrs = dict(f.attrs)
-        for name, value in raw_attrs.items():  # variable-length strings live outside the attribute's storage
-            if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_BYTES:
-                raise RunFileError(f"{where}: root attribute {name!r} holds {len(value)} characters, more than a "
-                                   "run file's attributes ever do")
-        if raw_attrs.get("schema") not in (schema.SCHEMA_NAME, schema.SCHEMA_NAME.encode()):
+        attrs = RootAttrs(f, where, size)
+        if attrs.get("schema") != schema.SCHEMA_NAME:
             raise RunFileError(f"{where} is an HDF5 file but not a latent_probe run (no schema attribute)")
         try:
-            version = int(raw_attrs.get("schema_version"))
+            version = int(attrs.get("schema_version"))
         except (TypeError, ValueError, OverflowError):
             raise RunFileError(f"{where} has an unreadable schema_version") from None
         if version > schema.SCHEMA_VERSION:
@@ -145,7 +188,7 @@ class Run:
         if version < 1:
             raise RunFileError(f"{where} has an invalid schema version {version}")
         self._version = version
-        self._root_attrs = schema.decode_attrs(raw_attrs)
+        self._root_attrs = attrs  # read on demand: a run has dozens (configurations), a reader needs a few
         self._state_ds = None
         if version >= 2:
             check_link(f, schema.STATE_DATASET, where)
@@ -160,7 +203,7 @@ class Run:
                                + (f": {error})" if error else ")"))
         check_link(f, schema.STEPS_DATASET, where)
         check_link(f, schema.LATENTS_GROUP, where)
-        steps = f[schema.STEPS_DATASET]
+        steps = self._steps_ds = f[schema.STEPS_DATASET]
         check_dataset(steps, where, size, chunked_rows=True)
         expected = schema.STEP_DTYPE if version >= 2 else schema.STEP_DTYPE_V1
         names = steps.dtype.names or ()
@@ -258,16 +301,20 @@ class Run:
         n = self._n if n is None else n
         cached = self.__dict__.get("_table_cache")
         if cached is None or len(cached) != n:
-            cached = self.__dict__["_table_cache"] = self._file[schema.STEPS_DATASET][:n]
+            cached = self.__dict__["_table_cache"] = self._steps_ds[:n]
         return cached
 
     def _count(self) -> None:
         """Committed steps, each checked to be present in the file (bounded: no step is read)."""
         where, size = self._where, self._file_size()
-        steps = self._file[schema.STEPS_DATASET]
+        steps = self._steps_ds
         claimed = None
         if self._state_ds is not None:  # the counter first: a live writer writes it after the data
-            claimed = int(self._state_ds.fields("steps")[0])
+            row = self._state_ds[0]
+            claimed = int(row["steps"])
+            self.__dict__.pop("_state_cache", None)
+            if not self._file.swmr_mode:  # nothing changes it: keep what was read
+                self.__dict__["_state_cache"] = schema.state_dict(row)
             if self._file.swmr_mode:
                 steps.refresh()
                 for ds in self._datasets():
@@ -360,7 +407,7 @@ class Run:
 
     def refresh(self) -> None:
         """Re-read the committed steps of a run that is still being written (SWMR)."""
-        self._file[schema.STEPS_DATASET].refresh()
+        self._steps_ds.refresh()
         for ds in self._datasets():
             ds.refresh()
         if self._state_ds is not None:
@@ -388,10 +435,20 @@ class Run:
     # -------------------------------------------------------------- metadata
     @property
     def attrs(self) -> dict[str, Any]:
-        """Root attributes, with the end-of-run state (complete, steps, error, ...) merged in."""
+        """Root attributes, with the end-of-run state (complete, steps, error, ...) merged in (all of them are read:
+        :meth:`attr` reads one)."""
         out = dict(self._root_attrs)
         out.update(self._state())
         return out
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """One root attribute (decoded; ``default`` when absent), read without reading the others."""
+        return self._root_attrs.get(name, default)
+
+    @property
+    def attr_names(self) -> list[str]:
+        """Names of the root attributes (cheap: nothing is read)."""
+        return list(self._root_attrs)
 
     @property
     def recording(self) -> bool:
@@ -569,11 +626,12 @@ class Run:
         return [q for q in ("x_t", "pred", "x0", "eps") if q in self._online] + \
             [q for q in self._online if q not in ("x_t", "pred", "x0", "eps")]
 
-    def online_sums(self, space: str) -> dict[str, np.ndarray]:
-        """The per-step float64 sums of ``space`` computed during the run: name → [S, ...] (committed steps)."""
+    def online_sums(self, space: str, fields: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """The per-step float64 sums of ``space`` computed during the run: name → [S, ...] (committed steps);
+        ``fields`` picks some (those absent are left out)."""
         if space not in self._online:
             raise KeyError(f"no metrics of {space!r} were computed during this run; computed: {self.online_spaces}")
-        return {name: ds[: self._n] for name, ds in self._online[space].items()}
+        return {name: ds[: self._n] for name, ds in self._online[space].items() if fields is None or name in fields}
 
     @property
     def spaces(self) -> list[str]:

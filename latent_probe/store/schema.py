@@ -197,26 +197,34 @@ def encode_attrs(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def decode_attrs(raw: dict[str, Any]) -> dict[str, Any]:
+def json_keys_of(raw: Any) -> set[str]:
+    """The names the ``json_keys`` attribute lists (empty when it is missing or unreadable)."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
     try:
-        json_keys = set(json.loads(raw.get(JSON_KEYS_ATTR, "[]")))
+        keys = json.loads(raw if raw is not None else "[]")
     except (TypeError, ValueError):
-        json_keys = set()
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == JSON_KEYS_ATTR:
-            continue
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, np.generic):
-            value = value.item()
-        if key in json_keys and isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        out[key] = value
-    return out
+        return set()
+    return {k for k in keys if isinstance(k, str)} if isinstance(keys, list) else set()
+
+
+def decode_value(key: str, value: Any, json_keys: set[str]) -> Any:
+    """One stored attribute value as the Python value that was written (bytes → str, JSON parsed)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if key in json_keys and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
+def decode_attrs(raw: dict[str, Any]) -> dict[str, Any]:
+    json_keys = json_keys_of(raw.get(JSON_KEYS_ATTR))
+    return {key: decode_value(key, value, json_keys) for key, value in raw.items() if key != JSON_KEYS_ATTR}
 
 
 def state_dict(row: np.void | None) -> dict[str, Any]:

@@ -100,6 +100,12 @@ def _open(path: str, cache: bool, space: str = "x0") -> Any:
         return open_run(path, "r")  # e.g. being recorded: read-only answers (or gives the one-line reason)
 
 
+def _study_attrs(run: Any) -> dict[str, Any]:
+    """The attributes a record keeps (the study's and the settings), read without the run's other dozens."""
+    wanted = ("study", "job_id", "prompt_id", "prompt", "seed", "simulated")
+    return {k: run.attr(k) for k in run.attr_names if k in wanted or k.startswith(SETTING_PREFIX)}
+
+
 def _meta(attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     meta: dict[str, Any] = {}
     for key in ("study", "job_id", "prompt_id", "prompt"):
@@ -148,7 +154,7 @@ def read_run_metrics(path: str, space: str = "x0", phases: Any = "thirds", cache
             run.latents = counting  # type: ignore[method-assign]
             m = run.metrics(space)
             step_phases = tuple((str(p.name), int(p.start), int(p.stop)) for p in run.phases(phases))
-            meta, settings = _meta(run.attrs)
+            meta, settings = _meta(_study_attrs(run))
             meta["complete"] = bool(run.complete)
             return RunRecord(
                 path=path, space=space, meta=meta, settings=settings,

@@ -92,7 +92,14 @@ def exercise(path: str) -> tuple[str, str]:
         if len(experts) != n:
             return "bad", f"len(run.experts) = {len(experts)} for num_steps = {n}"
         where = "attrs"
-        attrs = run.attrs
+        try:  # root attributes are read on first use: a damaged one is refused then, in one line
+            attrs = run.attrs
+        except latent_probe.RunFileError as exc:
+            run.close()
+            msg = str(exc)
+            if "\n" in msg or "\r" in msg:
+                return "bad", "multi-line RunFileError from run.attrs: " + repr(msg)[:MSG_CHARS]
+            return "error", "run.attrs: " + msg[:MSG_CHARS]
         if not isinstance(attrs, dict):
             return "bad", f"run.attrs is a {type(attrs).__name__}, not a dict"
         where = "complete"
