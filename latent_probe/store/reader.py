@@ -105,16 +105,16 @@ class RootAttrs(Mapping):
     the file before it is read: a crafted size is refused in one line, not allocated)."""
 
     def __init__(self, f: h5py.File, where: str, size: int) -> None:
-        self._f, self._where, self._size = f, where, size
+        self._am, self._where, self._size = f.attrs, where, size  # File.attrs builds a new manager each time
         self._names: list[str] | None = None
         self._values: dict[str, Any] = {}
         self._json: set[str] | None = None
 
     def _raw(self, name: str) -> Any:
         try:
-            if self._f.attrs.get_id(name).get_storage_size() > min(MAX_ATTR_BYTES, self._size):
+            if self._am.get_id(name).get_storage_size() > min(MAX_ATTR_BYTES, self._size):
                 raise RunFileError(f"{self._where}: root attribute {name!r} claims more bytes than a run file holds")
-            value = self._f.attrs[name]
+            value = self._am[name]
         except RunFileError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a damaged attribute makes h5py raise: one line
@@ -128,21 +128,21 @@ class RootAttrs(Mapping):
     def __getitem__(self, name: str) -> Any:
         if name in self._values:
             return self._values[name]
-        if name == schema.JSON_KEYS_ATTR or name not in self._f.attrs:
+        if name == schema.JSON_KEYS_ATTR or name not in self._am:
             raise KeyError(name)
         if self._json is None:
             self._json = schema.json_keys_of(self._raw(schema.JSON_KEYS_ATTR)) \
-                if schema.JSON_KEYS_ATTR in self._f.attrs else set()
+                if schema.JSON_KEYS_ATTR in self._am else set()
         value = self._values[name] = schema.decode_value(name, self._raw(name), self._json)
         return value
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name != schema.JSON_KEYS_ATTR and (
-            name in self._values or name in self._f.attrs)
+            name in self._values or name in self._am)
 
     def __iter__(self) -> Iterator[str]:
         if self._names is None:
-            self._names = [n for n in self._f.attrs if n != schema.JSON_KEYS_ATTR]
+            self._names = [n for n in self._am if n != schema.JSON_KEYS_ATTR]
         return iter(self._names)
 
     def __len__(self) -> int:

@@ -383,10 +383,10 @@ class RunWriter:
         stream.wait_stream(producer)
         with torch.cuda.stream(stream):
             names = list(tensors)
-            if slot.ranges is None or slot.ranges.shape[0] != len(names):
+            if names and (slot.ranges is None or slot.ranges.shape[0] != len(names)):
                 slot.ranges = torch.empty(len(names), 2, dtype=torch.float64, pin_memory=True)
                 slot.staging["ranges"] = torch.empty(len(names), 2, dtype=torch.float64, device=device)
-            ranges = slot.staging["ranges"]
+            ranges = slot.staging.get("ranges")
             for i, name in enumerate(names):
                 t = tensors[name]
                 if not t.is_cuda:
@@ -410,7 +410,8 @@ class RunWriter:
                     ranges[i, 0].copy_(lo)
                     ranges[i, 1].copy_(hi)
                 t.record_stream(stream)
-            slot.ranges.copy_(ranges, non_blocking=True)
+            if names:
+                slot.ranges.copy_(ranges, non_blocking=True)
             if sums:
                 for t in sums.values():
                     t.record_stream(stream)
