@@ -240,6 +240,22 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         t_curves = time.perf_counter() - t0
         print(f"{label}: {len(rs.records)} runs, {len(rs.skipped)} skipped: open {t_open:.2f} s, Dataset "
               f"{dict(ds.sizes)} {t_ds:.2f} s, curves with CIs {t_curves:.2f} s, total {t_open + t_ds + t_curves:.2f} s")
+    for workers in args.workers:
+        from latent_probe.study.recompute import local_client
+
+        t0 = time.perf_counter()
+        with local_client(workers) as client:  # the LocalCluster open_runs(workers=N) makes
+            t_start = time.perf_counter() - t0
+            for rep in ("first", "again"):
+                t0 = time.perf_counter()
+                rs = open_runs(os.path.join(folder, "*.h5"), client=client)
+                t_open = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                rs.curves("l2_mean", on="sigma")
+                t_curves = time.perf_counter() - t0
+                print(f"open_runs on Dask, {workers} workers ({rep}; cluster start-up {t_start:.1f} s apart): "
+                      f"{len(rs.records)} runs, open {t_open:.2f} s, Dataset + curves with CIs {t_curves:.2f} s, "
+                      f"total {t_open + t_curves:.2f} s", flush=True)
     print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
 
 
@@ -249,6 +265,7 @@ def main() -> None:
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--workers", type=int, nargs="*", default=[], help="aggregate: also on a Dask LocalCluster of N")
     args = ap.parse_args()
     {"bytes": cmd_bytes, "host": cmd_host, "aggregate": cmd_aggregate}[args.what](args)
 
