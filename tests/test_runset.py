@@ -350,7 +350,7 @@ def test_suite_dashboard_and_cli(runset, suite_dir, tmp_path, capsys):
                      "--resamples", "100"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "read 12 runs (0 computed, 12 from cache)" in err and f"wrote {out_html}" in out
+    assert "read 12 runs (0 computed, 12 from caches or sums recorded during the run)" in err and f"wrote {out_html}" in out
     doc = json.loads(out_json.read_text())
     assert doc["on"] == "progress" and doc["runs"] == 12 and doc["paired"]["a"] == "keep3"
     assert set(doc["curves"]["l2_mean"]["groups"]) == {"steps=12, truncation=none", "steps=12, truncation=keep3"}

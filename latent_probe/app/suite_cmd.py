@@ -132,7 +132,7 @@ def suite_command(args: argparse.Namespace) -> int:
     for s in rs.skipped:
         print(f"latent-probe suite: skipped {terminal(s.path)}: {terminal(s.reason)}", file=sys.stderr)
     computed = sum(r.computed for r in rs.records)
-    print(f"read {len(rs)} runs ({computed} computed, {len(rs) - computed} from cache)"
+    print(f"read {len(rs)} runs ({computed} computed, {len(rs) - computed} from caches or sums recorded during the run)"
           + (f", skipped {len(rs.skipped)}" if rs.skipped else ""), file=sys.stderr)
     st = suite_stats(rs, on=args.on, metric=args.metric, compare=args.compare, by=args.by,
                      n_resamples=args.resamples, confidence=args.confidence, seed=args.seed)
