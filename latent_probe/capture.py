@@ -375,6 +375,10 @@ class StepCapture:
                     raise LayoutError(f"latent_steps={self.latent_steps.spec!r} counts from the planned end, but "
                                       f"{type(scheduler).__name__} has no timesteps to plan with")
                 self._chosen = self.latent_steps.resolve(self.planned_steps, switch)
+                outside = self.latent_steps.outside(self.planned_steps, switch)
+                if outside:
+                    warnings.warn(f"latent_probe: latent_steps {outside} select no step of this generation of "
+                                  f"{self.planned_steps} planned steps", RuntimeWarning, stacklevel=5)
         keep = self._chosen is None or self.generation_steps in self._chosen
         level = noise_level_at(scheduler, idx, timestep)
         sigma_tensor = None

@@ -18,6 +18,7 @@ last step, so that step is not stored.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -67,19 +68,25 @@ class LatentSteps:
             if value < 1:
                 raise LatentStepsError(f"latent_steps={value}: every k-th step needs k >= 1")
             return cls("all" if value == 1 else f"every:{value}", every=value)
+        if not isinstance(value, (str, list, tuple)):
+            raise LatentStepsError(f"latent_steps={value!r} is not a selection of steps: give 'all', 'none', an int "
+                                   "k or terms like 'every:4,last,boundary:2'")
         terms: Iterable[Any] = value.split(",") if isinstance(value, str) else value
         every, fixed, from_end, boundary, strides = 0, set(), set(), 0, set()
         names = []
-        try:
-            terms = list(terms)
-        except TypeError:
-            raise LatentStepsError(f"latent_steps={value!r} is not a selection of steps") from None
+        terms = [t for t in terms if not (isinstance(t, str) and not t.strip())]
+        if not terms:
+            raise LatentStepsError(f"latent_steps={value!r} selects nothing; give 'none' to store no latents")
         for term in terms:
+            if isinstance(term, bool) or not isinstance(term, (str, int)):
+                raise LatentStepsError(f"latent_steps term {term!r} is not one of every:k, first, last, boundary[:w] "
+                                       "or a step number")
             t = str(term).strip().lower()
-            if not t:
-                continue
             key, _, arg = t.partition(":")
             try:
+                if not re.fullmatch(r"[a-z]+|-?[0-9]+", key) or (arg and not re.fullmatch(r"[0-9]+", arg)) \
+                        or key == "-0" or key.startswith("-0") and len(key) > 2:
+                    raise ValueError  # ASCII digits only; "-0" is not a step counted from the end
                 if key == "every":
                     k = int(arg)
                     if k < 1:
@@ -118,6 +125,17 @@ class LatentSteps:
         if self.boundary and switch is not None:
             chosen |= set(range(max(0, switch - self.boundary), switch + self.boundary))
         return Resolved(self.every, frozenset(chosen))
+
+
+    def outside(self, planned: int | None, switch: int | None) -> list[str]:
+        """Terms that select no step of a generation of ``planned`` steps (for a warning)."""
+        if planned is None:
+            return []
+        out = [str(n) for n in sorted(self.fixed) if n >= planned]
+        out += [str(n) for n in sorted(self.from_end) if planned + n < 0]
+        if self.boundary and switch is None:
+            out.append(f"boundary:{self.boundary} (this schedule has no expert switch)")
+        return out
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from .store import schema
 from .store.reader import Run, open_run
 from .store.writer import DiskFullError, RunWriter
 
-__all__ = ["LatentProbe"]
+__all__ = ["LatentProbe", "storage_options"]
 
 
 # Probes entered or left in several threads at once share class-level attributes (a pipeline class's __call__,
@@ -32,6 +32,36 @@ def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank())
     return 0
+
+
+def storage_options(capture: Iterable[str], metrics: Iterable[str], latent_steps: Any, cfg_branches: bool = False
+                    ) -> tuple[tuple[str, ...], tuple[str, ...], LatentSteps]:
+    """``LatentProbe``'s storage arguments checked and normalised (capture, metrics, the parsed selection); one
+    ValueError line for any that cannot work together — raised before anything runs (the study CLI checks its
+    options with this before its first job)."""
+    if isinstance(capture, str) or isinstance(metrics, str):
+        raise ValueError("capture= and metrics= take a list of names, e.g. capture=('x_t', 'pred')")
+    capture = tuple(capture)
+    unknown = [c for c in capture if c not in CAPTURABLE]
+    if unknown:
+        raise ValueError(f"cannot capture {unknown}; choose from {CAPTURABLE} (cfg_branches=True adds "
+                         f"{BRANCHES})")
+    metrics = tuple(dict.fromkeys(metrics))
+    unknown = [m for m in metrics if m not in ONLINE_SPACES]
+    if unknown:
+        raise ValueError(f"cannot compute metrics of {unknown} during the run; choose from {ONLINE_SPACES}")
+    selection = LatentSteps.parse(latent_steps)
+    if selection.none:
+        if cfg_branches:
+            raise LatentStepsError("latent_steps='none' stores no latents, but cfg_branches=True asks for the "
+                                   "cond/uncond latents; choose one")
+        capture = ()
+    elif not selection.all and not capture and not cfg_branches:
+        raise LatentStepsError(f"latent_steps={selection.spec!r} chooses the steps whose latents are stored, but "
+                               "capture=() stores none; give capture= or leave latent_steps out")
+    if not capture and not cfg_branches and not metrics:
+        raise ValueError("nothing to record: give capture=, metrics= or cfg_branches=True")
+    return capture, metrics, selection
 
 
 class LatentProbe:
@@ -91,23 +121,7 @@ class LatentProbe:
         intervene: Any = None,
         on_write_error: str = "raise",
     ) -> None:
-        capture = tuple(capture)
-        unknown = [c for c in capture if c not in CAPTURABLE]
-        if unknown:
-            raise ValueError(f"cannot capture {unknown}; choose from {CAPTURABLE} (cfg_branches=True adds "
-                             f"{BRANCHES})")
-        metrics = tuple(dict.fromkeys(metrics))
-        unknown = [m for m in metrics if m not in ONLINE_SPACES]
-        if unknown:
-            raise ValueError(f"cannot compute metrics of {unknown} during the run; choose from {ONLINE_SPACES}")
-        selection = LatentSteps.parse(latent_steps)
-        if selection.none:
-            if cfg_branches:
-                raise LatentStepsError("latent_steps='none' stores no latents, but cfg_branches=True asks for the "
-                                       "cond/uncond latents; choose one")
-            capture = ()
-        if not capture and not cfg_branches and not metrics:
-            raise ValueError("nothing to record: give capture=, metrics= or cfg_branches=True")
+        capture, metrics, selection = storage_options(capture, metrics, latent_steps, cfg_branches)
         if on_write_error not in ("raise", "warn"):
             raise ValueError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
         user_attrs = dict(attrs or {})

@@ -299,3 +299,103 @@ def test_latents_of_the_last_step_only(tmp_path, one_expert_pipe):
     assert run.num_steps == 6 and run.complete
     assert np.isfinite(run.metrics("x0").l2[5]).all() and np.isnan(run.metrics("x0").l2[:5]).all()
     assert out.shape[2] == run.latent_shape[2]
+
+
+# ---------------------------------------------------------------- found by a hostile review of the modes
+def test_latent_steps_without_latents_and_empty_selections_are_refused(tmp_path, two_expert_pipe):
+    for kwargs, match in ((dict(capture=(), metrics=("x0",), latent_steps="every:2"), "stores none"),
+                          (dict(latent_steps=""), "selects nothing"), (dict(latent_steps={"every:2": 1}), "not a selection"),
+                          (dict(latent_steps="-0"), "not one of"), (dict(latent_steps="٣"), "not one of")):
+        with pytest.raises(LatentStepsError, match=match):
+            LatentProbe(two_expert_pipe, tmp_path / "r.h5", **kwargs)
+    with pytest.warns(RuntimeWarning, match=r"\['100', '-100'\] select no step"):
+        with LatentProbe(two_expert_pipe, tmp_path / "far.h5", latent_steps="0,100,-100"):
+            run_pipe(two_expert_pipe, steps=4)
+
+
+def test_eps_gap_and_views_of_chosen_steps_use_the_steps_the_rows_hold(reference, two_expert_pipe, tmp_path):
+    from latent_probe.metrics.feasibility import truncation_feasibility
+    from latent_probe.views.series import collect
+
+    full, sel = tmp_path / "full.h5", tmp_path / "sel.h5"
+    with LatentProbe(two_expert_pipe, full, cfg_branches=True, store_dtype="float32"):
+        run_pipe(two_expert_pipe, steps=6)
+    with LatentProbe(two_expert_pipe, sel, cfg_branches=True, store_dtype="float32", latent_steps="every:2,last"):
+        run_pipe(two_expert_pipe, steps=6)
+    with open_run(full) as a, open_run(sel) as b:
+        kept = b.latent_steps.tolist()
+        assert kept == [0, 2, 4, 5]
+        gap = b.eps_gap()
+        assert gap.shape == (6,) and np.isnan(gap[[1, 3]]).all()
+        np.testing.assert_allclose(gap[kept], a.eps_gap()[kept], rtol=1e-12)
+        s = collect(b)
+        assert s.gap.shape == (6,) and "cover 4 of 6 steps" in s.summary_text
+        with pytest.raises(ValueError, match="needs every step"):
+            truncation_feasibility(b, keep=2)
+
+
+def test_dashboard_of_a_metrics_only_run_beside_a_full_one(reference, two_expert_pipe, tmp_path):
+    from latent_probe.views.figures import all_figures
+    from latent_probe.views.series import collect
+
+    path = tmp_path / "mo.h5"
+    with LatentProbe(two_expert_pipe, path, capture=(), metrics=("x0", "x_t", "pred")):
+        run_pipe(two_expert_pipe)
+    with open_run(reference[0]) as full, open_run(path) as mo:
+        series = [collect(full, "full"), collect(mo, "metrics only")]
+        assert series[1].frame_similarity == {} and series[1].step_change
+        assert len(all_figures(series)) >= 5
+
+
+def _metrics_only_copy(tmp_path, two_expert_pipe, name):
+    path = tmp_path / name
+    with LatentProbe(two_expert_pipe, path, capture=(), metrics=("x0",)):
+        run_pipe(two_expert_pipe, steps=4)
+    return path
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda f: _rewrite(f, "online/x0/change", lambda a: a[:, :3]), r"change is missing or is not \[S, 4\]"),
+    (lambda f: f.__delitem__("online/x0/dot"), "of the pair sums"),
+    (lambda f: _rewrite(f, "online/x0/sq", lambda a: a[:, :, :-1]), "are not"),
+    (lambda f: f.attrs.__setitem__("latent_shape", "[1, 16, 1, 8, 8]"), "disagrees with the metric sums"),
+])
+def test_crafted_sums_that_do_not_fit_together_are_refused_at_open(tmp_path, two_expert_pipe, damage, match):
+    path = _metrics_only_copy(tmp_path, two_expert_pipe, "mo.h5")
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    with pytest.raises(RunFileError, match=match):
+        open_run(path)
+
+
+def test_frames_come_from_the_sums_when_the_shape_attribute_is_gone(tmp_path, two_expert_pipe):
+    from latent_probe import open_runs
+
+    path = _metrics_only_copy(tmp_path, two_expert_pipe, "noshape.h5")
+    with h5py.File(path, "r+") as f:
+        del f.attrs["latent_shape"]
+    with open_run(path) as run:
+        assert run.latent_shape is None and run.num_frames == 5
+    rs = open_runs([str(path)], workers=0)
+    assert len(rs.records) == 1 and not rs.skipped
+
+
+def _rewrite(f, name, change):
+    data = change(f[name][()])
+    del f[name]
+    f.create_dataset(name, data=data, maxshape=(None, *data.shape[1:]), chunks=(64, *data.shape[1:]))
+
+
+def test_study_refuses_storage_options_that_cannot_work_before_any_job(tmp_path, capsys):
+    from latent_probe.app import cli
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red ball\n")
+    for bad in (["--capture", "x_t,bogus"], ["--metrics", "latent"], ["--capture", "none"],
+                ["--latent_steps", "every:2,every:3"], ["--capture", "none", "--metrics", "x0", "--latent_steps", "last"]):
+        out = tmp_path / "s"
+        code = cli.main(["study", str(prompts), "--out", str(out), "--backend", "demo", *bad])
+        assert code == 2, bad
+        assert not (out / "manifest.json").exists()
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error:" in err

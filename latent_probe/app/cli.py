@@ -223,6 +223,9 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
             text = metrics_csv(run, args.space)
         else:
             text = terminal_summary(run.summary(args.space, args.phases))
+            note = run.metrics.coverage(args.space)
+            if note:
+                text = f"{text}\nNote: {note}"
             if run.attrs.get("simulated"):
                 text = f"{SIMULATED}\n{text}"
     _emit(text, args.output)

@@ -197,7 +197,9 @@ def compare_truncation(target: Any, run_fn: Callable[[], Any], keep: int | None 
     out_b, run_b, dit_b, wall_b = _timed_generation(target, run_fn, paths[0], kw, None)
     out_t, run_t, dit_t, wall_t = _timed_generation(target, run_fn, paths[1], kw, ft)
     final = None
-    if "x0" in run_b.quantities and "x0" in run_t.quantities and run_b.num_steps and run_t.num_steps:
+    last_stored = all(r.num_steps and len(r.latent_steps) and r.latent_steps[-1] == r.num_steps - 1
+                      for r in (run_b, run_t))  # x̂₀ of the final step itself, not of the last one stored
+    if "x0" in run_b.quantities and "x0" in run_t.quantities and last_stored:
         final = fidelity(run_t.latents("x0")[-1], run_b.latents("x0")[-1])
     output = None
     if isinstance(out_b, torch.Tensor) and isinstance(out_t, torch.Tensor) and out_b.shape == out_t.shape:

@@ -222,6 +222,13 @@ def _storage(args: argparse.Namespace) -> dict[str, Any]:
         out["metrics"] = [q.strip() for q in args.metrics.split(",") if q.strip()]
     if args.latent_steps and args.latent_steps != "all":
         out["latent_steps"] = args.latent_steps
+    from ..probe import storage_options
+
+    try:  # refused here, before the manifest is written or any job runs (each job would fail the same way)
+        storage_options(out.get("capture", ("x_t", "pred", "x0", "eps")), out.get("metrics", ()),
+                        out.get("latent_steps", "all"), out["cfg_branches"])
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
     return out
 
 

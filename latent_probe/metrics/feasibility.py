@@ -89,6 +89,9 @@ def truncation_feasibility(run: Any, keep: int = 3, *, keyframes: Sequence[int] 
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     view = run.latents(space)
+    if len(run.latent_steps) != run.num_steps:
+        raise ValueError(f"truncation feasibility needs every step's latents; this run stored {space!r} at "
+                         f"{len(run.latent_steps)} of {run.num_steps} steps (latent_steps=)")
     num_frames = int(view.shape[-3])
     keys = resolve_keyframes(keyframes, num_frames) if keyframes is not None else default_keyframes(num_frames, keep)
     rel, cos, per_frame = [], [], []

@@ -248,7 +248,8 @@ def _eps_slope(param: Parameterization, level: NoiseLevel) -> float:
 
 
 def gap(run: "Run") -> np.ndarray | None:
-    """‖ε̂_cond − ε̂_uncond‖ / ‖ε̂_cond‖ per step [S] (over all of a step's values); None without both branches.
+    """‖ε̂_cond − ε̂_uncond‖ / ‖ε̂_cond‖ per step [S] (over all of a step's values; NaN at steps without stored
+    latents); None without both branches.
 
     The difference is taken as slope·(c − u) (flow: (1 − σ)(v_c − v_u)), never as a difference of two
     large ε̂ estimates, which cancels at σ ≈ 1.
@@ -260,17 +261,18 @@ def gap(run: "Run") -> np.ndarray | None:
                                                        else "variance_preserving")
 
     def compute() -> dict[str, np.ndarray]:
-        out = []
-        sig, alp = run.sigmas, run.alphas
+        out = np.full(run.num_steps, np.nan)  # NaN at steps whose latents were not stored
+        sig, alp, kept = run.sigmas, run.alphas, run.latent_steps
         steps = zip(iter_steps(run, "x_t"), iter_steps(run, "pred_cond"), iter_steps(run, "pred_uncond"))
-        for i, (xt, c, u) in enumerate(steps):
+        for row, (xt, c, u) in enumerate(steps):
+            i = int(kept[row])  # the step this row holds
             level = recorded_level(convention, alp[i], sig[i])
             c, u = c.double(), u.double()
             eps_c = estimate_x0_eps(param, xt.double(), c, level)[1]
             diff = abs(_eps_slope(param, level)) * torch.linalg.vector_norm(c - u)
             norm_c = torch.linalg.vector_norm(eps_c)
-            out.append(float(diff / norm_c) if norm_c > 0 else np.nan)
-        return {"eps_gap": np.asarray(out)}
+            out[i] = float(diff / norm_c) if norm_c > 0 else np.nan
+        return {"eps_gap": out}
 
     return _cached(run, "cond_uncond/eps_gap", compute)["eps_gap"]
 
@@ -362,12 +364,27 @@ class RunMetrics:
         return phase_ranges(S, fit_phases(S, scheme)[0])
 
     def summary(self, space: str = "x0", phases: Any = "thirds") -> Any:
-        """Phase statistics (``.to_text()`` prints the original analysis's table; ``.to_dict()``)."""
+        """Phase statistics (``.to_text()`` prints the original analysis's table; ``.to_dict()``). Steps without
+        values (latents not stored there) are left out of the means; :meth:`coverage` says how many."""
+        import warnings
+
         from .phases import summarize
 
         m = self(space)
-        return summarize(space, np.nanmean(m.l2_mean, axis=1), np.nanmean(m.cos_mean, axis=1),
-                         list(self._run.experts), phases)
+        with warnings.catch_warnings():  # a phase with no stored step has a NaN mean, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return summarize(space, np.nanmean(m.l2_mean, axis=1), np.nanmean(m.cos_mean, axis=1),
+                             list(self._run.experts), phases)
+
+    def coverage(self, space: str = "x0") -> str:
+        """"" when ``space``'s metrics cover every step; else one line saying which steps they cover."""
+        run = self._run
+        if _source(run, space, "auto") == "online" or len(run.latent_steps) == run.num_steps:
+            return ""
+        kept = run.latent_steps.tolist()
+        shown = ", ".join(map(str, kept[:12])) + (", …" if len(kept) > 12 else "")
+        return (f"{space} metrics cover {len(kept)} of {run.num_steps} steps (latents stored at steps {shown}; "
+                "record metrics= for every step): means are over those steps only")
 
     def to_dataframe(self, space: str = "x0") -> Any:
         """Tidy pandas DataFrame (step, batch, pair, metric, value, space)."""

@@ -242,6 +242,9 @@ class Run:
             stated = self._root_attrs.get("latent_shape")
             if isinstance(stated, list) and len(stated) == 5 and all(isinstance(v, int) and v >= 0 for v in stated):
                 shape = tuple(stated)
+        if shape is not None and self._online_bf is not None and (shape[0], shape[2]) != self._online_bf:
+            raise RunFileError(f"{where}: the latent shape {list(shape)} disagrees with the metric sums "
+                               f"(batch, frames) = {self._online_bf}")
         self._shape = shape
         try:
             self._quantity_bits = [q.decode() if isinstance(q, bytes) else str(q)
@@ -260,6 +263,7 @@ class Run:
     def _check_online(self, size: int) -> dict[str, dict[str, h5py.Dataset]]:
         """``/online/<space>/<sum>`` datasets: float64, one row a step, chunked along steps, inside the file."""
         f, where = self._file, self._where
+        self._online_bf = None
         if schema.ONLINE_GROUP not in f:
             return {}
         check_link(f, schema.ONLINE_GROUP, where)
@@ -281,8 +285,29 @@ class Run:
                     raise RunFileError(f"{where}: {ds.name} is not a float64 table of per-step sums")
                 fields[name] = ds
             if fields:
+                self._check_sums(f"/{schema.ONLINE_GROUP}/{space}", fields)
                 out[space] = fields
+        frames = {(ds.shape[1], ds.shape[2]) for fields in out.values() for n, ds in fields.items() if n == "sq"}
+        if len(frames) > 1:
+            raise RunFileError(f"{where}: the metric sums of different spaces disagree on batch and frames")
+        self._online_bf = next(iter(frames), None)  # (B, F) of the sums
         return out
+
+    def _check_sums(self, where_in: str, fields: dict[str, h5py.Dataset]) -> None:
+        """The sums of one space fit together: change [S, 4]; sq [S, B, F], dot and dd [S, B, F−1] (all three, or
+        none for a one-frame latent)."""
+        where = self._where
+        change = fields.get("change")
+        if change is None or change.shape[1:] != (4,):
+            raise RunFileError(f"{where}: {where_in}/change is missing or is not [S, 4]")
+        pair = [n for n in ("sq", "dot", "dd") if n in fields]
+        if not pair:
+            return
+        if len(pair) != 3:
+            raise RunFileError(f"{where}: {where_in} holds {pair} of the pair sums sq, dot, dd")
+        sq = fields["sq"].shape
+        if len(sq) != 3 or sq[2] < 2 or any(fields[n].shape != (sq[0], sq[1], sq[2] - 1) for n in ("dot", "dd")):
+            raise RunFileError(f"{where}: {where_in}: sq, dot and dd are not [S, B, F], [S, B, F−1], [S, B, F−1]")
 
     def _state(self) -> dict[str, Any]:
         """/run_state as a dict; read once for a file no writer holds (SWMR: every time)."""
@@ -608,6 +633,16 @@ class Run:
             return "x_t and pred were not both stored"
         if "noise_convention" not in self._root_attrs or "parameterization" not in self._root_attrs:
             return "the file does not record its noise convention (written before latent_probe 0.3's schema 3)"
+        from ..parameterization import NOISE_CONVENTIONS, Parameterization
+
+        if self._root_attrs.get("noise_convention") not in NOISE_CONVENTIONS or \
+                self._root_attrs.get("parameterization") not in {p.value for p in Parameterization}:
+            return (f"unknown noise convention {self._root_attrs.get('noise_convention')!r} or parameterization "
+                    f"{self._root_attrs.get('parameterization')!r}")
+        src = self._root_attrs.get("source_dtypes")
+        if src is not None and (not isinstance(src, dict) or any(
+                v not in ("float16", "bfloat16", "float32", "float64") for v in src.values())):
+            return f"unreadable source_dtypes {src!r}"
         return None
 
     @property
@@ -619,6 +654,13 @@ class Run:
     def latent_shape(self) -> tuple[int, ...] | None:
         """[B, C, F, H, W] of one step's latent (also for a run that stored none); None where unknown."""
         return self._shape
+
+    @property
+    def num_frames(self) -> int | None:
+        """Latent frames F: from the latents' shape, else from the metric sums computed during the run."""
+        if self._shape is not None:
+            return int(self._shape[2])
+        return None if self._online_bf is None else int(self._online_bf[1])
 
     @property
     def online_spaces(self) -> list[str]:

@@ -142,7 +142,7 @@ def read_run_metrics(path: str, space: str = "x0", phases: Any = "thirds", cache
             if not run.complete and not incomplete:
                 why = run.error or ("being recorded" if run.recording else "the writer stopped without closing it")
                 return Skipped(path, f"incomplete ({S} steps committed: {why})")
-            if (run.latent_shape or (0, 0, 0))[2] < 2:
+            if (run.num_frames or 0) < 2:
                 return Skipped(path, f"{space} has one latent frame: continuity needs two")
             reads: list[str] = []
             latents = run.latents

@@ -471,11 +471,12 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
 
 def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure | None:
     """F × F cosine of every pair of latent frames (i, j) at the first, middle and last step: one row of
-    matrices per run. None when no run stored latents (metrics-only runs)."""
+    matrices per run that stored latents (metrics-only runs have none: left out; None when no run has)."""
     series = [series] if isinstance(series, RunSeries) else list(series)
+    series = [s for s in series if s.frame_similarity]
     rows = len(series)
-    cols = max(len(s.frame_similarity) for s in series)
-    if cols == 0:
+    cols = max((len(s.frame_similarity) for s in series), default=0)
+    if not series:
         return None
     multi = rows > 1
     titles = []

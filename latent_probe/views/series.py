@@ -181,7 +181,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     S = int(run.num_steps)
     if S == 0:
         raise ValueError(f"{run.source or 'the run'} holds no committed step")
-    frames = run.latent_shape[2]
+    frames = run.num_frames or 0
     if frames < 2:
         raise ValueError(f"{run.source or 'the run'} has {frames} latent frame: continuity needs at least 2")
     m = run.metrics(space)
@@ -227,7 +227,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         gap=None if gap is None else np.asarray(gap, dtype=np.float64).reshape(S, -1).mean(axis=1),
         phases=_phase_tuples(run, scheme),
         switches=expert_switches(list(experts)),
-        summary_text=summary.to_text() + (f"\nNote: {phase_note}" if phase_note else ""),
+        summary_text=summary.to_text() + "".join(f"\nNote: {n}" for n in (phase_note, run.metrics.coverage(space)) if n),
         summary=dict(summary.to_dict(), phase_note=phase_note),
         frame_similarity=sim,
         feasibility=feasibility,
