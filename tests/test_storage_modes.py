@@ -399,3 +399,14 @@ def test_study_refuses_storage_options_that_cannot_work_before_any_job(tmp_path,
         assert not (out / "manifest.json").exists()
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error:" in err
+
+
+def test_phase_table_of_a_run_set_numbers_steps_from_zero_as_everything_else(reference):
+    from latent_probe import open_runs
+
+    rs = open_runs([reference[0]], workers=0)
+    with open_run(reference[0]) as run:
+        phases = run.phases("thirds")
+    table = rs.phase_table()
+    assert list(table["steps"]) == [f"{p.start}–{p.stop - 1}" for p in phases]
+    assert table["steps"].iloc[0].startswith("0–")

@@ -197,14 +197,14 @@ def phase_stats(ds: xr.Dataset, metric: str = "l2_mean", by: str | Sequence[str]
             m, lo, hi, n = bootstrap_mean_ci(p["value"].to_numpy(), n_resamples=n_resamples, confidence=confidence,
                                              seed=seed)
             rows.append({"group": label, "phase": phase, "runs": int(n), "mean": float(m), "ci_low": float(lo),
-                         "ci_high": float(hi), "steps": _span(p["start"] + 1, p["stop"]),
+                         "ci_high": float(hi), "steps": _span(p["start"], p["stop"] - 1),
                          "sigma_from": float(p["sigma_start"].max()), "sigma_to": float(p["sigma_stop"].min())})
     return pd.DataFrame(rows, columns=["group", "phase", "runs", "mean", "ci_low", "ci_high", "steps", "sigma_from",
                                        "sigma_to"])
 
 
 def _span(first: pd.Series, last: pd.Series) -> str:
-    """"1–7" when every run has the same 1-based steps, else "1–7 … 1–14" (shortest … longest)."""
+    """"0–6" when every run has the same steps (0-based, inclusive), else "0–6 … 0–13" (shortest … longest)."""
     pairs = sorted(set(zip(first.astype(int), last.astype(int))), key=lambda t: (t[1] - t[0], t))
     show = [f"{a}–{b}" if b > a else f"{a}" for a, b in (pairs[0], pairs[-1])]
     return show[0] if len(pairs) == 1 else f"{show[0]} … {show[1]}"
