@@ -431,7 +431,4 @@ class StepCapture:
                              source_dtypes=_source_dtypes(x_t, pred, sigma_tensor))
                 if self.latent_steps is not None:
                     attrs["latent_steps"] = self.latent_steps.spec
-            if self.latent_steps is not None:
-                self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums, keep_latents=keep)
-            else:
-                self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums)
+            self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums, keep_latents=keep)

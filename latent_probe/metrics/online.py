@@ -27,10 +27,9 @@ from .continuity import AdjacentFrameMetrics, _nanmean_last
 from .formulas import pair_metrics
 from .reductions import frame_pair_stats
 
-__all__ = ["OnlineSums", "ONLINE_SPACES", "SUM_FIELDS", "from_sums", "change_from_sums"]
+__all__ = ["OnlineSums", "ONLINE_SPACES", "from_sums", "change_from_sums"]
 
 ONLINE_SPACES = ("x_t", "pred", "x0", "eps")
-SUM_FIELDS = ("sq", "dot", "dd", "change")
 
 
 class OnlineSums:
@@ -90,11 +89,3 @@ def change_from_sums(change: np.ndarray) -> dict[str, np.ndarray]:
         nr = np.where(sq_prev > 0, np.sqrt(sq_cur / sq_prev), np.nan)
     return {"rel_l1": rel, "norm_ratio": nr}
 
-
-def sum_shapes(batch: int, frames: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of one step's sums of one space."""
-    out: dict[str, tuple[int, ...]] = {}
-    if frames >= 2:
-        out.update(sq=(batch, frames), dot=(batch, frames - 1), dd=(batch, frames - 1))
-    out["change"] = (4,)
-    return out

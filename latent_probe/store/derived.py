@@ -10,12 +10,13 @@ prediction carries into the result: docs/hdf5-schema.md states the error measure
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..parameterization import Parameterization, estimate_x0_eps, recorded_level
+from .reader import RowView
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reader import Run
@@ -26,7 +27,7 @@ _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
                  "float64": torch.float64}
 
 
-class DerivedView:
+class DerivedView(RowView):
     """Lazy [K, B, C, F, H, W] float32 view of x̂₀ or ε̂, rows as the stored x_t's (``steps``)."""
 
     derived = True
@@ -63,7 +64,8 @@ class DerivedView:
     def step_nbytes(self) -> int:
         return int(np.prod(self.shape[1:])) * self.dtype.itemsize
 
-    def __len__(self) -> int:
+    @property
+    def _rows(self) -> int:
         return len(self._x_t)
 
     def row(self, k: int) -> np.ndarray:
@@ -79,29 +81,13 @@ class DerivedView:
         x0, eps = estimate_x0_eps(self._param, x_t, pred, level, sigma_tensor)
         return (x0 if self.name == "x0" else eps).numpy()
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        n = len(self)
-        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        if isinstance(first, (int, np.integer)):
-            i = int(first) + n if first < 0 else int(first)
-            if not 0 <= i < n:
-                raise IndexError(f"row {first} out of range for {n} stored steps")
-            return self.row(i)[rest] if rest else self.row(i)
-        rows = np.arange(n)[first]
-        out = np.stack([self.row(int(i)) for i in np.atleast_1d(rows)]) if np.size(rows) else \
-            np.zeros((0, *self.shape[1:]), self.dtype)
+    def _one(self, i: int, rest: tuple) -> np.ndarray:
+        return self.row(i)[rest] if rest else self.row(i)
+
+    def _some(self, rows: slice | np.ndarray, rest: tuple) -> np.ndarray:
+        rows = np.arange(len(self))[rows]
+        out = np.stack([self.row(int(i)) for i in rows]) if rows.size else np.zeros((0, *self.shape[1:]), self.dtype)
         return out[(slice(None), *rest)] if rest else out
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(len(self)):
-            yield self.row(i)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        arr = self[:]
-        return arr if dtype is None else arr.astype(dtype)
-
-    def numpy(self) -> np.ndarray:
-        return self[:]
 
     def __repr__(self) -> str:
         return f"DerivedView({self.name!r}, shape={self.shape}, dtype={self.dtype}, from x_t and pred)"

@@ -25,12 +25,56 @@ from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, c
 __all__ = ["Run", "LatentView", "open_run", "RunFileError"]
 
 
-class LatentView:
+class RowView:
+    """Numpy-style indexing over the rows of a lazy [K, ...] view: an int, a slice, an index or boolean array, then
+    any further axes. Subclasses read one row (``_one``) and a selection of rows (``_some``)."""
+
+    derived = False
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def _one(self, i: int, rest: tuple) -> np.ndarray:
+        raise NotImplementedError
+
+    def _some(self, rows: slice | np.ndarray, rest: tuple) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        n = len(self)
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, (int, np.integer)):
+            i = int(first) + n if first < 0 else int(first)
+            if not 0 <= i < n:
+                raise IndexError(f"row {first} out of range for {n} stored steps")
+            return self._one(i, rest)
+        if isinstance(first, slice):
+            return self._some(slice(*first.indices(n)), rest)
+        idx = np.asarray(first)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"row index out of range for {n} stored steps")
+        return self._some(idx, rest)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """One row at a time: [B, C, F, H, W] each; memory stays at one step."""
+        for i in range(len(self)):
+            yield self._one(i, ())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+    def numpy(self) -> np.ndarray:
+        return self[:]
+
+
+class LatentView(RowView):
     """Lazy [K, B, C, F, H, W] view of one stored quantity; index it like a numpy array. Row k is step
     ``view.steps[k]``: K = S and row s = step s unless the run stored latents for chosen steps only
     (``latent_steps=``)."""
-
-    derived = False
 
     def __init__(self, run: "Run", name: str) -> None:
         self._run = run
@@ -58,43 +102,15 @@ class LatentView:
     def step_nbytes(self) -> int:
         return int(np.prod(self._ds.shape[1:])) * self._ds.dtype.itemsize
 
-    def __len__(self) -> int:
-        return self._rows
+    def _one(self, i: int, rest: tuple) -> np.ndarray:
+        return self._ds[(i, *rest)]  # h5py reads only what ``rest`` selects
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        n = self._rows
-        if isinstance(key, tuple):
-            first, rest = key[0], key[1:]
-        else:
-            first, rest = key, ()
-        if isinstance(first, (int, np.integer)):
-            i = int(first) + n if first < 0 else int(first)
-            if not 0 <= i < n:
-                raise IndexError(f"row {first} out of range for {n} stored steps")
-            return self._ds[(i, *rest)]
-        if isinstance(first, slice):
-            return self._ds[(slice(*first.indices(n)), *rest)]
-        idx = np.asarray(first)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        idx = np.where(idx < 0, idx + n, idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"row index out of range for {n} stored steps")
-        order = np.argsort(idx)
-        data = self._ds[(np.sort(idx).tolist(), *rest)] if idx.size else self._ds[(slice(0, 0), *rest)]
+    def _some(self, rows: slice | np.ndarray, rest: tuple) -> np.ndarray:
+        if isinstance(rows, slice):
+            return self._ds[(rows, *rest)]
+        order = np.argsort(rows)  # h5py takes increasing indices
+        data = self._ds[(np.sort(rows).tolist(), *rest)] if rows.size else self._ds[(slice(0, 0), *rest)]
         return data[np.argsort(order)]
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        """One row at a time: [B, C, F, H, W] each; memory stays at one step."""
-        for i in range(self._rows):
-            yield self._ds[i]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        arr = self[:]
-        return arr if dtype is None else arr.astype(dtype)
-
-    def numpy(self) -> np.ndarray:
-        return self[:]
 
     def __repr__(self) -> str:
         return f"LatentView({self.name!r}, shape={self.shape}, dtype={self.dtype})"
