@@ -16,8 +16,27 @@ from latent_probe.errors import LatentProbeError
 ROOT = pathlib.Path(latent_probe.__file__).parent
 
 
-def module_imports(path: pathlib.Path, name: str) -> set[str]:
-    """latent_probe modules ``path`` imports at module level (TYPE_CHECKING blocks and function bodies skipped)."""
+def _resolve(node: ast.ImportFrom | ast.Import, package: str) -> set[str]:
+    """The latent_probe modules one import statement names (a package's submodule when it is one)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name.startswith("latent_probe")}
+    if node.level:
+        base = package.split(".")[: len(package.split(".")) - node.level + 1]
+        mod = ".".join(base + ([node.module] if node.module else []))
+    else:
+        mod = node.module or ""
+    out: set[str] = set()
+    if mod.startswith("latent_probe"):
+        for alias in node.names:
+            sub = f"{mod}.{alias.name}"
+            out.add(sub if (ROOT.parent / (sub.replace(".", "/") + ".py")).exists()
+                    or (ROOT.parent / sub.replace(".", "/")).is_dir() else mod)
+    return out
+
+
+def module_imports(path: pathlib.Path, name: str, *, inside_functions: bool = False) -> set[str]:
+    """latent_probe modules ``path`` imports: at module level (TYPE_CHECKING blocks skipped), and with
+    ``inside_functions`` also those imported lazily inside functions and methods."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     out: set[str] = set()
@@ -31,35 +50,92 @@ def module_imports(path: pathlib.Path, name: str) -> set[str]:
                 visit(getattr(node, "orelse", []))
                 for h in getattr(node, "handlers", []):
                     visit(h.body)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
-                if mod.startswith("latent_probe"):
-                    for alias in node.names:
-                        sub = f"{mod}.{alias.name}"
-                        out.add(sub if (ROOT.parent / (sub.replace(".", "/") + ".py")).exists()
-                                or (ROOT.parent / sub.replace(".", "/")).is_dir() else mod)
-            elif isinstance(node, ast.Import):
-                out.update(a.name for a in node.names if a.name.startswith("latent_probe"))
+            elif isinstance(node, (ast.ImportFrom, ast.Import)):
+                out.update(_resolve(node, package))
 
     visit(tree.body)
+    if inside_functions:
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, (ast.ImportFrom, ast.Import)):
+                        out.update(_resolve(node, package))
     return out
 
 
-def graph() -> dict[str, set[str]]:
+def graph(*, inside_functions: bool = False) -> dict[str, set[str]]:
     g = {}
     for path in ROOT.rglob("*.py"):
         rel = path.relative_to(ROOT.parent).with_suffix("")
         name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        g[name] = module_imports(path, name)
+        g[name] = module_imports(path, name, inside_functions=inside_functions)
     return g
 
 
+# The layer table (docs/architecture.md draws it): for each room of the house, the rooms it may import, top-level
+# or inside a function. A room is a subpackage or a top-level module; its own modules are always allowed.
+GROUND = {"errors", "_version"}
+LAYERS: dict[str, set[str]] = {
+    "errors": set(), "_version": set(),
+    "parameterization": GROUND, "latent_steps": GROUND, "hooks": GROUND, "organism": GROUND,
+    "adapters": GROUND | {"hooks"},
+    "interventions": GROUND | {"adapters", "hooks"},
+    "store": GROUND | {"parameterization"},
+    "capture": GROUND | {"adapters", "hooks", "latent_steps", "parameterization", "store"},
+    # the probe ties capture together; the only metrics it uses are the pure online reductions
+    "probe": GROUND | {"adapters", "capture", "hooks", "latent_steps", "parameterization", "store", "metrics",
+                       "interventions"},
+    "metrics": GROUND | {"parameterization", "store"},
+    "views": GROUND | {"metrics", "store", "study", "parameterization"},
+    "study": GROUND | {"probe", "store", "metrics", "interventions", "adapters", "parameterization"},
+    "testing": GROUND | {"adapters"},
+    "demo": GROUND | {"probe", "interventions", "organism", "metrics", "store", "views"},
+    "app": None,          # the application layer may import every room
+    "__main__": {"app"},
+    "root": None,         # the package root re-exports (checked below: never app)
+}
+# Known arrows against the table, each with the issue that removes it. The list may only shrink.
+KNOWN_EXCEPTIONS = {
+    ("metrics", "interventions"),    # feasibility → interventions.interpolation (issue 22, same move)
+}
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return "root" if len(parts) == 1 else parts[1]
+
+
+def test_every_import_follows_the_layer_table_including_imports_inside_functions():
+    bad, used_exceptions = [], set()
+    for mod, deps in graph(inside_functions=True).items():
+        room = _room(mod)
+        assert room in LAYERS, f"{mod}: room {room!r} is not in the layer table (add it, and to docs/architecture.md)"
+        allowed = LAYERS[room]
+        if allowed is None:
+            continue
+        for dep in deps:
+            target = _room(dep)
+            if target == room or target in allowed:
+                continue
+            if (room, target) in KNOWN_EXCEPTIONS:
+                used_exceptions.add((room, target))
+                continue
+            bad.append(f"{mod} imports {dep} ({room} may import {sorted(allowed) or 'nothing'})")
+    assert not bad, "\n".join(bad)
+    stale = KNOWN_EXCEPTIONS - used_exceptions
+    assert not stale, f"these known exceptions are gone: remove them from KNOWN_EXCEPTIONS: {stale}"
+
+
+def test_the_layer_table_catches_a_lazy_import_against_it(tmp_path):
+    """The walker sees an import inside a method (the rule would be blind to it otherwise)."""
+    src = tmp_path / "m.py"
+    src.write_text("class A:\n    def f(self):\n        from ..app import cli\n        return cli\n")
+    assert module_imports(src, "latent_probe.store.m", inside_functions=True) == {"latent_probe.app.cli"}
+    assert module_imports(src, "latent_probe.store.m") == set()
+
+
 def test_store_imports_nothing_from_metrics_or_above():
-    g = graph()
+    g = graph(inside_functions=True)
     for mod, deps in g.items():
         if mod.startswith("latent_probe.store"):
             bad = {d for d in deps if d.startswith(("latent_probe.metrics", "latent_probe.views",
