@@ -8,8 +8,9 @@ frees — nothing is dropped — and the time it blocked is recorded per step.
 Durability (docs/hdf5-schema.md states the guarantee):
 
 * The file is written beside its final path (``.<name>.<id>.partial.h5``) and moved into place once its
-  first step is committed (or at close, for a run that ended cleanly without one): an existing run that
-  ``overwrite=True`` replaces survives a generation that fails before its first step.
+  first step is committed; a run that commits no step is removed at close: an existing run that
+  ``overwrite=True`` replaces survives a generation (or a ``with`` block) that records no step, and a new
+  path is left without a file.
 * Everything that is not per-step — root attributes, datasets — is created before the first commit, then
   the file switches to SWMR mode; afterwards the writer only appends chunks and rows and updates the
   one-row ``/run_state`` dataset in place. A step is committed by flushing its data, then counting it in
@@ -482,8 +483,8 @@ class RunWriter:
         if self._space is not None:
             self._space.close()
         if not self.published and not self._kept:
-            if self.steps_written == 0 and not complete:
-                self._discard()  # nothing committed: leave the path (and any run it holds) as it was
+            if self.steps_written == 0:
+                self._discard()  # nothing committed: leave the path (and any run it holds) exactly as it was
             else:
                 try:
                     self._publish()
