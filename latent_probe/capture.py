@@ -36,6 +36,7 @@ from .hooks import static_lookup
 from .latent_steps import LatentSteps, boundary_step
 from .parameterization import (
     Parameterization,
+    UnknownParameterizationError,
     estimate_x0_eps,
     noise_convention,
     noise_level_at,
@@ -319,7 +320,7 @@ class StepCapture:
         calls, self._calls = self._calls, []
         try:
             self._record(scheduler, param, model_output, timestep, sample, calls)
-        except LayoutError as exc:
+        except (LayoutError, UnknownParameterizationError) as exc:
             self._stop(exc)
         return result
 
