@@ -1,0 +1,141 @@
+"""Trust, round two (issue 18): the last ways a run was lost, a value was wrong, or a file was believed.
+
+One test (or more) per row of the issue's table; each failed before the change it names.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from latent_probe import LatentProbe, open_run
+from conftest import run_pipe
+
+
+# ----------------------------------------------------------------------------- 1. a block that records nothing
+def test_empty_block_over_a_complete_run_leaves_it_untouched(one_expert_pipe, tmp_path):
+    path = tmp_path / "run.h5"
+    with LatentProbe(one_expert_pipe, path, capture=("x0",)):
+        run_pipe(one_expert_pipe, steps=3)
+    before = path.read_bytes()
+    stat = os.stat(path)
+    with pytest.warns(RuntimeWarning, match="recorded no step") as caught:
+        with LatentProbe(one_expert_pipe, path, overwrite=True):
+            pass
+    assert len([w for w in caught if "latent_probe" in str(w.message)]) == 1
+    assert path.read_bytes() == before and os.stat(path).st_ino == stat.st_ino
+    assert sorted(os.listdir(tmp_path)) == ["run.h5"]  # no partial file left beside it
+    with open_run(path) as run:
+        assert run.num_steps == 3 and run.complete
+
+
+def test_empty_block_on_a_new_path_leaves_no_file(one_expert_pipe, tmp_path):
+    path = tmp_path / "new.h5"
+    with pytest.warns(RuntimeWarning, match="recorded no step"):
+        with LatentProbe(one_expert_pipe, path) as probe:
+            pass
+    assert os.listdir(tmp_path) == []
+    assert probe.runs == [] and probe.paths == []
+    with pytest.warns(RuntimeWarning, match="recorded no step"):
+        with LatentProbe(one_expert_pipe) as probe:  # in memory: the same rule
+            pass
+    assert probe.runs == []
+
+
+# ----------------------------------------------------------------------------- 5. packed layouts (LTX)
+@pytest.fixture(scope="module")
+def ltx():
+    from video_families import BUILDERS
+
+    return BUILDERS["ltx"]()
+
+
+def _ltx_sizes(pipe, height, width, num_frames):
+    """The latent sizes, by the pipeline's own formula (pipeline_ltx.py: latent_num_frames, ...)."""
+    return ((num_frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+            height // pipe.vae_spatial_compression_ratio, width // pipe.vae_spatial_compression_ratio)
+
+
+def _packed_latents(pipe, height, width, num_frames, seed=3):
+    import torch
+
+    f, h, w = _ltx_sizes(pipe, height, width, num_frames)
+    x = torch.randn(1, pipe.transformer.config.in_channels, f, h, w, generator=torch.Generator().manual_seed(seed))
+    # through the class: the probe listens to the instance's own calls only
+    return type(pipe)._pack_latents(x, pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
+
+
+def _assert_unpacked_as_the_pipeline(run, calls, pipe, sizes):
+    x_t = run.latents("x_t")[:]
+    assert run.num_steps == len(calls) > 0
+    for i, call in enumerate(calls):
+        ref = pipe._unpack_latents(call.sample, *sizes, pipe.transformer_spatial_patch_size,
+                                   pipe.transformer_temporal_patch_size).numpy()
+        assert x_t[i].shape == ref.shape
+        np.testing.assert_array_equal(x_t[i], ref)
+
+
+def test_ltx_second_generation_with_latents_at_another_size_is_unpacked_with_its_own_sizes(ltx, tmp_path):
+    from video_families import Recorder
+
+    pipe = ltx.pipe
+    one, other = dict(height=32, width=64, num_frames=9), dict(height=64, width=32, num_frames=9)  # same token count
+    with Recorder(ltx) as rec, LatentProbe(pipe, tmp_path / "ltx.h5", store_dtype="float32",
+                                           capture=("x_t",)) as probe:
+        ltx.run(seed=0, **one)
+        first = len(rec.steps("pipe"))
+        ltx.run(seed=0, latents=_packed_latents(pipe, **other), **other)
+    calls = rec.steps("pipe")
+    runs = probe.runs
+    assert len(runs) == 2 and all(r.complete for r in runs)
+    _assert_unpacked_as_the_pipeline(runs[0], calls[:first], pipe, _ltx_sizes(pipe, **one))
+    _assert_unpacked_as_the_pipeline(runs[1], calls[first:], pipe, _ltx_sizes(pipe, **other))
+
+
+def test_ltx_with_latents_one_generation_is_recorded(ltx, tmp_path):
+    from video_families import Recorder
+
+    pipe, kw = ltx.pipe, ltx.kwargs
+    with Recorder(ltx) as rec, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "recording stopped"
+        with LatentProbe(pipe, tmp_path / "ltx.h5", store_dtype="float32", capture=("x_t",)) as probe:
+            ltx.run(seed=0, latents=_packed_latents(pipe, kw["height"], kw["width"], kw["num_frames"]))
+    assert probe.run.complete
+    _assert_unpacked_as_the_pipeline(probe.run, rec.steps("pipe"), pipe,
+                                     _ltx_sizes(pipe, kw["height"], kw["width"], kw["num_frames"]))
+
+
+def test_ltx_without_its_size_attributes_is_refused_at_entry(ltx, monkeypatch):
+    from latent_probe.adapters import UnsupportedTargetError
+
+    monkeypatch.setattr(ltx.pipe, "vae_temporal_compression_ratio", None)
+    probe = LatentProbe(ltx.pipe)
+    with pytest.raises(UnsupportedTargetError, match="vae_temporal_compression_ratio"):
+        probe.__enter__()
+    assert probe.hooks_attached == 0
+
+
+def test_recording_that_stops_after_a_commit_keeps_a_readable_file_with_its_reason(tmp_path):
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    class Toy(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
+    sched.set_timesteps(4)
+    x = torch.randn(1, 4, 3, 6, 6)
+    path = tmp_path / "stop.h5"
+    with pytest.warns(RuntimeWarning, match="recording stopped at step 2"):
+        with LatentProbe((Toy(), sched), path, capture=("x_t",)):
+            for i, t in enumerate(sched.timesteps):
+                y = x[0] if i == 2 else x  # the third step receives [C, F, H, W]: it cannot be recorded exactly
+                y = sched.step(torch.zeros_like(y), t, y).prev_sample
+                x = y if y.dim() == 5 else y[None]
+    with open_run(path) as run:
+        assert run.num_steps == 2 and not run.complete
+        assert "recording stopped at step 2" in run.error and "expected layout" in run.error
