@@ -139,3 +139,125 @@ def test_recording_that_stops_after_a_commit_keeps_a_readable_file_with_its_reas
     with open_run(path) as run:
         assert run.num_steps == 2 and not run.complete
         assert "recording stopped at step 2" in run.error and "expected layout" in run.error
+
+
+# ----------------------------------------------------------------------------- 2. bounded memory and time
+BOUNDED_CHILD = r"""
+import os, resource, sys, time
+import latent_probe
+from latent_probe import RunFileError, open_run
+vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[2]) * 2**20, resource.RLIM_INFINITY))
+t0 = time.perf_counter()
+try:
+    with open_run(sys.argv[1]) as run:
+        cmd = sys.argv[3]
+        if cmd != "open":
+            getattr(run, cmd)() if callable(getattr(run, cmd)) else getattr(run, cmd)
+    print("OPENED", time.perf_counter() - t0)
+except RunFileError as exc:
+    print("REFUSED", time.perf_counter() - t0, str(exc))
+"""
+
+
+def bounded(path, what="open", mem_mb=256, limit=20):
+    """Run ``open_run(path)`` (then ``run.<what>``) in a child under RLIMIT_AS = its size + mem_mb and a time
+    limit; returns (outcome, seconds, message)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", BOUNDED_CHILD, str(path), str(mem_mb), what], capture_output=True,
+                         text=True, timeout=limit + 30, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-1500:]
+    outcome, seconds, *msg = res.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert float(seconds) < limit, f"{what} took {seconds} s"
+    return outcome, float(seconds), (msg or [""])[0]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, one_expert_pipe):
+    path = tmp_path_factory.mktemp("claims") / "ref.h5"
+    with LatentProbe(one_expert_pipe, path, capture=("x0",), metrics=("x0",)):
+        run_pipe(one_expert_pipe, steps=3)
+    return path
+
+
+def _crafted(src, dst, edit):
+    import shutil
+
+    import h5py
+
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+def _claim(f, n, names):
+    for name in names:
+        f[name].resize(n, axis=0)
+    state = f["run_state"][0]
+    state["steps"] = n
+    f["run_state"][0] = state
+
+
+@pytest.fixture(scope="module")
+def small_rows_run(tmp_path_factory, one_expert_pipe):
+    path = tmp_path_factory.mktemp("claims") / "rows.h5"
+    with LatentProbe(one_expert_pipe, path, capture=("x0",), latent_steps="every:2"):
+        run_pipe(one_expert_pipe, steps=3)
+    return path
+
+
+@pytest.mark.parametrize("what", ["steps", "latent rows", "metric sum rows"])
+def test_claims_of_3e8_rows_are_refused_from_the_file_size(small_run, small_rows_run, tmp_path, what):
+    n = 300_000_000
+    sums = ["online/x0/change", "online/x0/sq", "online/x0/dot", "online/x0/dd"]
+    names = {"steps": ["steps", "latents/x0", *sums], "latent rows": ["steps", "latents/x0", "latent_step"],
+             "metric sum rows": ["steps", *sums]}[what]
+
+    def edit(f):
+        if what == "metric sum rows":
+            del f["latents/x0"], f["x0"]
+        _claim(f, n, names)
+
+    path = _crafted(small_rows_run if what == "latent rows" else small_run, tmp_path / "claim.h5", edit)
+    outcome, seconds, msg = bounded(path, mem_mb=256, limit=5)
+    assert outcome == "REFUSED" and "claims 300000000 steps" in msg, msg
+
+
+def test_a_group_of_5000_members_is_refused_before_they_are_opened(small_run, tmp_path):
+    def edit(f):
+        src = f["latents/x0"]
+        for i in range(5000):
+            f["latents"].create_dataset(f"q{i}", shape=(0, *src.shape[1:]), maxshape=(None, *src.shape[1:]),
+                                        chunks=src.chunks, dtype=src.dtype)
+
+    outcome, seconds, msg = bounded(_crafted(small_run, tmp_path / "g.h5", edit), limit=5)
+    assert outcome == "REFUSED" and "5000" in msg and "at most" in msg, msg
+
+
+# ----------------------------------------------------------------------------- 8. every failure names the path
+@pytest.mark.parametrize("kind", ["symlink loop", "/proc/self/mem", "directory"])
+def test_every_failure_to_open_is_a_run_file_error_naming_the_path(tmp_path, kind):
+    from latent_probe import RunFileError
+
+    if kind == "symlink loop":
+        path = tmp_path / "loop.h5"
+        os.symlink(path, path)
+    elif kind == "directory":
+        path = tmp_path
+    else:
+        path = "/proc/self/mem"
+    with pytest.raises(RunFileError) as err:
+        open_run(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_dangling_symlink_output_path_is_refused_at_entry(one_expert_pipe, tmp_path):
+    path = tmp_path / "out.h5"
+    os.symlink(tmp_path / "nowhere" / "x.h5", path)
+    probe = LatentProbe(one_expert_pipe, path)
+    with pytest.raises(FileExistsError, match="dangling symbolic link"):
+        probe.__enter__()
+    assert probe.hooks_attached == 0 and os.listdir(tmp_path) == ["out.h5"]

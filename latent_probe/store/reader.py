@@ -229,6 +229,9 @@ class Run:
         group = f[schema.LATENTS_GROUP]
         if not isinstance(group, h5py.Group):
             raise RunFileError(f"{where}: /{schema.LATENTS_GROUP} is not a group")
+        if len(group) > schema.MAX_QUANTITIES:  # counted from the group's header, before any member is opened
+            raise RunFileError(f"{where}: /{schema.LATENTS_GROUP} holds {len(group)} members; a run stores at most "
+                               f"{schema.MAX_QUANTITIES} quantities")
         shape = None
         self._latents: dict[str, h5py.Dataset] = {}
         for name in group:
@@ -287,11 +290,17 @@ class Run:
         if not isinstance(group, h5py.Group):
             raise RunFileError(f"{where}: /{schema.ONLINE_GROUP} is not a group")
         out: dict[str, dict[str, h5py.Dataset]] = {}
+        if len(group) > schema.MAX_QUANTITIES:
+            raise RunFileError(f"{where}: /{schema.ONLINE_GROUP} holds {len(group)} members; a run computes metrics "
+                               f"of at most {schema.MAX_QUANTITIES} spaces")
         for space in group:
             check_link(group, space, where)
             sub = group[space]
             if not isinstance(sub, h5py.Group):
                 raise RunFileError(f"{where}: /{schema.ONLINE_GROUP}/{space} is not a group")
+            if len(sub) > schema.MAX_QUANTITIES:
+                raise RunFileError(f"{where}: /{schema.ONLINE_GROUP}/{space} holds {len(sub)} members; a space has "
+                                   f"at most {schema.MAX_QUANTITIES} sums")
             fields: dict[str, h5py.Dataset] = {}
             for name in sub:
                 check_link(sub, name, where)
@@ -368,10 +377,17 @@ class Run:
                 raise RunFileError(f"{where} claims {claimed} committed steps but holds {present}")
         else:
             claimed = present
-        kept = self._kept_steps(claimed, size)
+        # every claim is checked against the file's real size before anything proportional to it is allocated
         step_bytes = sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in self._latents.values())
-        if len(kept) * step_bytes > size or claimed * steps.dtype.itemsize > size:
-            raise RunFileError(f"{where} claims {claimed} steps of {step_bytes} bytes; the file has {size}")
+        row_bytes = steps.dtype.itemsize + sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in online)
+        if self._latent_step_ds is None:
+            row_bytes += step_bytes
+        if claimed * row_bytes > size:
+            raise RunFileError(f"{where} claims {claimed} steps of {row_bytes} bytes each; the file has {size}")
+        kept = self._kept_steps(claimed, size)
+        if len(kept) * step_bytes > size:
+            raise RunFileError(f"{where} claims {len(kept)} stored latent rows of {step_bytes} bytes; the file has "
+                               f"{size}")
         latent_rows = [(name, ds, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize) for name, ds in self._latents.items()]
         for i in range(self._k, len(kept)):
             for name, ds, nbytes in latent_rows:
@@ -775,6 +791,15 @@ def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = No
     path = os.fspath(path)
     if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    try:
+        return _open_run(path, mode, swmr)
+    except (FileNotFoundError, RunFileError):
+        raise
+    except OSError as exc:  # a symlink loop, /proc/self/mem, a device error, no permission: one line with the path
+        raise RunFileError(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _open_run(path: str, mode: str, swmr: bool | None) -> Run:
     try:
         superblock, size = read_superblock(path)
     except SuperblockError as exc:

@@ -43,6 +43,7 @@ METRICS_GROUP = "metrics"
 ONLINE_GROUP = "online"
 LATENT_STEP_DIM = "latent_step"
 STORE_DTYPES = ("float16", "float32")
+MAX_QUANTITIES = 16  # members of /latents, /online, /online/<space> a reader accepts (a run writes at most 6, 4, 4)
 
 # /steps: one compound row per step. "expert" indexes the root attribute "experts" (-1: no expert ran);
 # "nonfinite" is a bitmask over the quantities in the order of the dataset's attribute "quantities" (bit i:

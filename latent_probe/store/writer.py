@@ -191,6 +191,9 @@ class RunWriter:
                 raise IsADirectoryError(f"{self.path} is a directory")
             if os.path.exists(self.path) and not overwrite:
                 raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+            if os.path.islink(self.path) and not os.path.exists(self.path) and not overwrite:
+                raise FileExistsError(f"{self.path} is a dangling symbolic link (to {os.readlink(self.path)}); "
+                                      "remove it, or pass overwrite=True to replace the link with the run")
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
                 raise FileNotFoundError(f"directory {parent} does not exist")
