@@ -125,6 +125,9 @@ class LatentProbe:
         if on_write_error not in ("raise", "warn"):
             raise ValueError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
         user_attrs = dict(attrs or {})
+        if len(user_attrs) > schema.MAX_USER_ATTRS:
+            raise ValueError(f"attrs has {len(user_attrs)} entries; a run keeps at most {schema.MAX_USER_ATTRS} "
+                             "(put a large table in one JSON value)")
         reserved = sorted(set(user_attrs) & schema.RESERVED_ATTRS)
         if reserved:
             raise ValueError(f"attrs {reserved} are written by latent_probe itself; choose other names")
@@ -294,7 +297,7 @@ class LatentProbe:
                         self._memory.append(Run(w.file, owns_file=True, source=None))
                 elif w.published and w.path is not None:
                     self._paths.append(w.path)
-            if exc_type is None and not any(w.steps_written for _, w in cap.closed):
+            if exc_type is None and not any(w.steps_written or w.failed for _, w in cap.closed):
                 where = "" if self.path is None else f" ({self.path} is left as it was)"
                 warnings.warn(f"latent_probe: the block recorded no step (no scheduler.step ran inside it); nothing "
                               f"was written{where}", RuntimeWarning, stacklevel=3)

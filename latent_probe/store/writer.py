@@ -43,6 +43,7 @@ import torch
 
 from .._version import __version__
 from . import schema
+from .checksum import ALGORITHM as CHECKSUM, checksum
 from .liveness import hold_writer_lock, writer_alive
 from .superblock import declared_end_of_file
 from ..errors import LatentProbeError
@@ -112,8 +113,11 @@ def partial_path(path: str) -> str:
 class _SpaceReservation:
     """Keeps the disk blocks for the next write allocated ahead of HDF5 (``posix_fallocate``)."""
 
-    def __init__(self, path: str) -> None:
-        self.fd: int | None = os.open(path, os.O_RDWR)
+    def __init__(self, path: str, create: bool = False) -> None:
+        """``create``: make the file (it must not exist) — the caller then takes the writer lock before anything
+        else opens it, so a partial file is never seen unlocked while its writer lives."""
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.fd: int | None = os.open(path, flags, 0o644)
         self.supported = hasattr(os, "posix_fallocate")
 
     def ensure(self, end: int) -> None:
@@ -199,15 +203,25 @@ class RunWriter:
                 raise FileNotFoundError(f"directory {parent} does not exist")
             self.overwrite = overwrite
             self.write_path = partial_path(self.path)
-            self.file = h5py.File(self.write_path, "w", libver="latest")
+            # created and locked before HDF5 opens it: live from creation, a partial file is never taken for a
+            # killed writer's (studies remove those by this lock alone)
+            self._space = _SpaceReservation(self.write_path, create=True)
+            self._space.hold()
+            try:
+                self.file = h5py.File(self.write_path, "w", libver="latest")
+            except BaseException:
+                self._space.close()
+                try:
+                    os.unlink(self.write_path)
+                except OSError:
+                    pass
+                raise
         else:
             self.overwrite = False
             self.write_path = None
             self.file = h5py.File(f"latent_probe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
         try:
             if self.write_path is not None:
-                self._space = _SpaceReservation(self.write_path)
-                self._space.hold()  # live from creation: a partial file is never taken for a killed writer's
                 self._space.ensure(_METADATA_MARGIN)
             self._begin(attrs or {})
         except BaseException as exc:
@@ -227,6 +241,7 @@ class RunWriter:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._sum_datasets: dict[str, h5py.Dataset] = {}
         self._sum_shapes: dict[str, tuple[int, ...]] = {}
+        self._online_spaces: list[str] = []
         self._latent_step: h5py.Dataset | None = None
         self._step_nbytes = 0
         self.latent_rows_written = 0
@@ -353,6 +368,11 @@ class RunWriter:
                 buf.copy_(t)
         self._todo.put((slot, meta, tuple(tensors), event, attrs))
         return blocked
+
+    @property
+    def failed(self) -> bool:
+        """Writing failed (the error was raised or warned about)."""
+        return self._error is not None
 
     def _failed(self) -> bool:
         """True when recording has stopped (on_error="warn"); raises when it failed (on_error="raise")."""
@@ -575,7 +595,8 @@ class RunWriter:
                 nonfinite |= 1 << i
             if over:
                 overflow |= 1 << i
-            out[name] = src.astype(dtype, copy=False)
+            with np.errstate(over="ignore"):  # an overflow is flagged and warned about once, below, not by numpy
+                out[name] = src.astype(dtype, copy=False)
         return out, nonfinite, overflow
 
     @staticmethod
@@ -607,6 +628,8 @@ class RunWriter:
         self._expert_index(expert)
         extra = dict(attrs or {})
         extra.update(quantities=list(shapes), experts=list(self._experts))
+        if shapes:
+            extra["checksum"] = CHECKSUM
         if sums:
             extra["online"] = sorted({name.split("/")[0] for name in sums})
         clash = sorted(set(extra) & set(f.attrs))
@@ -628,6 +651,12 @@ class RunWriter:
         self._step_nbytes = sum(int(np.prod(s)) * dtype.itemsize for s in shapes.values())
         self._steps_ds.attrs["quantities"] = list(shapes)
         self._names = tuple(shapes)
+        self._checksums = {}
+        if shapes:
+            sums_group = f.create_group(schema.CHECKSUMS_GROUP)
+            for name in shapes:
+                self._checksums[name] = sums_group.create_dataset(
+                    name, shape=(0,), maxshape=(None,), chunks=(schema.SCALE_CHUNK,), dtype=np.uint32)
         if self.latent_rows:
             self._latent_step = self._resizable(schema.LATENT_STEP_DIM, np.int64)
             self._latent_step.make_scale(schema.LATENT_STEP_DIM)
@@ -637,6 +666,10 @@ class RunWriter:
         self._coords["expert"] = expert
         if shapes:
             self._scales(shapes)
+        self._online_spaces = sorted({name.split("/")[0] for name in sums})
+        if sums:
+            # non-finite values of a space whose sums were computed are flagged at bit ONLINE_BIT0 + j of "nonfinite"
+            self._steps_ds.attrs["online_bits"] = self._online_spaces
         if sums:
             online = f.create_group(schema.ONLINE_GROUP)
             for name, arr in sums.items():
@@ -710,11 +743,15 @@ class RunWriter:
         if slot.keep and self._names:
             at = self.latent_rows_written if self.latent_rows else n
             for name in self._names:
-                self._append_chunk(self._datasets[name], at, arrays[name])
+                arr = np.ascontiguousarray(arrays[name])
+                self._append_chunk(self._datasets[name], at, arr)
+                # the checksum of the bytes just written, computed here on the writer thread (GIL released)
+                self._append(self._checksums[name], at, np.asarray(checksum(arr), dtype=np.uint32))
             if self._latent_step is not None:
                 self._append(self._latent_step, at, np.asarray(n, dtype=np.int64))
         for name, arr in sums.items():
             self._append(self._sum_datasets[name], n, arr)
+        bits |= self._sums_nonfinite(sums)
         if bits:
             self.nonfinite_steps += 1
             self._warn_values(meta.index, bits, over)
@@ -748,6 +785,19 @@ class RunWriter:
                 raise
         self.steps_written = n + 1
 
+    def _sums_nonfinite(self, sums: dict[str, np.ndarray]) -> int:
+        """Bits (ONLINE_BIT0 + j) of the spaces whose sums of this step hold NaN/Inf: the frame sums of this step's
+        tensor alone (sq, dot, dd; for one frame, its squared norm), so a step is flagged where it happened —
+        whether or not its latents are stored."""
+        bits = 0
+        for j, space in enumerate(self._online_spaces):
+            own = [sums[k] for k in (f"{space}/sq", f"{space}/dot", f"{space}/dd") if k in sums]
+            if not own and f"{space}/change" in sums:
+                own = [sums[f"{space}/change"][3:]]  # [l1 of the change, ‖prev‖², ‖prev‖₁, ‖x‖²]: NaN at step 0
+            if any(not np.all(np.isfinite(a)) for a in own):
+                bits |= 1 << (schema.ONLINE_BIT0 + j)
+        return bits
+
     def _warn_values(self, index: int, bits: int, over: int) -> None:
         if over and not self._warned_overflow:
             self._warned_overflow = True
@@ -758,5 +808,7 @@ class RunWriter:
         if bits & ~over and not self._warned_nonfinite:
             self._warned_nonfinite = True
             bad = [q for i, q in enumerate(self._names) if (bits & ~over) >> i & 1]
+            bad += [f"{q} (metric sums)" for j, q in enumerate(self._online_spaces)
+                    if bits >> (schema.ONLINE_BIT0 + j) & 1]
             warnings.warn(f"latent_probe: NaN/Inf in {bad} at step {index}; recorded and flagged "
                           "in /steps (nonfinite)", RuntimeWarning, stacklevel=1)
