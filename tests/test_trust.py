@@ -261,3 +261,220 @@ def test_a_dangling_symlink_output_path_is_refused_at_entry(one_expert_pipe, tmp
     with pytest.raises(FileExistsError, match="dangling symbolic link"):
         probe.__enter__()
     assert probe.hooks_attached == 0 and os.listdir(tmp_path) == ["out.h5"]
+
+
+# ----------------------------------------------------------------------------- 3. integrity end to end
+@pytest.fixture(scope="module")
+def demo_path(tmp_path_factory):
+    from latent_probe.demo import run_demo_generation
+
+    path = tmp_path_factory.mktemp("integrity") / "demo.h5"
+    run_demo_generation(path, steps=4, frames=5)[1].close()
+    return path
+
+
+def _latent_chunks(path):
+    """(quantity, row, byte offset, size) of every stored latent chunk."""
+    import h5py
+
+    out = []
+    with h5py.File(path, "r") as f:
+        for q, ds in f["latents"].items():
+            for i in range(ds.shape[0]):
+                info = ds.id.get_chunk_info_by_coord((i, 0, 0, 0, 0, 0))
+                out.append((q, i, info.byte_offset, info.size))
+    return out
+
+
+def test_every_bit_flip_in_stored_latent_data_is_detected_on_read(demo_path, tmp_path):
+    import random
+    import shutil
+
+    from latent_probe import RunFileError
+
+    rng = random.Random(18)
+    chunks = _latent_chunks(demo_path)
+    with open_run(demo_path) as run:
+        assert run.checksum_algorithm in ("crc32c", "crc32")
+        ref = {q: run.latents(q)[:] for q in run.quantities}
+    for trial in range(40):
+        q, row, offset, size = rng.choice(chunks)
+        bit = rng.randrange(size * 8)
+        path = tmp_path / f"flip{trial}.h5"
+        shutil.copyfile(demo_path, path)
+        with open(path, "r+b") as fh:
+            fh.seek(offset + bit // 8)
+            byte = fh.read(1)[0]
+            fh.seek(offset + bit // 8)
+            fh.write(bytes([byte ^ (1 << bit % 8)]))
+        with open_run(path) as run:
+            with pytest.raises(RunFileError, match=f"{q} at step {row} does not match the"):
+                run.latents(q)[row]
+            with pytest.raises(RunFileError, match="does not match"):
+                run.metrics(q) if q in ("x0", "eps", "x_t", "pred") else run.latents(q)[:]
+            run.verify = False  # the way to skip: the changed value is read
+            changed = run.latents(q)[row]
+            assert changed.tobytes() != ref[q][row].tobytes()
+            assert np.array_equal(run.latents(q)[row - 1], ref[q][row - 1]) if row else True
+
+
+def test_a_metrics_cache_overwritten_with_other_numbers_is_a_miss(demo_path, tmp_path):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "cache.h5"
+    shutil.copyfile(demo_path, path)
+    with open_run(path) as run:
+        truth = run.metrics("x0").l2.copy()
+    with open_run(path, "r+") as run:
+        run.metrics("x0")  # cached in the file
+    with h5py.File(path, "r+") as f:
+        f["metrics/x0/adjacent/l2"][...] = 7.0  # same shape, other numbers
+    with open_run(path) as run:
+        np.testing.assert_array_equal(run.metrics("x0").l2, truth)
+    from latent_probe.app import cli
+
+    out = tmp_path / "m.csv"
+    cli.main(["metrics", str(path), "--csv", "-o", str(out)])
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    l2 = table[table.metric == "l2"]
+    assert len(l2) and not np.any(l2.value == 7.0)
+
+
+def test_a_cache_of_other_data_or_without_checksums_is_a_miss(demo_path, tmp_path):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "cache.h5"
+    shutil.copyfile(demo_path, path)
+    with open_run(path, "r+") as run:
+        run.metrics("x0")
+        assert run.cache.has("x0/adjacent", 2)
+    with h5py.File(path, "r+") as f:  # another run's latents (and their consistent checksums) under this cache
+        x0 = f["latents/x0"]
+        row = x0[0].copy()
+        x0[0] = row * 2
+        from latent_probe.store.checksum import checksum
+
+        f["checksums/x0"][0] = checksum(x0[0], f.attrs["checksum"])
+    with open_run(path) as run:
+        assert not run.cache.has("x0/adjacent", 2)
+    with h5py.File(path, "r+") as f:  # a file from before checksums: nothing cached can be believed
+        del f["checksums"]
+        del f.attrs["checksum"]
+    with open_run(path) as run:
+        assert run.checksum_algorithm is None and not run.cache.has("x0/adjacent", 2)
+        run.latents("x0")[:]  # reads without verification: there is nothing to verify against
+
+
+def test_root_attributes_beyond_any_run_are_refused_in_bounded_time(small_run, tmp_path):
+    # 5,000 here (crafting is slow); tests/test_store_hostile.py opens one with 100,000 under its memory cap
+    def edit(f):
+        for i in range(5000):
+            f.attrs[f"a{i}"] = i
+
+    path = _crafted(small_run, tmp_path / "attrs.h5", edit)
+    for what in ("open", "attrs"):
+        outcome, seconds, msg = bounded(path, what, limit=5)
+        assert outcome == "REFUSED" and "holds 50" in msg and "root attributes" in msg, msg
+    with pytest.raises(ValueError, match="at most 1024"):
+        LatentProbe(None, attrs={f"k{i}": i for i in range(2000)})
+
+
+def test_float16_overflow_gives_one_warning(tmp_path):
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    class Toy(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
+    sched.set_timesteps(3)
+    x = torch.full((1, 4, 3, 4, 4), 1e6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with LatentProbe((Toy(), sched), tmp_path / "o.h5", capture=("x_t",)):
+            for t in sched.timesteps:
+                x = sched.step(torch.zeros_like(x), t, x).prev_sample
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == 1 and "exceed float16's range" in texts[0], texts
+
+
+# ----------------------------------------------------------------------------- 6. non-finite values, metrics-only
+@pytest.mark.parametrize("storage", [dict(capture=(), metrics=("x0",)),
+                                     dict(capture=("x0",), metrics=("x0",), latent_steps="every:4")],
+                         ids=["metrics-only", "latent_steps"])
+def test_nonfinite_values_are_flagged_at_the_step_they_happened(tmp_path, storage):
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    class Toy(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
+    sched.set_timesteps(6)
+    x = torch.randn(1, 4, 3, 4, 4)
+    path = tmp_path / "nan.h5"
+    with pytest.warns(RuntimeWarning, match="NaN/Inf in .*x0.* at step 2"):
+        with LatentProbe((Toy(), sched), path, **storage):
+            for i, t in enumerate(sched.timesteps):
+                if i == 2:
+                    x = x.clone()
+                    x[0, 0, 1, 0, 0] = float("nan")
+                x = sched.step(torch.zeros_like(x), t, x).prev_sample
+    with open_run(path) as run:
+        flags = run.nonfinite["x0"]
+        assert flags.tolist()[:3] == [False, False, True], flags
+        assert run.attrs["nonfinite_steps"] == int(flags.sum()) >= 1
+
+
+# ----------------------------------------------------------------------------- 7. a killed study's partial files
+def test_a_study_removes_unlocked_partials_of_its_jobs_however_young_and_keeps_live_ones(tmp_path):
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    from latent_probe.store.liveness import hold_writer_lock, writer_alive
+    from latent_probe.study import Prompt, Suite, run_path, run_study
+
+    class Toy(torch.nn.Module):
+        def forward(self, x, t):
+            return x * 0.5
+
+    model = Toy()
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
+
+    def generate(job):
+        sched.set_timesteps(2)
+        x = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(job.seed))
+        for t in sched.timesteps:
+            x = sched.step(model(x, t.expand(1)), t, x).prev_sample
+
+    suite = Suite("partials", [Prompt("p0", "a prompt")], seeds=[0, 1])
+    jobs = suite.jobs()
+    out = tmp_path / "study"
+    (out / "runs").mkdir(parents=True)
+
+    def partial(job, tag):  # what a job killed before its first step leaves: just created, never locked again
+        p = out / "runs" / f".{os.path.basename(run_path(out, job.id))}.{tag}.partial.h5"
+        p.write_bytes(b"\x89HDF\r\n\x1a\n")
+        return p
+
+    killed = partial(jobs[0], "0123456789ab")  # younger than any age rule
+    live = partial(jobs[0], "ba9876543210")
+    fd = os.open(live, os.O_RDWR)
+    try:
+        assert hold_writer_lock(fd) and writer_alive(str(live)) is True
+        run_study(suite, generate, (model, sched), out, intervene=None, log=None)
+        assert not killed.exists(), "an unlocked partial of a redone job is removed, however young"
+        assert live.exists(), "a partial whose writer holds its lock is left alone"
+        later = partial(jobs[1], "00000000beef")  # a killed attempt of a job that is complete by now
+        result = run_study(suite, generate, (model, sched), out, intervene=None, log=None)
+        assert len(result.skipped) == 2 and not later.exists()
+    finally:
+        os.close(fd)
