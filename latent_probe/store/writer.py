@@ -25,6 +25,7 @@ itself are passed by reference; the cast to ``store_dtype`` happens in the write
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import errno
 import json
@@ -242,6 +243,7 @@ class RunWriter:
         self._sum_datasets: dict[str, h5py.Dataset] = {}
         self._sum_shapes: dict[str, tuple[int, ...]] = {}
         self._online_spaces: list[str] = []
+        self._crc_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._latent_step: h5py.Dataset | None = None
         self._step_nbytes = 0
         self.latent_rows_written = 0
@@ -369,6 +371,12 @@ class RunWriter:
         self._todo.put((slot, meta, tuple(tensors), event, attrs))
         return blocked
 
+    def _checksummer(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One helper thread of the writer thread: checksums a step's rows while they are written."""
+        if self._crc_pool is None:
+            self._crc_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latent_probe-checksum")
+        return self._crc_pool
+
     @property
     def failed(self) -> bool:
         """Writing failed (the error was raised or warned about)."""
@@ -472,6 +480,9 @@ class RunWriter:
         if self._thread.is_alive():
             self._todo.put(_STOP)
             self._thread.join()
+        if self._crc_pool is not None:
+            self._crc_pool.shutdown(wait=True)
+            self._crc_pool = None
         complete = bool(final.get("complete", False)) and self._error is None
         state = self._state
         state["steps"] = self.steps_written
@@ -742,11 +753,13 @@ class RunWriter:
         n = self.steps_written
         if slot.keep and self._names:
             at = self.latent_rows_written if self.latent_rows else n
+            rows = {name: np.ascontiguousarray(arrays[name]) for name in self._names}
+            # the checksums of the bytes being written, computed beside the writes (both release the GIL)
+            crcs = self._checksummer().submit(lambda: [checksum(rows[n]) for n in self._names])
             for name in self._names:
-                arr = np.ascontiguousarray(arrays[name])
-                self._append_chunk(self._datasets[name], at, arr)
-                # the checksum of the bytes just written, computed here on the writer thread (GIL released)
-                self._append(self._checksums[name], at, np.asarray(checksum(arr), dtype=np.uint32))
+                self._append_chunk(self._datasets[name], at, rows[name])
+            for name, crc in zip(self._names, crcs.result()):
+                self._append(self._checksums[name], at, np.asarray(crc, dtype=np.uint32))
             if self._latent_step is not None:
                 self._append(self._latent_step, at, np.asarray(n, dtype=np.int64))
         for name, arr in sums.items():
