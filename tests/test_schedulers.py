@@ -162,3 +162,22 @@ def test_a_scheduler_that_clips_its_x0_is_refused_at_entry(allegro, name):
         assert probe.hooks_attached == 0
     finally:
         pipe.scheduler = base_sched
+
+
+def test_euler_called_with_churn_stops_recording_with_its_reason(tmp_path):
+    from latent_probe import open_run
+
+    class Toy(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    sched = diffusers.EulerDiscreteScheduler()
+    sched.set_timesteps(4)
+    x = torch.randn(1, 4, 3, 4, 4) * sched.init_noise_sigma
+    with pytest.warns(RuntimeWarning, match="s_churn=0.5"):
+        with LatentProbe((Toy(), sched), tmp_path / "c.h5", capture=("x0",)):
+            for i, t in enumerate(sched.timesteps):
+                churn = 0.5 if i == 2 else 0.0
+                x = sched.step(torch.zeros_like(x), t, x, s_churn=churn).prev_sample
+    with open_run(tmp_path / "c.h5") as run:
+        assert run.num_steps == 2 and "s_churn" in run.error
