@@ -330,11 +330,10 @@ class Run:
         if checksum_function(algorithm) is None:
             raise RunFileError(f"{self._where} records {algorithm} checksums, which this installation cannot compute "
                                "(pip install google-crc32c), or open it with verify=False")
-        ds = self._checksums[name]
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
-        if hi > ds.shape[0]:
-            raise RunFileError(f"{self._where}: the checksum of {name} row {hi - 1} is missing (corrupt)")
-        stored = ds[lo:hi][rows - lo]
+        table = self._checksum_rows[name]  # read (and checked) when the steps were counted
+        if int(rows[-1]) >= len(table):
+            raise RunFileError(f"{self._where}: the checksum of {name} row {int(rows[-1])} is missing (corrupt)")
+        stored = table[rows]
         for k, row in enumerate(data):
             if checksum(row, algorithm) != int(stored[k]):
                 step = int(self._kept[rows[k]]) if rows[k] < len(self._kept) else int(rows[k])
@@ -344,8 +343,9 @@ class Run:
 
     def checksums(self, name: str) -> np.ndarray | None:
         """[K] uint32: the checksum of each stored latent row of ``name`` (None for a file written without them)."""
-        ds = self._checksums.get(name)
-        return None if ds is None else np.asarray(ds[: self._k], dtype=np.uint32)
+        if name not in self._checksums:
+            return None
+        return self._checksum_rows[name].copy()
 
     @property
     def checksum_algorithm(self) -> str | None:
@@ -490,6 +490,13 @@ class Run:
             idx = self._table(claimed)["expert"]
             if idx.min() < -1 or idx.max() >= len(self._expert_names):
                 raise RunFileError(f"{where}: a step names an expert that the run does not list")
+        rows = {}
+        for name, ds in self._checksums.items():  # K × 4 bytes each, read now: a damaged one is refused at open
+            if ds.shape[0] < len(kept):
+                raise RunFileError(f"{where}: /{schema.CHECKSUMS_GROUP}/{name} holds {ds.shape[0]} of the "
+                                   f"{len(kept)} rows' checksums (corrupt)")
+            rows[name] = np.asarray(ds[: len(kept)], dtype=np.uint32)
+        self._checksum_rows = rows
         self._n = claimed
         self._k = len(kept)
         self._kept = kept
