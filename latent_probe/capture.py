@@ -36,6 +36,7 @@ from .hooks import static_lookup
 from .latent_steps import LatentSteps, boundary_step
 from .parameterization import (
     Parameterization,
+    UnknownParameterizationError,
     estimate_x0_eps,
     noise_convention,
     noise_level_at,
@@ -88,6 +89,13 @@ def _step_args(scheduler: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor,
         raise LayoutError(f"{type(scheduler).__name__}.step called with arguments its signature refuses: {exc}") \
             from None
     model_output, timestep, sample = bound.get("model_output"), bound.get("timestep"), bound.get("sample")
+    churn = bound.get("s_churn")
+    if isinstance(churn, (int, float)) and churn > 0:  # Euler: noise added inside step, to a sample we never see
+        raise LayoutError(f"{type(scheduler).__name__}.step was called with s_churn={churn}: it re-noises the sample "
+                          "inside step, so its x̂₀ is not the one of the sample it received")
+    if bound.get("per_token_timesteps") is not None:
+        raise LayoutError(f"{type(scheduler).__name__}.step was called with per_token_timesteps: one σ per token, "
+                          "which latent_probe does not record")
     if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
         raise LayoutError(f"{type(scheduler).__name__}.step received no model_output/sample tensors")
     return model_output, timestep, sample
@@ -319,7 +327,7 @@ class StepCapture:
         calls, self._calls = self._calls, []
         try:
             self._record(scheduler, param, model_output, timestep, sample, calls)
-        except LayoutError as exc:
+        except (LayoutError, UnknownParameterizationError) as exc:
             self._stop(exc)
         return result
 

@@ -32,6 +32,11 @@ __all__ = [
     "noise_convention",
     "recorded_level",
     "NOISE_CONVENTIONS",
+    "SchedulerRule",
+    "UnverifiedSchedulerError",
+    "register_scheduler",
+    "scheduler_rule",
+    "check_scheduler",
 ]
 
 
@@ -83,9 +88,95 @@ def recorded_level(convention: str, alpha: float, sigma: float) -> NoiseLevel:
                       inverted=convention == "flow_inverted", k_diffusion=convention == "k_diffusion")
 
 
-# diffusers schedulers whose `step` receives the unscaled sample x = x0 + sigma * eps (k-diffusion convention:
-# `scale_model_input` divides by sqrt(sigma^2 + 1) before the model; `step` works on the unscaled x).
-K_DIFFUSION_SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
+class UnverifiedSchedulerError(UnknownParameterizationError):
+    """A scheduler class whose σ convention and x̂₀ rule latent_probe has not verified against its own x̂₀."""
+
+
+@dataclass(frozen=True)
+class SchedulerRule:
+    """How one scheduler class defines the noise level of the sample its ``step`` receives, read from its source.
+
+    ``sigma``: where the σ of that sample is: ``"index"`` — ``sigmas[i]``, i the ``step_index`` the call used;
+    ``"kdpm2"`` — ``sigmas[i]`` on a first-order call, ``sigmas_interpol[i]`` on a second-order one (KDPM2);
+    ``"kdpm2_ancestral"`` — the same with ``sigmas_interpol[i - 1]`` (KDPM2-ancestral); ``"timestep"`` —
+    ``alphas_cumprod[timestep]`` (no σ table). ``k_diffusion``: ``step`` receives the unscaled x = x₀ + σ·ε (the
+    model saw x/√(σ²+1)). Multistep solvers (``"index"`` without k_diffusion) keep σ_k = √((1−ᾱ)/ᾱ), or flow σ
+    when their configuration says so (``use_flow_sigmas`` / ``prediction_type="flow_prediction"``)."""
+
+    sigma: str = "index"
+    k_diffusion: bool = False
+
+
+_D = "diffusers.schedulers."
+_K = SchedulerRule("index", k_diffusion=True)
+# (module, class name) -> rule, for every scheduler a supported pipeline accepts (diffusers'
+# KarrasDiffusionSchedulers, the flow-matching ones, CogVideoX's, Wan2.2's own), each checked by
+# tests/test_schedulers.py against the scheduler's own x̂₀ (pred_original_sample / model_outputs).
+VERIFIED_SCHEDULERS: dict[tuple[str, str], SchedulerRule] = {
+    (_D + "scheduling_ddim", "DDIMScheduler"): SchedulerRule("timestep"),
+    (_D + "scheduling_ddpm", "DDPMScheduler"): SchedulerRule("timestep"),
+    (_D + "scheduling_ddim_cogvideox", "CogVideoXDDIMScheduler"): SchedulerRule("timestep"),
+    (_D + "scheduling_dpm_cogvideox", "CogVideoXDPMScheduler"): SchedulerRule("timestep"),
+    (_D + "scheduling_lms_discrete", "LMSDiscreteScheduler"): _K,
+    (_D + "scheduling_euler_discrete", "EulerDiscreteScheduler"): _K,
+    (_D + "scheduling_euler_ancestral_discrete", "EulerAncestralDiscreteScheduler"): _K,
+    (_D + "scheduling_heun_discrete", "HeunDiscreteScheduler"): _K,  # both orders use sigmas[step_index]
+    (_D + "scheduling_k_dpm_2_discrete", "KDPM2DiscreteScheduler"): SchedulerRule("kdpm2", k_diffusion=True),
+    (_D + "scheduling_k_dpm_2_ancestral_discrete", "KDPM2AncestralDiscreteScheduler"):
+        SchedulerRule("kdpm2_ancestral", k_diffusion=True),
+    (_D + "scheduling_dpmsolver_multistep", "DPMSolverMultistepScheduler"): SchedulerRule(),
+    (_D + "scheduling_dpmsolver_singlestep", "DPMSolverSinglestepScheduler"): SchedulerRule(),
+    (_D + "scheduling_deis_multistep", "DEISMultistepScheduler"): SchedulerRule(),
+    (_D + "scheduling_unipc_multistep", "UniPCMultistepScheduler"): SchedulerRule(),
+    (_D + "scheduling_flow_match_euler_discrete", "FlowMatchEulerDiscreteScheduler"): SchedulerRule(),
+    (_D + "scheduling_flow_match_heun_discrete", "FlowMatchHeunDiscreteScheduler"): SchedulerRule(),
+    (_D + "scheduling_flow_match_lcm", "FlowMatchLCMScheduler"): SchedulerRule(),
+    ("wan.utils.fm_solvers_unipc", "FlowUniPCMultistepScheduler"): SchedulerRule(),  # Wan2.2's own
+    ("wan.utils.fm_solvers", "FlowDPMSolverMultistepScheduler"): SchedulerRule(),
+}
+# accepted by a supported pipeline, but not recordable exactly (yet): refused with the reason
+REFUSED_SCHEDULERS: dict[str, str] = {
+    "PNDMScheduler": "its PRK/PLMS steps keep no x̂₀ to verify the noise level of the sample they receive against",
+    "EDMEulerScheduler": "EDM preconditioning (c_skip, c_out with sigma_data) is none of the conventions latent_probe "
+                         "computes x̂₀ for",
+    "DPMSolverSDEScheduler": "not verified (its Brownian-tree noise needs torchsde, which the tests do not install)",
+}
+_REGISTERED: dict[type, SchedulerRule] = {}
+
+
+def register_scheduler(cls: type, rule: SchedulerRule) -> None:
+    """Declare the σ convention of your own scheduler class (exact class, not its subclasses): you state what
+    latent_probe would otherwise have to guess. Classes latent_probe ships rules for cannot be redefined."""
+    if not isinstance(cls, type) or not isinstance(rule, SchedulerRule):
+        raise TypeError("register_scheduler(cls, SchedulerRule(...)) takes a class and a SchedulerRule")
+    if rule.sigma not in ("index", "kdpm2", "kdpm2_ancestral", "timestep"):
+        raise ValueError(f"SchedulerRule.sigma {rule.sigma!r} is not one of index, kdpm2, kdpm2_ancestral, timestep")
+    if _shipped_rule(cls) is not None:
+        raise ValueError(f"{cls.__name__} is verified by latent_probe already")
+    _REGISTERED[cls] = rule
+
+
+def _shipped_rule(cls: type) -> SchedulerRule | None:
+    module, name = getattr(cls, "__module__", "") or "", cls.__qualname__
+    for (mod, cname), rule in VERIFIED_SCHEDULERS.items():
+        if name == cname and (module == mod or module.endswith("." + mod)):
+            return rule
+    return None
+
+
+def scheduler_rule(cls: type) -> SchedulerRule:
+    """The verified rule of scheduler class ``cls`` (exactly that class: a subclass may redefine ``step``); raises
+    UnverifiedSchedulerError naming the class otherwise."""
+    rule = _REGISTERED.get(cls) or _shipped_rule(cls)
+    if rule is not None:
+        return rule
+    name = cls.__name__
+    why = REFUSED_SCHEDULERS.get(name) if f"{cls.__module__}".startswith("diffusers.") else None
+    raise UnverifiedSchedulerError(
+        f"scheduler {name} ({cls.__module__}) is not verified by latent_probe"
+        + (f": {why}" if why else "; its σ convention and x̂₀ rule would be a guess")
+        + ". Verified: " + ", ".join(sorted({n for _, n in VERIFIED_SCHEDULERS}))
+        + " (latent_probe.parameterization.register_scheduler declares your own class's)")
 
 
 def _config(scheduler: Any) -> dict:
@@ -133,21 +224,43 @@ def _scalar(x: Any) -> float:
     return float(x)
 
 
+def check_scheduler(scheduler: Any) -> SchedulerRule:
+    """The rule of ``scheduler``'s class, refusing (UnverifiedSchedulerError, one line) a class latent_probe has not
+    verified or a configuration whose x̂₀ is not the prediction's: clipped (``clip_sample``) or thresholded."""
+    rule = scheduler_rule(type(scheduler))
+    cfg = _config(scheduler)
+    for key in ("thresholding", "clip_sample"):
+        if cfg.get(key):
+            raise UnverifiedSchedulerError(
+                f"{type(scheduler).__name__} is configured with {key}=True: its x̂₀ is {key.replace('_', ' ')}-ed "
+                f"before use, which latent_probe does not reproduce; make it with {key}=False "
+                f"(e.g. {type(scheduler).__name__}.from_config(config, {key}=False))")
+    return rule
+
+
 def noise_level_at(scheduler: Any, sigma_index: int | None, timestep: Any) -> NoiseLevel:
     """(α, σ) of the step the scheduler just took.
 
     ``sigma_index`` is the index into ``scheduler.sigmas`` that ``step`` used (its ``step_index`` before
     it advanced). Schedulers without ``sigmas`` (DDIM, DDPM) are read from ``alphas_cumprod[timestep]``.
     """
-    flow = is_flow_schedule(scheduler)
+    rule = scheduler_rule(type(scheduler))
+    flow = not rule.k_diffusion and rule.sigma == "index" and is_flow_schedule(scheduler)
     sigmas = getattr(scheduler, "sigmas", None)
-    if sigmas is not None and sigma_index is not None:
+    if rule.sigma in ("kdpm2", "kdpm2_ancestral") and sigma_index is not None:
+        # a first-order call leaves the sample it started from for the second: state_in_first_order is False
+        if not scheduler.state_in_first_order:
+            sigmas = scheduler.sigmas
+        else:
+            sigmas = scheduler.sigmas_interpol
+            sigma_index = sigma_index - (rule.sigma == "kdpm2_ancestral")
+    if rule.sigma != "timestep" and sigmas is not None and sigma_index is not None:
         s = _scalar(sigmas[sigma_index])
         if flow and _config(scheduler).get("invert_sigmas"):
             return NoiseLevel(alpha=s, sigma=1.0 - s, flow=True, inverted=True)
         if flow:
             return NoiseLevel(alpha=1.0 - s, sigma=s, flow=True)
-        if type(scheduler).__name__ in K_DIFFUSION_SCHEDULERS:
+        if rule.k_diffusion:
             return NoiseLevel(alpha=1.0, sigma=s, flow=False, k_diffusion=True)
         # diffusers' VP multistep schedulers keep σ_k = √((1−ᾱ)/ᾱ).
         alpha = 1.0 / math.sqrt(s * s + 1.0)

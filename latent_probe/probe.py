@@ -15,7 +15,7 @@ from .capture import BRANCHES, CAPTURABLE, LayoutError, StepCapture, check_step_
 from .hooks import HookRegistry, static_lookup
 from .latent_steps import LatentSteps, LatentStepsError
 from .metrics.online import ONLINE_SPACES, OnlineSums
-from .parameterization import Parameterization, parameterization_of
+from .parameterization import Parameterization, check_scheduler, parameterization_of, scheduler_rule
 from .store import schema
 from .store.reader import Run, open_run
 from .store.writer import DiskFullError, RunWriter
@@ -125,6 +125,9 @@ class LatentProbe:
         if on_write_error not in ("raise", "warn"):
             raise ValueError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
         user_attrs = dict(attrs or {})
+        if len(user_attrs) > schema.MAX_USER_ATTRS:
+            raise ValueError(f"attrs has {len(user_attrs)} entries; a run keeps at most {schema.MAX_USER_ATTRS} "
+                             "(put a large table in one JSON value)")
         reserved = sorted(set(user_attrs) & schema.RESERVED_ATTRS)
         if reserved:
             raise ValueError(f"attrs {reserved} are written by latent_probe itself; choose other names")
@@ -162,6 +165,9 @@ class LatentProbe:
         if parts.scheduler is not None and self.parameterization is None:
             parameterization_of(parts.scheduler)  # an unknown prediction type fails before generation starts
         for cls in ([type(parts.scheduler)] if parts.scheduler is not None else []) + list(parts.scheduler_classes):
+            scheduler_rule(cls)  # a scheduler whose σ convention is not verified is refused, by name
+        if parts.scheduler is not None:
+            check_scheduler(parts.scheduler)  # ... and one configured to clip or threshold its x̂₀
             try:
                 check_step_signature(cls)
             except LayoutError as exc:
@@ -291,6 +297,10 @@ class LatentProbe:
                         self._memory.append(Run(w.file, owns_file=True, source=None))
                 elif w.published and w.path is not None:
                     self._paths.append(w.path)
+            if exc_type is None and not any(w.steps_written or w.failed for _, w in cap.closed):
+                where = "" if self.path is None else f" ({self.path} is left as it was)"
+                warnings.warn(f"latent_probe: the block recorded no step (no scheduler.step ran inside it); nothing "
+                              f"was written{where}", RuntimeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ results
     @property

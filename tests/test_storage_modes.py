@@ -151,8 +151,8 @@ def test_derivation_is_exact_for_every_noise_convention(tmp_path, kind):
     make = {
         "euler_eps": lambda: EulerDiscreteScheduler(prediction_type="epsilon"),
         "euler_v": lambda: EulerDiscreteScheduler(prediction_type="v_prediction"),
-        "ddim_eps": lambda: DDIMScheduler(prediction_type="epsilon"),
-        "ddim_v": lambda: DDIMScheduler(prediction_type="v_prediction"),
+        "ddim_eps": lambda: DDIMScheduler(prediction_type="epsilon", clip_sample=False),
+        "ddim_v": lambda: DDIMScheduler(prediction_type="v_prediction", clip_sample=False),
         "flow_inverted": lambda: FlowMatchEulerDiscreteScheduler(invert_sigmas=True),
     }[kind]
     with _loop(make(), tmp_path, "full") as full, _loop(make(), tmp_path, "derived", capture=("x_t", "pred")) as der:

@@ -243,6 +243,20 @@ def build_claims(c: Cases, ref: str) -> None:
         for ds in [*f["latents"].values(), f["steps"]]:
             ds.resize(big, axis=0)
         _claim_steps(f, big)
+    # issue 18: a claim whose index arrays fit in memory (10⁸–3·10⁸ rows of int64) must not be allocated either
+    for n in (130_000_000, 300_000_000):
+        with c.crafted(fam, f"claim_all_resized_{n}_after_4_written", ref) as f:
+            for ds in [*f["latents"].values(), f["steps"]]:
+                ds.resize(n, axis=0)
+            _claim_steps(f, n)
+    with c.crafted(fam, "claim_5000_latent_datasets", ref) as f:  # groups: members beyond any run's
+        src = f["latents"][QUANTITY]
+        for i in range(5000):
+            f["latents"].create_dataset(f"q{i}", shape=(0, *src.shape[1:]), maxshape=(None, *src.shape[1:]),
+                                        chunks=src.chunks, dtype=src.dtype)
+    with c.crafted(fam, "claim_100k_root_attributes", ref) as f:  # attributes: read only those needed
+        for i in range(100_000):
+            f.attrs[f"a{i}"] = i
 
 
 def _external_x0(f: h5py.File, target: str, offset: int = 0, segments: int = 1) -> None:

@@ -28,6 +28,7 @@ ROOT = os.path.dirname(HERE)
 WORKER = r'''
 import os, signal, sys, time
 import torch
+from latent_probe.parameterization import SchedulerRule, register_scheduler
 from latent_probe.study import Prompt, StudyError, Suite, run_path, run_study
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -45,6 +46,9 @@ class FlowEuler:
         i = self.step_index
         self.step_index += 1
         return (sample + (self.sigmas[i + 1] - self.sigmas[i]) * model_output,)
+
+
+register_scheduler(FlowEuler, SchedulerRule())  # a hand-written flow Euler: its σ convention declared
 
 
 class Denoiser(torch.nn.Module):

@@ -31,7 +31,8 @@ class PipelineSpec:
     unpacked_layout: str = "b c f h w"
     cfg: str = "batched"
     boundary: bool = False  # a second expert (transformer_2) below config.boundary_ratio · num_train_timesteps
-    pack_call: str | None = None  # the pipeline method that packs [B, C, F, H, W] latents into tokens
+    pack_call: str | None = None  # the pipeline method that packs [B, C, F, H, W] latents into tokens; its tokens
+    # are unpacked with the sizes of the generation being recorded (prepare_latents' height, width, num_frames)
     guidance_attr: str | None = "_guidance_scale"
     dit_calls: str | None = None  # the DiT convention of adapters/dit_calls.py, where frame slicing is verified
     dit_calls_refused: str | None = None  # why frame slicing is refused although the family has a convention
@@ -126,12 +127,24 @@ def parts(target: Any, layout: str | None = None) -> TargetParts:
             if isinstance(args.get(k), int):
                 call["num_frames"] = args[k]
 
-    def remember_packing(args: dict) -> None:
-        """LTX packs [B, C, F, H, W] into [B, F/pt · H/p · W/p, C · pt · p · p]: keep what unpacks it."""
-        lat, p, pt = args.get("latents"), int(args.get("patch_size", 1)), int(args.get("patch_size_t", 1))
-        if isinstance(lat, torch.Tensor) and lat.dim() == 5:
-            sizes.clear()
-            sizes.update(f=lat.shape[2] // pt, h=lat.shape[3] // p, w=lat.shape[4] // p, pt=pt, ph=p, pw=p)
+    def remember_sizes(args: dict) -> None:
+        """LTX packs [B, C, F, H, W] into [B, F/pt · H/p · W/p, C · pt · p · p]. The sizes that unpack this
+        generation's tokens are computed, as the pipeline computes them (pipeline_ltx.py: latent_num_frames,
+        latent_height, latent_width), from this call's height, width and num_frames — also when ``latents=`` is
+        passed packed, and never kept from an earlier generation: unknown sizes leave none (recording stops)."""
+        sizes.clear()
+        try:
+            height, width, frames = (int(args[k]) for k in ("height", "width", "num_frames"))
+        except (KeyError, TypeError, ValueError):
+            return
+        rs, rt = int(target.vae_spatial_compression_ratio), int(target.vae_temporal_compression_ratio)
+        p, pt = int(target.transformer_spatial_patch_size), int(target.transformer_temporal_patch_size)
+        f, h, w = (frames - 1) // rt + 1, height // rs, width // rs
+        if min(f // pt, h // p, w // p) >= 1:
+            sizes.update(f=f // pt, h=h // p, w=w // p, pt=pt, ph=p, pw=p)
+
+    def forget_sizes(args: dict) -> None:
+        sizes.clear()
 
     def guidance(expert: str | None) -> float | None:
         if spec.guidance_attr is None:
@@ -156,10 +169,15 @@ def parts(target: Any, layout: str | None = None) -> TargetParts:
         patches.append((target, "prepare_latents", capture_call_args(("num_frames", "frames", "generator"),
                                                                      remember_latents)))
     if spec.pack_call is not None:
-        if not callable(getattr(target, spec.pack_call, None)):
-            raise UnsupportedTargetError(f"{type(target).__name__} has no {spec.pack_call}: cannot unpack its tokens")
-        patches.append((target, spec.pack_call, capture_call_args(("latents", "patch_size", "patch_size_t"),
-                                                                  remember_packing)))
+        needs = ("prepare_latents", "check_inputs", spec.pack_call, "vae_spatial_compression_ratio",
+                 "vae_temporal_compression_ratio", "transformer_spatial_patch_size", "transformer_temporal_patch_size")
+        missing = [n for n in needs if getattr(target, n, None) is None]
+        if missing:
+            raise UnsupportedTargetError(f"{type(target).__name__} has no {', '.join(missing)}: the sizes that unpack "
+                                         "its tokens cannot be known")
+        patches.append((target, "check_inputs", capture_call_args((), forget_sizes)))
+        patches.append((target, "prepare_latents", capture_call_args(("height", "width", "num_frames"),
+                                                                     remember_sizes)))
     return TargetParts(
         family="diffusers",
         experts=experts,

@@ -2,9 +2,9 @@
 
 Every function here reads a :class:`~latent_probe.store.reader.Run` step by step (a background thread
 reads step s+1 from HDF5 while step s is reduced), so memory stays at a few step tensors however long
-the run. Results are cached on the Run object and, when its file is writable, under ``/metrics`` keyed by
-``METRICS_VERSION`` and the number of steps, so a stale cache (older definitions, a run that grew) is
-recomputed.
+the run. Results are kept in ``run.cache`` (store/cache.py: memory, and ``/metrics`` in a writable file) keyed by
+``METRICS_VERSION``; the store checks that a cached entry belongs to the data it came from (their checksums), so
+a stale or planted cache (older definitions, a run that grew, numbers changed) is recomputed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import h5py
 import numpy as np
 import torch
 
@@ -78,61 +77,18 @@ def iter_steps(run: "Run", name: str, device: str | torch.device = "cpu", prefet
                 thread.join(0.01)
 
 
-# ------------------------------------------------------------------ file cache
-def _cache_group(run: "Run", key: str) -> Any:
-    """The cache group of ``key`` when it is current; links are never followed (a crafted file's cache is a
-    miss, not a read of another file)."""
-    node: Any = run.file
-    for part in f"{schema.METRICS_GROUP}/{key}".split("/"):
-        if not isinstance(node, h5py.Group) or not isinstance(node.get(part, getlink=True), h5py.HardLink):
-            return None
-        node = node[part]
-    if not isinstance(node, h5py.Group):
-        return None
-    try:
-        current = int(node.attrs.get("version", -1)) == METRICS_VERSION and \
-            int(node.attrs.get("num_steps", -1)) == run.num_steps
-    except (TypeError, ValueError):
-        return None
-    return node if current else None
-
-
+# ------------------------------------------------------------------ cache (run.cache: the store owns it)
 def needs_writing(run: "Run", space: str) -> bool:
     """True when ``run.metrics(space)`` would compute and cache (no sums from the run, no current cache)."""
-    return space not in run.online_spaces and _cache_group(run, f"{space}/adjacent") is None
-
-
-def _writable(run: "Run") -> bool:
-    try:
-        return run.file.mode == "r+" and not run.file.swmr_mode
-    except Exception:  # pragma: no cover
-        return False
-
-
-def _store(run: "Run", key: str, arrays: dict[str, np.ndarray]) -> None:
-    if not _writable(run):
-        return
-    path = f"{schema.METRICS_GROUP}/{key}"
-    if path in run.file:
-        del run.file[path]
-    g = run.file.require_group(path)
-    for k, v in arrays.items():
-        g.create_dataset(k, data=v)
-    g.attrs["version"] = METRICS_VERSION
-    g.attrs["num_steps"] = run.num_steps
-    run.file.flush()
+    return space not in run.online_spaces and not run.cache.has(f"{space}/adjacent", METRICS_VERSION)
 
 
 def _cached(run: "Run", key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    mem = run.metrics.cache
-    if key in mem:
-        return mem[key]
-    g = _cache_group(run, key)
-    arrays = run.read_arrays(g.name, rows=run.num_steps) if g is not None else None
-    if not arrays:
+    """``key``'s arrays from the run's cache (current, and computed from these very data), else computed and put."""
+    arrays = run.cache.get(key, METRICS_VERSION)
+    if arrays is None:
         arrays = compute()
-        _store(run, key, arrays)
-    mem[key] = arrays
+        run.cache.put(key, METRICS_VERSION, arrays)
     return arrays
 
 
@@ -327,7 +283,11 @@ class RunMetrics:
 
     def __init__(self, run: "Run") -> None:
         self._run = run
-        self.cache: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def cache(self) -> dict[str, dict[str, np.ndarray]]:
+        """What has been computed or read from the file so far, by key (the memory of ``run.cache``)."""
+        return self._run.cache.memory
 
     def __call__(self, space: str = "x0", *, device: str = "cpu", source: str = "auto") -> AdjacentFrameMetrics:
         """Adjacent-frame continuity of ``space`` (x0, eps, x_t, pred, ...): ``.l2``, ``.cos`` [S, B, F−1],

@@ -103,13 +103,21 @@ class LatentView(RowView):
         return int(np.prod(self._ds.shape[1:])) * self._ds.dtype.itemsize
 
     def _one(self, i: int, rest: tuple) -> np.ndarray:
-        return self._ds[(i, *rest)]  # h5py reads only what ``rest`` selects
+        data = self._ds[(i, *rest)]  # h5py reads only what ``rest`` selects
+        if not rest:  # a whole row was read: it is checked against the checksum written with it
+            self._run._verify(self.name, np.asarray([i]), data[None])
+        return data
 
     def _some(self, rows: slice | np.ndarray, rest: tuple) -> np.ndarray:
         if isinstance(rows, slice):
-            return self._ds[(rows, *rest)]
+            data = self._ds[(rows, *rest)]
+            if not rest:
+                self._run._verify(self.name, np.arange(rows.start, rows.stop, rows.step), data)
+            return data
         order = np.argsort(rows)  # h5py takes increasing indices
         data = self._ds[(np.sort(rows).tolist(), *rest)] if rows.size else self._ds[(slice(0, 0), *rest)]
+        if not rest:
+            self._run._verify(self.name, np.sort(rows), data)
         return data[np.argsort(order)]
 
     def __repr__(self) -> str:
@@ -168,10 +176,12 @@ class RootAttrs(Mapping):
 class Run:
     """A recorded run. Per-step arrays have length S (committed steps)."""
 
-    def __init__(self, file: h5py.File, *, owns_file: bool = True, source: str | None = None) -> None:
+    def __init__(self, file: h5py.File, *, owns_file: bool = True, source: str | None = None,
+                 verify: bool = True) -> None:
         self._file = file
         self._owns = owns_file
         self.source = source
+        self.verify = bool(verify)  # whole latent rows read are checked against their checksums
         self._accessors: dict[str, Any] = {}
         self._where = source or "in-memory run"
         try:
@@ -191,6 +201,9 @@ class Run:
     def _check(self) -> None:
         f, where = self._file, self._where
         size = self._file_size()
+        count = h5py.h5o.get_info(f.id).num_attrs  # from the object header, before any attribute is read
+        if count > schema.MAX_ROOT_ATTRS:
+            raise RunFileError(f"{where} holds {count} root attributes; a run has at most {schema.MAX_ROOT_ATTRS}")
         attrs = RootAttrs(f, where, size)
         if attrs.get("schema") != schema.SCHEMA_NAME:
             raise RunFileError(f"{where} is an HDF5 file but not a latent_probe run (no schema attribute)")
@@ -229,6 +242,9 @@ class Run:
         group = f[schema.LATENTS_GROUP]
         if not isinstance(group, h5py.Group):
             raise RunFileError(f"{where}: /{schema.LATENTS_GROUP} is not a group")
+        if len(group) > schema.MAX_QUANTITIES:  # counted from the group's header, before any member is opened
+            raise RunFileError(f"{where}: /{schema.LATENTS_GROUP} holds {len(group)} members; a run stores at most "
+                               f"{schema.MAX_QUANTITIES} quantities")
         shape = None
         self._latents: dict[str, h5py.Dataset] = {}
         for name in group:
@@ -243,6 +259,7 @@ class Run:
                 raise RunFileError(f"{where}: {ds.name} is not stored one step per chunk")
             shape = ds.shape[1:]
             self._latents[name] = ds
+        self._checksums = self._check_checksums(size)
         self._online = self._check_online(size)
         self._latent_step_ds = None
         if schema.LATENT_STEP_DIM in f and self._latents:
@@ -276,6 +293,75 @@ class Run:
         self._kept: np.ndarray = np.zeros(0, np.int64)
         self._count()
 
+    def _check_checksums(self, size: int) -> dict[str, h5py.Dataset]:
+        """``/checksums/<quantity>``: uint32, one row a latent row, for every stored quantity — present exactly when
+        the file says which algorithm wrote them (root attribute ``checksum``); a file from before them has none."""
+        f, where = self._file, self._where
+        algorithm = self._root_attrs.get("checksum")
+        self._checksum_algorithm = algorithm if isinstance(algorithm, str) else None
+        if schema.CHECKSUMS_GROUP not in f:
+            if algorithm is not None:
+                raise RunFileError(f"{where} records {algorithm} checksums, but /{schema.CHECKSUMS_GROUP} is missing")
+            return {}
+        check_link(f, schema.CHECKSUMS_GROUP, where)
+        group = f[schema.CHECKSUMS_GROUP]
+        if not isinstance(group, h5py.Group) or algorithm is None or len(group) > schema.MAX_QUANTITIES:
+            raise RunFileError(f"{where}: /{schema.CHECKSUMS_GROUP} is not the checksums of the latents")
+        out = {}
+        for name in group:
+            check_link(group, name, where)
+            ds = group[name]
+            check_dataset(ds, where, size, chunked_rows=True)
+            if ds.ndim != 1 or ds.dtype != np.uint32:
+                raise RunFileError(f"{where}: {ds.name} is not a list of uint32 checksums")
+            out[name] = ds
+        if set(out) != set(self._latents):
+            raise RunFileError(f"{where}: checksums of {sorted(out)} for latents of {sorted(self._latents)}")
+        return out
+
+    def _verify(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
+        """Check whole latent rows just read against the checksums written with them (``run.verify``); one
+        RunFileError naming the first row that differs."""
+        if not self.verify or not self._checksums or not len(rows):
+            return
+        from .checksum import checksum, checksum_function
+
+        algorithm = self._checksum_algorithm
+        if checksum_function(algorithm) is None:
+            raise RunFileError(f"{self._where} records {algorithm} checksums, which this installation cannot compute "
+                               "(pip install google-crc32c), or open it with verify=False")
+        table = self._checksum_rows[name]  # read (and checked) when the steps were counted
+        if int(rows[-1]) >= len(table):
+            raise RunFileError(f"{self._where}: the checksum of {name} row {int(rows[-1])} is missing (corrupt)")
+        stored = table[rows]
+        for k, row in enumerate(data):
+            if checksum(row, algorithm) != int(stored[k]):
+                step = int(self._kept[rows[k]]) if rows[k] < len(self._kept) else int(rows[k])
+                raise RunFileError(f"{self._where}: {name} at step {step} does not match the {algorithm} checksum "
+                                   "written with it: the stored data changed after they were written (verify=False "
+                                   "reads them anyway)")
+
+    def checksums(self, name: str) -> np.ndarray | None:
+        """[K] uint32: the checksum of each stored latent row of ``name`` (None for a file written without them)."""
+        if name not in self._checksums:
+            return None
+        return self._checksum_rows[name].copy()
+
+    @property
+    def checksum_algorithm(self) -> str | None:
+        """The algorithm of the file's latent checksums (``"crc32c"``, ``"crc32"``), None without checksums."""
+        return self._checksum_algorithm if self._checksums else None
+
+    @property
+    def cache(self) -> "RunCache":
+        """The run's cache of derived results (``/metrics`` in the file, and memory): store/cache.py."""
+        c = self.__dict__.get("_cache")
+        if c is None:
+            from .cache import RunCache
+
+            c = self.__dict__["_cache"] = RunCache(self)
+        return c
+
     def _check_online(self, size: int) -> dict[str, dict[str, h5py.Dataset]]:
         """``/online/<space>/<sum>`` datasets: float64, one row a step, chunked along steps, inside the file."""
         f, where = self._file, self._where
@@ -287,11 +373,17 @@ class Run:
         if not isinstance(group, h5py.Group):
             raise RunFileError(f"{where}: /{schema.ONLINE_GROUP} is not a group")
         out: dict[str, dict[str, h5py.Dataset]] = {}
+        if len(group) > schema.MAX_QUANTITIES:
+            raise RunFileError(f"{where}: /{schema.ONLINE_GROUP} holds {len(group)} members; a run computes metrics "
+                               f"of at most {schema.MAX_QUANTITIES} spaces")
         for space in group:
             check_link(group, space, where)
             sub = group[space]
             if not isinstance(sub, h5py.Group):
                 raise RunFileError(f"{where}: /{schema.ONLINE_GROUP}/{space} is not a group")
+            if len(sub) > schema.MAX_QUANTITIES:
+                raise RunFileError(f"{where}: /{schema.ONLINE_GROUP}/{space} holds {len(sub)} members; a space has "
+                                   f"at most {schema.MAX_QUANTITIES} sums")
             fields: dict[str, h5py.Dataset] = {}
             for name in sub:
                 check_link(sub, name, where)
@@ -368,10 +460,17 @@ class Run:
                 raise RunFileError(f"{where} claims {claimed} committed steps but holds {present}")
         else:
             claimed = present
-        kept = self._kept_steps(claimed, size)
+        # every claim is checked against the file's real size before anything proportional to it is allocated
         step_bytes = sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in self._latents.values())
-        if len(kept) * step_bytes > size or claimed * steps.dtype.itemsize > size:
-            raise RunFileError(f"{where} claims {claimed} steps of {step_bytes} bytes; the file has {size}")
+        row_bytes = steps.dtype.itemsize + sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in online)
+        if self._latent_step_ds is None:
+            row_bytes += step_bytes
+        if claimed * row_bytes > size:
+            raise RunFileError(f"{where} claims {claimed} steps of {row_bytes} bytes each; the file has {size}")
+        kept = self._kept_steps(claimed, size)
+        if len(kept) * step_bytes > size:
+            raise RunFileError(f"{where} claims {len(kept)} stored latent rows of {step_bytes} bytes; the file has "
+                               f"{size}")
         latent_rows = [(name, ds, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize) for name, ds in self._latents.items()]
         for i in range(self._k, len(kept)):
             for name, ds, nbytes in latent_rows:
@@ -391,6 +490,13 @@ class Run:
             idx = self._table(claimed)["expert"]
             if idx.min() < -1 or idx.max() >= len(self._expert_names):
                 raise RunFileError(f"{where}: a step names an expert that the run does not list")
+        rows = {}
+        for name, ds in self._checksums.items():  # K × 4 bytes each, read now: a damaged one is refused at open
+            if ds.shape[0] < len(kept):
+                raise RunFileError(f"{where}: /{schema.CHECKSUMS_GROUP}/{name} holds {ds.shape[0]} of the "
+                                   f"{len(kept)} rows' checksums (corrupt)")
+            rows[name] = np.asarray(ds[: len(kept)], dtype=np.uint32)
+        self._checksum_rows = rows
         self._n = claimed
         self._k = len(kept)
         self._kept = kept
@@ -398,6 +504,7 @@ class Run:
     def _datasets(self) -> list[h5py.Dataset]:
         """Every per-step dataset besides /steps (for SWMR refreshes)."""
         out = list(self._latents.values()) + [ds for fields in self._online.values() for ds in fields.values()]
+        out += list(self._checksums.values())
         return out + ([self._latent_step_ds] if self._latent_step_ds is not None else [])
 
     def _kept_steps(self, claimed: int, size: int) -> np.ndarray:
@@ -461,6 +568,7 @@ class Run:
             raise RunFileError(f"{self._where} is corrupt ({type(exc).__name__}: {exc})") from None
         self.__dict__.pop("_state_cache", None)
         self._accessors.clear()  # extensions cache what they computed from the steps seen so far
+        self.__dict__.pop("_cache", None)  # its fingerprint covers the rows seen so far
         self.__dict__.pop("_generation_files", None)  # a later generation's file may have appeared since
 
     def close(self) -> None:
@@ -604,8 +712,20 @@ class Run:
 
     @property
     def nonfinite(self) -> dict[str, np.ndarray]:
-        """quantity → [S] bool, True where that step's stored latent holds NaN or ±Inf."""
-        return self._bitmask("nonfinite")
+        """quantity or space → [S] bool, True where that step's stored latent — or, for a space whose metrics were
+        computed during the run, its tensor (whether stored or not) — held NaN or ±Inf."""
+        out = self._bitmask("nonfinite")
+        try:
+            spaces = [s.decode() if isinstance(s, bytes) else str(s)
+                      for s in self._steps_ds.attrs.get("online_bits", [])][: 32 - schema.ONLINE_BIT0]
+        except (TypeError, ValueError, AttributeError):
+            raise RunFileError(f"{self._where}: /{schema.STEPS_DATASET} lists unreadable online_bits") from None
+        if spaces:
+            bits = self._steps("nonfinite")
+            for j, space in enumerate(spaces):
+                flag = (bits >> (schema.ONLINE_BIT0 + j) & 1).astype(bool)
+                out[space] = out[space] | flag if space in out else flag
+        return out
 
     @property
     def overflow(self) -> dict[str, np.ndarray]:
@@ -765,8 +885,10 @@ class Run:
                 f"complete={self.complete})")
 
 
-def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = None) -> Run:
-    """Open a recorded run. ``mode="r+"`` lets metrics be cached in the file.
+def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = None, verify: bool = True) -> Run:
+    """Open a recorded run. ``mode="r+"`` lets metrics be cached in the file. ``verify``: every whole latent row
+    read (metrics, exports) is checked against the checksum the writer recorded with it (``run.verify`` changes it
+    later); a row that differs raises RunFileError.
 
     A file still being recorded (or left by a killed writer) is opened in SWMR read mode automatically; call
     ``run.refresh()`` to see steps committed since. Anything but a readable run raises RunFileError (one
@@ -775,6 +897,15 @@ def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = No
     path = os.fspath(path)
     if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    try:
+        return _open_run(path, mode, swmr, verify)
+    except (FileNotFoundError, RunFileError):
+        raise
+    except OSError as exc:  # a symlink loop, /proc/self/mem, a device error, no permission: one line with the path
+        raise RunFileError(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _open_run(path: str, mode: str, swmr: bool | None, verify: bool) -> Run:
     try:
         superblock, size = read_superblock(path)
     except SuperblockError as exc:
@@ -806,7 +937,7 @@ def open_run(path: str | os.PathLike, mode: str = "r", *, swmr: bool | None = No
             raise RunFileError(f"{path} is locked by another process that has it open for writing") from None
         raise RunFileError(f"{path} cannot be read (corrupt HDF5 file: {msg})") from None
     try:
-        return Run(f, owns_file=True, source=path)
+        return Run(f, owns_file=True, source=path, verify=verify)
     except BaseException:
         f.close()
         raise

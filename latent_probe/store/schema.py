@@ -41,13 +41,19 @@ LATENT_LAYOUT = "s b c f h w"
 LATENTS_GROUP = "latents"
 METRICS_GROUP = "metrics"
 ONLINE_GROUP = "online"
+CHECKSUMS_GROUP = "checksums"  # /checksums/<quantity>: uint32 [K], the checksum of each stored latent row
 LATENT_STEP_DIM = "latent_step"
 STORE_DTYPES = ("float16", "float32")
+MAX_ROOT_ATTRS = 4096  # root attributes a reader accepts (a run writes about 40, plus the caller's attrs=)
+MAX_USER_ATTRS = 1024  # attrs= entries a probe accepts
+MAX_QUANTITIES = 16  # members of /latents, /online, /online/<space> a reader accepts (a run writes at most 6, 4, 4)
 
 # /steps: one compound row per step. "expert" indexes the root attribute "experts" (-1: no expert ran);
 # "nonfinite" is a bitmask over the quantities in the order of the dataset's attribute "quantities" (bit i:
 # quantity i as stored holds NaN/Inf), "overflow" the same for finite values beyond the store dtype's range
-# (stored as ±inf; float16 holds |x| < 65520).
+# (stored as ±inf; float16 holds |x| < 65520). Bit ONLINE_BIT0 + j of "nonfinite": space j of the dataset's
+# attribute "online_bits" (the spaces whose metric sums were computed during the run) held NaN/Inf at that step.
+ONLINE_BIT0 = 16
 STEPS_DATASET = "steps"
 STEP_DTYPE = np.dtype([
     ("index", np.int32),
@@ -152,7 +158,7 @@ RESERVED_ATTRS = frozenset({
     "schema", "schema_version", "library_version", "created", "store_dtype", "layout", "quantities",
     "parameterization", "capture", "cfg_branches", "step_layout", "experts", "intervention", "call_args",
     "generation", "probe_id", "planned_steps", "online", "latent_steps", "latent_shape", "noise_convention",
-    "source_dtypes", JSON_KEYS_ATTR, *STATE_FIELDS,
+    "source_dtypes", "checksum", JSON_KEYS_ATTR, *STATE_FIELDS,
 })
 
 

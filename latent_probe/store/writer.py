@@ -8,8 +8,9 @@ frees — nothing is dropped — and the time it blocked is recorded per step.
 Durability (docs/hdf5-schema.md states the guarantee):
 
 * The file is written beside its final path (``.<name>.<id>.partial.h5``) and moved into place once its
-  first step is committed (or at close, for a run that ended cleanly without one): an existing run that
-  ``overwrite=True`` replaces survives a generation that fails before its first step.
+  first step is committed; a run that commits no step is removed at close: an existing run that
+  ``overwrite=True`` replaces survives a generation (or a ``with`` block) that records no step, and a new
+  path is left without a file.
 * Everything that is not per-step — root attributes, datasets — is created before the first commit, then
   the file switches to SWMR mode; afterwards the writer only appends chunks and rows and updates the
   one-row ``/run_state`` dataset in place. A step is committed by flushing its data, then counting it in
@@ -24,6 +25,7 @@ itself are passed by reference; the cast to ``store_dtype`` happens in the write
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import errno
 import json
@@ -42,6 +44,7 @@ import torch
 
 from .._version import __version__
 from . import schema
+from .checksum import ALGORITHM as CHECKSUM, checksum
 from .liveness import hold_writer_lock, writer_alive
 from .superblock import declared_end_of_file
 from ..errors import LatentProbeError
@@ -111,8 +114,11 @@ def partial_path(path: str) -> str:
 class _SpaceReservation:
     """Keeps the disk blocks for the next write allocated ahead of HDF5 (``posix_fallocate``)."""
 
-    def __init__(self, path: str) -> None:
-        self.fd: int | None = os.open(path, os.O_RDWR)
+    def __init__(self, path: str, create: bool = False) -> None:
+        """``create``: make the file (it must not exist) — the caller then takes the writer lock before anything
+        else opens it, so a partial file is never seen unlocked while its writer lives."""
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.fd: int | None = os.open(path, flags, 0o644)
         self.supported = hasattr(os, "posix_fallocate")
 
     def ensure(self, end: int) -> None:
@@ -190,20 +196,33 @@ class RunWriter:
                 raise IsADirectoryError(f"{self.path} is a directory")
             if os.path.exists(self.path) and not overwrite:
                 raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+            if os.path.islink(self.path) and not os.path.exists(self.path) and not overwrite:
+                raise FileExistsError(f"{self.path} is a dangling symbolic link (to {os.readlink(self.path)}); "
+                                      "remove it, or pass overwrite=True to replace the link with the run")
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
                 raise FileNotFoundError(f"directory {parent} does not exist")
             self.overwrite = overwrite
             self.write_path = partial_path(self.path)
-            self.file = h5py.File(self.write_path, "w", libver="latest")
+            # created and locked before HDF5 opens it: live from creation, a partial file is never taken for a
+            # killed writer's (studies remove those by this lock alone)
+            self._space = _SpaceReservation(self.write_path, create=True)
+            self._space.hold()
+            try:
+                self.file = h5py.File(self.write_path, "w", libver="latest")
+            except BaseException:
+                self._space.close()
+                try:
+                    os.unlink(self.write_path)
+                except OSError:
+                    pass
+                raise
         else:
             self.overwrite = False
             self.write_path = None
             self.file = h5py.File(f"latent_probe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
         try:
             if self.write_path is not None:
-                self._space = _SpaceReservation(self.write_path)
-                self._space.hold()  # live from creation: a partial file is never taken for a killed writer's
                 self._space.ensure(_METADATA_MARGIN)
             self._begin(attrs or {})
         except BaseException as exc:
@@ -223,6 +242,8 @@ class RunWriter:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._sum_datasets: dict[str, h5py.Dataset] = {}
         self._sum_shapes: dict[str, tuple[int, ...]] = {}
+        self._online_spaces: list[str] = []
+        self._crc_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._latent_step: h5py.Dataset | None = None
         self._step_nbytes = 0
         self.latent_rows_written = 0
@@ -350,6 +371,17 @@ class RunWriter:
         self._todo.put((slot, meta, tuple(tensors), event, attrs))
         return blocked
 
+    def _checksummer(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One helper thread of the writer thread: checksums a step's rows while they are written."""
+        if self._crc_pool is None:
+            self._crc_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latent_probe-checksum")
+        return self._crc_pool
+
+    @property
+    def failed(self) -> bool:
+        """Writing failed (the error was raised or warned about)."""
+        return self._error is not None
+
     def _failed(self) -> bool:
         """True when recording has stopped (on_error="warn"); raises when it failed (on_error="raise")."""
         if self._error is None:
@@ -448,6 +480,9 @@ class RunWriter:
         if self._thread.is_alive():
             self._todo.put(_STOP)
             self._thread.join()
+        if self._crc_pool is not None:
+            self._crc_pool.shutdown(wait=True)
+            self._crc_pool = None
         complete = bool(final.get("complete", False)) and self._error is None
         state = self._state
         state["steps"] = self.steps_written
@@ -482,8 +517,8 @@ class RunWriter:
         if self._space is not None:
             self._space.close()
         if not self.published and not self._kept:
-            if self.steps_written == 0 and not complete:
-                self._discard()  # nothing committed: leave the path (and any run it holds) as it was
+            if self.steps_written == 0:
+                self._discard()  # nothing committed: leave the path (and any run it holds) exactly as it was
             else:
                 try:
                     self._publish()
@@ -571,7 +606,8 @@ class RunWriter:
                 nonfinite |= 1 << i
             if over:
                 overflow |= 1 << i
-            out[name] = src.astype(dtype, copy=False)
+            with np.errstate(over="ignore"):  # an overflow is flagged and warned about once, below, not by numpy
+                out[name] = src.astype(dtype, copy=False)
         return out, nonfinite, overflow
 
     @staticmethod
@@ -603,6 +639,8 @@ class RunWriter:
         self._expert_index(expert)
         extra = dict(attrs or {})
         extra.update(quantities=list(shapes), experts=list(self._experts))
+        if shapes:
+            extra["checksum"] = CHECKSUM
         if sums:
             extra["online"] = sorted({name.split("/")[0] for name in sums})
         clash = sorted(set(extra) & set(f.attrs))
@@ -624,6 +662,12 @@ class RunWriter:
         self._step_nbytes = sum(int(np.prod(s)) * dtype.itemsize for s in shapes.values())
         self._steps_ds.attrs["quantities"] = list(shapes)
         self._names = tuple(shapes)
+        self._checksums = {}
+        if shapes:
+            sums_group = f.create_group(schema.CHECKSUMS_GROUP)
+            for name in shapes:
+                self._checksums[name] = sums_group.create_dataset(
+                    name, shape=(0,), maxshape=(None,), chunks=(schema.SCALE_CHUNK,), dtype=np.uint32)
         if self.latent_rows:
             self._latent_step = self._resizable(schema.LATENT_STEP_DIM, np.int64)
             self._latent_step.make_scale(schema.LATENT_STEP_DIM)
@@ -633,6 +677,10 @@ class RunWriter:
         self._coords["expert"] = expert
         if shapes:
             self._scales(shapes)
+        self._online_spaces = sorted({name.split("/")[0] for name in sums})
+        if sums:
+            # non-finite values of a space whose sums were computed are flagged at bit ONLINE_BIT0 + j of "nonfinite"
+            self._steps_ds.attrs["online_bits"] = self._online_spaces
         if sums:
             online = f.create_group(schema.ONLINE_GROUP)
             for name, arr in sums.items():
@@ -705,12 +753,18 @@ class RunWriter:
         n = self.steps_written
         if slot.keep and self._names:
             at = self.latent_rows_written if self.latent_rows else n
+            rows = {name: np.ascontiguousarray(arrays[name]) for name in self._names}
+            # the checksums of the bytes being written, computed beside the writes (both release the GIL)
+            crcs = self._checksummer().submit(lambda: [checksum(rows[n]) for n in self._names])
             for name in self._names:
-                self._append_chunk(self._datasets[name], at, arrays[name])
+                self._append_chunk(self._datasets[name], at, rows[name])
+            for name, crc in zip(self._names, crcs.result()):
+                self._append(self._checksums[name], at, np.asarray(crc, dtype=np.uint32))
             if self._latent_step is not None:
                 self._append(self._latent_step, at, np.asarray(n, dtype=np.int64))
         for name, arr in sums.items():
             self._append(self._sum_datasets[name], n, arr)
+        bits |= self._sums_nonfinite(sums)
         if bits:
             self.nonfinite_steps += 1
             self._warn_values(meta.index, bits, over)
@@ -744,6 +798,19 @@ class RunWriter:
                 raise
         self.steps_written = n + 1
 
+    def _sums_nonfinite(self, sums: dict[str, np.ndarray]) -> int:
+        """Bits (ONLINE_BIT0 + j) of the spaces whose sums of this step hold NaN/Inf: the frame sums of this step's
+        tensor alone (sq, dot, dd; for one frame, its squared norm), so a step is flagged where it happened —
+        whether or not its latents are stored."""
+        bits = 0
+        for j, space in enumerate(self._online_spaces):
+            own = [sums[k] for k in (f"{space}/sq", f"{space}/dot", f"{space}/dd") if k in sums]
+            if not own and f"{space}/change" in sums:
+                own = [sums[f"{space}/change"][3:]]  # [l1 of the change, ‖prev‖², ‖prev‖₁, ‖x‖²]: NaN at step 0
+            if any(not np.all(np.isfinite(a)) for a in own):
+                bits |= 1 << (schema.ONLINE_BIT0 + j)
+        return bits
+
     def _warn_values(self, index: int, bits: int, over: int) -> None:
         if over and not self._warned_overflow:
             self._warned_overflow = True
@@ -754,5 +821,7 @@ class RunWriter:
         if bits & ~over and not self._warned_nonfinite:
             self._warned_nonfinite = True
             bad = [q for i, q in enumerate(self._names) if (bits & ~over) >> i & 1]
+            bad += [f"{q} (metric sums)" for j, q in enumerate(self._online_spaces)
+                    if bits >> (schema.ONLINE_BIT0 + j) & 1]
             warnings.warn(f"latent_probe: NaN/Inf in {bad} at step {index}; recorded and flagged "
                           "in /steps (nonfinite)", RuntimeWarning, stacklevel=1)

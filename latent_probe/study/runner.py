@@ -118,22 +118,25 @@ def plan_study(suite: Suite, out_dir: str | os.PathLike, shard: tuple[int, int] 
     return [(j, job_status(run_path(out_dir, j.id), j.id)) for j in jobs]
 
 
-STALE_PARTIAL_S = 60.0  # a partial file younger than this may be a writer between creating it and locking it
+STALE_PARTIAL_S = 60.0  # where liveness locks do not exist: a partial file younger than this may be a live writer's
 
 
 def _drop_stale_partials(path: str) -> None:
-    """A killed job may leave ``.<name>.<id>.partial.h5`` beside its path (before its first step): remove it —
-    only when no process holds its writer lock and it is older than ``STALE_PARTIAL_S`` (a second study on the
-    same folder may be creating it this instant)."""
+    """A killed job may leave ``.<name>.<id>.partial.h5`` beside its path (before its first step): remove those
+    no process holds the writer lock of (the writer takes it when it creates the file, before HDF5 opens it, so a
+    live writer's is never removed, however young). Called when a job is redone and when it is found complete.
+    Where liveness locks do not exist (``writer_alive`` is None), only those older than ``STALE_PARTIAL_S``."""
     from ..store.liveness import writer_alive
 
     folder, name = os.path.split(path)
     for partial in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.partial.h5")):
-        try:
-            young = time.time() - os.stat(partial).st_mtime < STALE_PARTIAL_S
-        except OSError:
-            continue
-        if not young and writer_alive(partial) is not True:
+        alive = writer_alive(partial)
+        if alive is None:
+            try:
+                alive = time.time() - os.stat(partial).st_mtime < STALE_PARTIAL_S
+            except OSError:
+                continue
+        if not alive:
             try:
                 os.unlink(partial)
             except OSError:
@@ -227,6 +230,7 @@ def _share_plan(coord: Coordinator, suite: Suite, out_dir: str, shard: tuple[int
             total = len(statuses)
             for n, (job, status) in enumerate(statuses, 1):
                 if status.done:
+                    _drop_stale_partials(run_path(out_dir, job.id))  # an earlier, killed attempt's
                     result.skipped.append(job.id)
                     say(f"[{n}/{total}] {job.id}  skipped (complete)")
                 elif status.state == "busy":
@@ -279,6 +283,7 @@ def _run_job(job: Job, reason: tuple[str, int, int], suite: Suite, generate: Cal
         return
     seconds = time.perf_counter() - start
     if records:
+        _drop_stale_partials(path)  # a killed attempt's that appeared meanwhile (another study on this folder)
         result.done.append(job.id)
     if not quiet:
         say(f"{prefix}[{n}/{total}] {job.id}  {seconds:.1f} s  {what}")

@@ -9,7 +9,8 @@ A case with "truncate" and/or "flip" is materialised from the bytes of "path" (c
 This process imports latent_probe once, then forks --lanes supervisors; each forks a worker that runs
 its share of the cases one after another. Per case the worker calls ``latent_probe.open_run(path)``
 and, for a Run, reads everything a user reads (``num_steps``, ``sigmas``, ``experts``, ``attrs``,
-``complete``, ``latents(q)[i]`` for every quantity and committed step, ``metrics("x0")``, which must
+``complete``, ``latents(q)[i]`` for every quantity and committed step (a one-line RunFileError there — a row that
+fails its checksum — is an "error", i.e. detected), ``metrics("x0")``, which must
 finish: an exception from it is noted in the message, not judged). The supervisor gives each case
 ``--limit`` seconds: a worker that overruns is killed (outcome "hang"), one that dies is reported with
 its signal (outcome "crash"), and a fresh worker (fork) carries on with the next case. A worker also
@@ -111,7 +112,14 @@ def exercise(path: str) -> tuple[str, str]:
             view = run.latents(q)
             for i in range(n):
                 where = f"latents({q!r})[{i}]"
-                step = view[i]
+                try:
+                    step = view[i]
+                except latent_probe.RunFileError as exc:  # a row that fails its checksum: detected, in one line
+                    run.close()
+                    msg = str(exc)
+                    if "\n" in msg or "\r" in msg:
+                        return "bad", f"multi-line RunFileError from {where}: " + repr(msg)[:MSG_CHARS]
+                    return "error", f"{where}: " + msg[:MSG_CHARS]
                 if not isinstance(step, np.ndarray):
                     return "bad", f"{where} returned {type(step).__name__}, not an ndarray"
         note = ""
