@@ -9,6 +9,11 @@ scheduler therefore always integrates full-size tensors, and the probe records t
 where the DiT's rope lives: adapters/rope.py). See docs/frame-truncation.md for the assumptions (time
 positions, I2V first frame, the VAE's causal frame).
 
+Variants (docs/frame-truncation.md, "Variants"): ``schedule=[(3, 4), (6, 8), (11, 12)]`` grows the key frames
+(3 until step 4, then 6 until step 8, 11 until 12, then all; each stage keeps the earlier stages' keys);
+``fill="motion"`` aligns neighbouring key frames by phase correlation before blending (``interpolation``);
+``renoise=True`` re-noises the filled frames of the latent to the scheduler's σ at the switch (below).
+
 Counters (per attached run): ``frames_seen`` (latent frames each DiT call received), ``calls`` (one
 record per call), ``token_steps_full`` / ``token_steps_run`` (Σ over DiT calls of the tokens the call
 would have had with all frames / actually had; CFG's two calls per step both count).
@@ -69,9 +74,22 @@ class FrameTruncation:
     kind = "frame_truncation"
 
     def __init__(self, keep: int | None = None, *, keyframes: Sequence[int] | None = None,
-                 until: str | int = "boundary", fill: str = "linear", positions: str = "true") -> None:
+                 until: str | int | None = None, fill: str = "linear", positions: str = "true",
+                 schedule: Sequence[tuple[int, int]] | None = None, renoise: bool = False,
+                 renoise_seed: int | None = None) -> None:
         if keep is not None and keyframes is not None:
             raise ValueError("give keep= or keyframes=, not both")
+        if schedule is not None:
+            if keep is not None or keyframes is not None or until is not None:
+                raise ValueError("schedule= replaces keep=, keyframes= and until=: give it alone")
+            schedule = _check_schedule(schedule)
+            keep = schedule[0][0]
+            until = schedule[-1][1]
+        until = "boundary" if until is None else until
+        if not isinstance(renoise, bool):
+            raise ValueError(f"renoise must be True or False, got {renoise!r}")
+        if renoise_seed is not None and (isinstance(renoise_seed, bool) or not isinstance(renoise_seed, int)):
+            raise ValueError(f"renoise_seed must be an int, got {renoise_seed!r}")
         if keyframes is None:
             keep = 3 if keep is None else keep
             if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -91,6 +109,9 @@ class FrameTruncation:
         self.until = until
         self.fill = fill
         self.positions = positions
+        self.schedule = schedule
+        self.renoise = renoise
+        self.renoise_seed = renoise_seed
         self._reset()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -98,11 +119,14 @@ class FrameTruncation:
         self.calls: list[TruncatedCall] = []
         self.keys_used: list[int] | None = None
         self._pending: dict[int, FillPlan | None] = {}
-        self._plans: dict[int, FillPlan] = {}  # num_frames → plan
+        self._plans: dict[tuple[int, int], FillPlan] = {}  # (num_frames, schedule stage) → plan
         self._capture: Any = None
         self._gen_start = 0
         self._last_t: float | None = None
         self._truncating: set[str] | None = None  # experts truncated under until="boundary"
+        self._last_plan: FillPlan | None = None     # the plan of the latest truncated call (renoise)
+        self._renoised: list[dict[str, Any]] = []   # one record per switch that re-noised
+        self._noise_key: int | None = None
 
     @property
     def frames_seen(self) -> list[int]:
@@ -123,27 +147,40 @@ class FrameTruncation:
         return 0.0 if full == 0 else 1.0 - self.token_steps_run / full
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able description, stored by the probe as the run attribute ``intervention``."""
-        return {"kind": self.kind, "keep": self.keep, "keyframes": self.keyframes, "until": self.until,
-                "fill": self.fill, "positions": self.positions}
+        """JSON-able description, stored by the probe as the run attribute ``intervention`` (the variants'
+        keys only when used, so earlier runs' descriptions are unchanged)."""
+        out = {"kind": self.kind, "keep": self.keep, "keyframes": self.keyframes, "until": self.until,
+               "fill": self.fill, "positions": self.positions}
+        if self.schedule is not None:
+            out["schedule"] = [list(stage) for stage in self.schedule]
+        if self.renoise:
+            out.update(renoise=True, renoise_seed=self.renoise_seed)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Counters after a run: keys, calls truncated / total, token-steps."""
         return {**self.describe(), "keys_used": self.keys_used, "dit_calls": len(self.calls),
                 "truncated_calls": sum(c.truncated for c in self.calls),
                 "token_steps_full": self.token_steps_full, "token_steps_run": self.token_steps_run,
-                "token_steps_skipped_fraction": self.token_steps_skipped_fraction}
+                "token_steps_skipped_fraction": self.token_steps_skipped_fraction,
+                **({"renoised": self._renoised} if self.renoise else {})}
 
-    def keys_for(self, num_frames: int) -> list[int]:
-        """The key latent frames of a video of ``num_frames`` latent frames."""
+    def keys_for(self, num_frames: int, stage: int = 0) -> list[int]:
+        """The key latent frames of a video of ``num_frames`` latent frames (at ``stage`` of a schedule: the union
+        of the evenly spaced keys of this stage and every earlier one, so a key frame stays a key)."""
         if self.keyframes is not None:
             return resolve_keyframes(self.keyframes, num_frames)
+        if self.schedule is not None:
+            keys: set[int] = set()
+            for k, _ in self.schedule[: stage + 1]:
+                keys.update(default_keyframes(num_frames, k))
+            return sorted(keys)
         return default_keyframes(num_frames, self.keep)
 
-    def _plan(self, num_frames: int) -> FillPlan:
-        if num_frames not in self._plans:
-            self._plans[num_frames] = FillPlan(self.keys_for(num_frames), num_frames, self.fill)
-        return self._plans[num_frames]
+    def _plan(self, num_frames: int, stage: int = 0) -> FillPlan:
+        if (num_frames, stage) not in self._plans:
+            self._plans[(num_frames, stage)] = FillPlan(self.keys_for(num_frames, stage), num_frames, self.fill)
+        return self._plans[(num_frames, stage)]
 
     # ------------------------------------------------------------------ attach
     def attach(self, registry: HookRegistry, parts: TargetParts, capture: Any) -> None:
@@ -165,6 +202,8 @@ class FrameTruncation:
             registry.forward(module, self._post_hook(io))
             if self.positions == "true":
                 rope.install(registry, parts.rope, module, self._keys_now(module))
+        if self.renoise:   # added before the probe's own listener: outermost, it sees step's result last
+            registry.intercept(parts.scheduler, "step", self._renoise_listener(parts))
 
     def validate(self, parts: TargetParts) -> set[str] | None:
         """Check this truncation can run on ``parts`` (a ``TargetParts``) without attaching anything.
@@ -185,6 +224,8 @@ class FrameTruncation:
         truncating = self._boundary_experts(parts) if self.until == "boundary" else None
         if self.positions == "true":
             self._check_positions(parts)
+        if self.renoise:
+            _check_renoise_scheduler(parts)
         return truncating
 
     @staticmethod
@@ -227,6 +268,12 @@ class FrameTruncation:
             return expert in (self._truncating or ())
         return step < int(self.until)
 
+    def _stage(self, step: int) -> int:
+        """The schedule stage of ``step`` (0 without a schedule)."""
+        if self.schedule is None:
+            return 0
+        return next(i for i, (_, until) in enumerate(self.schedule) if step < until)
+
     def _pre_hook(self, expert: str, io: DitIO) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             shape = io.shape(args, kwargs)
@@ -234,8 +281,9 @@ class FrameTruncation:
             step = self._step_index(t)
             plan = None
             if self._should_truncate(expert, step):
-                plan = self._plan(shape.frames)
+                plan = self._plan(shape.frames, self._stage(step))
                 self.keys_used = plan.keys
+                self._last_plan = plan
                 if 0 not in plan.keys and (io.conditioned(args, kwargs) or frame0_is_conditioning(t, shape)):
                     raise ValueError(f"frame 0 is image conditioning in this call and must be a key frame; "
                                      f"keys {plan.keys} lack it")
@@ -267,7 +315,99 @@ class FrameTruncation:
 
         return hook
 
+    # ------------------------------------------------------------------ renoise at the switch
+    def _switches_after(self, parts: TargetParts, scheduler: Any) -> bool:
+        """True when the step just taken was truncated and the next one will not be (the switch)."""
+        if not self.calls or not self.calls[-1].truncated:
+            return False
+        nxt = int(scheduler.step_index)
+        if nxt >= len(scheduler.timesteps):
+            return False   # truncated to the end: no switch
+        if self.until == "boundary":
+            return float(scheduler.timesteps[nxt]) < float(parts.attrs["boundary_timestep"])
+        return nxt >= int(self.until)
+
+    def _renoise_listener(self, parts: TargetParts) -> Callable:
+        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+            sched = parts.scheduler
+            if sched.step_index in (None, 0):   # a new generation: its noise key
+                sample = kwargs.get("sample", args[2] if len(args) > 2 else None)
+                self._noise_key = _noise_key(sample) if self.renoise_seed is None else int(self.renoise_seed)
+            out = call_next(*args, **kwargs)
+            if not self._switches_after(parts, sched) or self._last_plan is None:
+                return out
+            return self._renoised_output(out, sched, self._last_plan)
+
+        return listener
+
+    def _renoised_output(self, out: Any, sched: Any, plan: FillPlan) -> Any:
+        """``step``'s result with the filled frames set to (1 − σ)·x̂₀ + σ·ε at the next step's σ; the solver's
+        multistep history is cleared so its next step starts first-order from the re-noised latent."""
+        prev = out[0] if isinstance(out, tuple) else out.prev_sample
+        x0 = sched.model_outputs[-1]          # the scheduler's own x̂₀ of this step
+        i = int(sched.step_index)
+        sigma = float(sched.sigmas[i])
+        filled = [f for f in range(plan.num_frames) if f not in set(plan.keys)]
+        if filled:
+            g = torch.Generator("cpu").manual_seed(int(self._noise_key or 0))
+            eps = torch.randn(tuple(prev.shape), generator=g, dtype=torch.float32).to(prev.device, prev.dtype)
+            idx = torch.as_tensor(filled, device=prev.device)
+            new = prev.clone()
+            mixed = (1 - sigma) * x0.index_select(-3, idx).to(prev.dtype) + sigma * eps.index_select(-3, idx)
+            new.index_copy_(-3, idx, mixed)
+            prev = new
+        sched.last_sample = None     # no corrector on the next step: it would pull back to the old trajectory
+        sched.lower_order_nums = 0   # the next step is first-order (a fresh start from the re-noised latent)
+        self._renoised.append({"step": i - 1, "sigma": sigma, "frames": filled, "seed": int(self._noise_key or 0)})
+        if isinstance(out, tuple):
+            return (prev, *out[1:])
+        out.prev_sample = prev
+        return out
+
     def __repr__(self) -> str:
         what = f"keep={self.keep}" if self.keyframes is None else f"keyframes={self.keyframes}"
-        return f"FrameTruncation({what}, until={self.until!r}, fill={self.fill!r}, positions={self.positions!r})"
+        if self.schedule is not None:
+            what = f"schedule={[tuple(st) for st in self.schedule]}"
+        extra = f", renoise=True, renoise_seed={self.renoise_seed!r}" if self.renoise else ""
+        return (f"FrameTruncation({what}, until={self.until!r}, fill={self.fill!r}, positions={self.positions!r}"
+                f"{extra})")
+
+
+def _check_schedule(schedule: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[(keep, until step), ...] with keep and until strictly increasing, keep >= 1, until >= 1."""
+    try:
+        stages = [(int(k), int(u)) for k, u in schedule]
+    except (TypeError, ValueError):
+        raise ValueError(f"schedule must be [(keep, until_step), ...], got {schedule!r}") from None
+    if not stages:
+        raise ValueError("schedule is empty")
+    for (k0, u0), (k1, u1) in zip(stages, stages[1:]):
+        if not (k1 > k0 and u1 > u0):
+            raise ValueError(f"schedule {stages}: keep and until must both grow from stage to stage")
+    if stages[0][0] < 1 or stages[0][1] < 1:
+        raise ValueError(f"schedule {stages}: keep and until must be >= 1")
+    return stages
+
+
+def _check_renoise_scheduler(parts: TargetParts) -> None:
+    """renoise needs a diffusers multistep UniPC scheduler predicting x̂₀ on flow sigmas (one line if not)."""
+    sched = parts.scheduler
+    name = type(sched).__name__
+    cfg = getattr(sched, "config", None)
+    ok = (sched is not None and name == "UniPCMultistepScheduler" and getattr(sched, "predict_x0", False)
+          and getattr(cfg, "prediction_type", None) == "flow_prediction")
+    if not ok:
+        raise ValueError(f"renoise=True needs diffusers' UniPCMultistepScheduler with flow_prediction (it reads the "
+                         f"scheduler's own x̂₀ and restarts its multistep history); this target's scheduler is "
+                         f"{name if sched is not None else 'created inside generation (Wan2.2 repository)'}")
+
+
+def _noise_key(sample: Any) -> int:
+    """A seed from the generation's initial latent (its first 64 values): distinct clips, distinct ε."""
+    import zlib
+
+    if not isinstance(sample, torch.Tensor):
+        return 0
+    head = sample.detach().reshape(-1)[:64].float().cpu().numpy().tobytes()
+    return zlib.crc32(head)
 
