@@ -82,6 +82,11 @@ def test_method_names_parse_back_and_bad_ones_are_refused():
     assert (m.kind, m.strength, m.steps, dict(m.options)) == ("truncation", 3, 12, {"until": "boundary"})
     assert m.num_steps(20) == 12 and m.intervention().keep == 3
     assert Method.parse("first_block_cache:0.1").strength == 0.1
+    grow = Method.parse("truncation:3:schedule=3@4/6@8/11@12:fill=motion").intervention()
+    assert grow.schedule == [(3, 4), (6, 8), (11, 12)] and grow.fill == "motion"
+    for bad in ("truncation:2:schedule=3@4/6@8", "truncation:3:schedule=3@4/6", "truncation:3:renoise=maybe"):
+        with pytest.raises(MethodError):
+            Method.parse(bad).intervention()
     for bad in ("nocache:1", "steps", "steps:0", "steps:2.5", "first_block_cache", "baseline:3",
                 "first_block_cache:-1", "truncation:3:oops", "pab:nan"):
         with pytest.raises(MethodError):

@@ -98,7 +98,7 @@ def test_recorded_mag_ratios_equal_diffusers_own_calibration(study, tiny_weights
 def test_calibrated_config_is_accepted_and_makes_apply_mag_cache_skip(study, tiny_weights, tmp_path):
     from diffusers.hooks import MagCacheConfig, apply_mag_cache
 
-    from latent_probe.interventions.caches import Method, SkipCounter, experts_of
+    from latent_probe.interventions.caches import Method, MethodError, SkipCounter, expert_steps, experts_of
     from latent_probe.organism import load_organism
 
     out = str(tmp_path / "mag.json")
@@ -125,6 +125,13 @@ def test_calibrated_config_is_accepted_and_makes_apply_mag_cache_skip(study, tin
         again = other.generate(PROMPTS[0], seed=0, num_inference_steps=STEPS)
     assert c.skipped == counter.skipped and torch.equal(again, out_cached)
     assert torch.equal(other.generate(PROMPTS[0], seed=0, num_inference_steps=STEPS), base)
+    # each expert's config holds its own step count; run at another step count it is refused before anything runs
+    calls = expert_steps(other.pipe, STEPS)
+    assert {e: configs[e]["num_inference_steps"] for e in configs} == calls
+    assert {e: d["calls"] // 2 for e, d in c.summary()["per_expert"].items()} == calls
+    with pytest.raises(MethodError, match="calibrate at steps=4"):
+        with Method("mag_cache", 0.1).applied(other.pipe, configs, steps=4):
+            pass
 
 
 def test_firstblock_report_and_refusals(study, tiny_weights, tmp_path, capsys):
@@ -153,3 +160,9 @@ def test_firstblock_report_and_refusals(study, tiny_weights, tmp_path, capsys):
     assert "--mag_config" in capsys.readouterr().err
     assert cli.main(["study", str(prompts), "--out", str(tmp_path / "z"), "--backend", "demo",
                      "--set", "method=steps:4"]) == 2
+    assert cli.main(["study", str(prompts), "--out", str(tmp_path / "z"), "--backend", "demo",
+                     "--record_residuals"]) == 2
+    assert "organism backend" in capsys.readouterr().err
+    assert cli.main(["study", str(prompts), "--out", str(tmp_path / "z"), "--backend", "organism",
+                     "--set", "truncation=keep3", "--set", "method=truncation:3"]) == 2
+    assert "truncate twice" in capsys.readouterr().err

@@ -199,7 +199,7 @@ class _Generator:
         plain = method.kind in ("baseline", "steps") and s.get("truncation", "none") == "none"
         recorder = ResidualRecorder(experts_of(self.organism.pipe)) if self.record_residuals and plain else None
         cuda = str(self.organism.device).startswith("cuda")
-        with method.applied(self.organism.pipe, mag_ratios=self.mag) as counter, \
+        with method.applied(self.organism.pipe, mag_ratios=self.mag, steps=steps) as counter, \
                 (recorder.attached() if recorder else contextlib.nullcontext()):
             if cuda:
                 torch.cuda.synchronize()
@@ -278,8 +278,11 @@ def _grid(args: argparse.Namespace) -> tuple[dict[str, list], list[int]]:
             if missing:
                 raise StudyError(f"--set method=mag_cache:… needs calibrated ratios: --mag_config "
                                  f"{sorted(missing)[0]}=FILE (from latent-probe calibrate) for each expert")
-        if "method" in grid and args.backend != "organism":
-            raise StudyError("--set method is for the organism backend")
+        if args.backend != "organism":
+            used = [n for n, v in (("--set method", "method" in grid), ("--record_residuals", args.record_residuals),
+                                   ("--mag_config", bool(args.mag_config))) if v]
+            if used:
+                raise StudyError(f"{used[0]} is for the organism backend")
         for name, low in (("frames", 2 if args.backend == "demo" else 5), ("steps", 2)):
             if any(v < low for v in grid.get(name, [])):
                 raise StudyError(f"--set {name}: values must be at least {low}")

@@ -44,7 +44,7 @@ import torch
 from ..errors import LatentProbeError
 
 __all__ = ["Method", "MethodError", "SkipCounter", "CACHE_KINDS", "METHOD_KINDS", "frontier_methods",
-           "experts_of"]
+           "experts_of", "expert_steps"]
 
 CACHE_KINDS = ("first_block_cache", "mag_cache", "taylorseer", "pab", "faster_cache")
 METHOD_KINDS = ("baseline", "steps", "truncation") + CACHE_KINDS
@@ -79,7 +79,8 @@ class Method:
     ``first_block_cache`` / ``mag_cache`` → threshold; ``taylorseer`` → ``cache_interval``; ``pab`` /
     ``faster_cache`` → spatial attention skip range. ``steps`` on any kind overrides the sampling steps (so
     ``Method("truncation", 3, steps=12)`` is truncation combined with fewer steps). ``options``: extra keyword
-    arguments of the cache config or of ``FrameTruncation`` (e.g. ``(("until", 6), ("renoise", True))``).
+    arguments of the cache config or of ``FrameTruncation`` (e.g. ``(("until", 6), ("renoise", True))``; a growing
+    schedule as ``("schedule", "3@4/6@8/11@12")``, its first K equal to the strength).
     """
 
     kind: str
@@ -168,9 +169,15 @@ class Method:
             return None
         from .frame_truncation import FrameTruncation
 
+        opts = dict(self.options)
         try:
-            return FrameTruncation(keep=int(self.strength), **dict(self.options))
-        except TypeError as exc:
+            if "schedule" in opts:   # "3@4/6@8/11@12": keep K until step U, stage after stage
+                stages = [tuple(int(v) for v in part.split("@")) for part in str(opts.pop("schedule")).split("/")]
+                if not stages or any(len(st) != 2 for st in stages) or stages[0][0] != int(self.strength):
+                    raise ValueError(f"schedule must read K@U/K@U/... starting with K = {self.strength}")
+                return FrameTruncation(schedule=stages, **opts)
+            return FrameTruncation(keep=int(self.strength), **opts)
+        except (TypeError, ValueError) as exc:
             raise MethodError(f"method {self.name}: {exc}") from None
 
     def cache_config(self, pipe: Any, expert: str, mag_ratios: dict[str, Any] | None = None) -> Any:
@@ -210,15 +217,25 @@ class Method:
         return None
 
     @contextlib.contextmanager
-    def applied(self, pipe: Any, mag_ratios: dict[str, Any] | None = None) -> Iterator["SkipCounter"]:
+    def applied(self, pipe: Any, mag_ratios: dict[str, Any] | None = None,
+                steps: int | None = None) -> Iterator["SkipCounter"]:
         """Apply this method's cache to every expert of ``pipe`` (diffusers' hooks) and count what it skips.
 
         Yields a ``SkipCounter`` (counts for every method, so a baseline's shows nothing skipped). On exit the
         cache hooks (``disable_cache``) and the counter's hooks are removed: the pipeline is as before.
-        Refuses (``MethodError``, one line) an expert that already has a cache enabled.
+        Refuses (``MethodError``, one line) an expert that already has a cache enabled, and — given the
+        sampling ``steps`` the pipeline will run — a MagCache config calibrated for another number of calls
+        of its expert (its ratios would be indexed against other steps).
         """
         experts = experts_of(pipe)
         configs = {n: self.cache_config(pipe, n, mag_ratios) for n in experts} if self.is_cache else {}
+        if self.kind == "mag_cache" and steps is not None:
+            calls = expert_steps(pipe, steps)
+            for n, cfg in configs.items():
+                if calls.get(n, 0) and cfg.num_inference_steps != calls[n]:
+                    raise MethodError(f"the MagCache config of {n} is for {cfg.num_inference_steps} of its steps; "
+                                      f"at {steps} sampling steps it runs {calls[n]}: calibrate at steps={steps} "
+                                      f"(or resample: latent-probe calibrate --num_inference_steps {calls[n]})")
         for n, m in experts.items():
             if getattr(m, "_cache_config", None) is not None:
                 raise MethodError(f"{n} already has a cache enabled ({type(m._cache_config).__name__}); "
@@ -240,6 +257,21 @@ class Method:
             counter.detach()
             for m in enabled:
                 m.disable_cache()
+
+
+def expert_steps(pipe: Any, steps: int) -> dict[str, int]:
+    """How many of ``steps`` sampling steps each expert of a diffusers Wan pipeline runs (a copy of its
+    scheduler's timesteps against ``boundary_ratio · num_train_timesteps``, as the pipeline decides)."""
+    import copy
+
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    ratio = getattr(getattr(pipe, "config", None), "boundary_ratio", None)
+    if ratio is None or getattr(pipe, "transformer_2", None) is None:
+        return {"transformer": len(sched.timesteps)}
+    boundary = float(ratio) * float(sched.config.num_train_timesteps)
+    high = sum(float(t) >= boundary for t in sched.timesteps)
+    return {"transformer": high, "transformer_2": len(sched.timesteps) - high}
 
 
 def _number(text: str, whole: str) -> int | float:
