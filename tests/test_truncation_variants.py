@@ -144,3 +144,26 @@ def test_renoise_without_a_unipc_flow_scheduler_is_refused_before_anything_runs(
                 pass
     finally:
         two_expert_pipe.scheduler = keep
+
+
+def test_x0_space_fill_interpolates_the_schedulers_x0_not_the_prediction(two_expert_pipe):
+    until = 4
+    ft = FrameTruncation(keep=3, until=until, fill_space="x0")
+    with LatentProbe(two_expert_pipe, intervene=ft, store_dtype="float32", capture=("x_t", "pred", "x0")) as probe:
+        out = run_pipe(two_expert_pipe)
+    x0, pred = probe.run.latents("x0")[:], probe.run.latents("pred")[:]   # [S, B, C, F, H, W]
+    assert probe.run.attrs["intervention"]["fill_space"] == "x0"
+    # reference: the scheduler's own x̂₀ of a truncated step is the linear fill of its key frames' x̂₀ ...
+    for f, (a, b) in ((1, (0, 2)), (3, (2, 4))):
+        np.testing.assert_allclose(x0[:until, :, :, f], 0.5 * (x0[:until, :, :, a] + x0[:until, :, :, b]), atol=2e-5)
+        # ... while the prediction there is not the fill of the key predictions (each frame keeps its own noise)
+        assert not np.allclose(pred[:until, :, :, f], 0.5 * (pred[:until, :, :, a] + pred[:until, :, :, b]),
+                               atol=1e-3)
+    assert not np.allclose(x0[until:, :, :, 1], 0.5 * (x0[until:, :, :, 0] + x0[until:, :, :, 2]), atol=1e-3)
+    assert torch.isfinite(out).all()
+    baseline = run_pipe(two_expert_pipe)
+    with LatentProbe(two_expert_pipe, intervene=FrameTruncation(keep=F, until=until, fill_space="x0"),
+                     capture=("x_t",)):
+        assert torch.equal(run_pipe(two_expert_pipe), baseline)
+    with pytest.raises(ValueError, match="fill_space"):
+        FrameTruncation(keep=3, fill_space="latent")

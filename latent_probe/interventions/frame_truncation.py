@@ -35,6 +35,7 @@ from .interpolation import FILLS, FillPlan, default_keyframes, resolve_keyframes
 __all__ = ["FrameTruncation", "TruncatedCall", "POSITIONS"]
 
 POSITIONS = ("true", "compressed")
+FILL_SPACES = ("prediction", "x0")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,12 @@ class FrameTruncation:
             (``TimePositionsError``, one line) for a target whose rope latent_probe does not know.
             ``"compressed"``: positions 0 … K−1, as the DiT derives them from a K-frame input (the
             behaviour before this option; runs without ``positions`` in their ``intervention`` attribute).
+        schedule: ``[(keep, until_step), ...]`` a growing key-frame schedule instead of ``keep``/``until``.
+        renoise: re-noise the filled frames to the scheduler's σ at the switch (``renoise_seed``: ε's seed;
+            default from the generation's initial latent).
+        fill_space: ``"prediction"`` (default) fills the DiT's prediction v; ``"x0"`` fills x̂₀ = x_t − σ·v of the
+            key frames and returns v = (x_t − x̂₀)/σ on every frame, so each filled frame keeps its own noise
+            (flow matching; diffusers targets with a scheduler instance). See docs/frame-truncation.md, "Variants".
     """
 
     kind = "frame_truncation"
@@ -76,7 +83,7 @@ class FrameTruncation:
     def __init__(self, keep: int | None = None, *, keyframes: Sequence[int] | None = None,
                  until: str | int | None = None, fill: str = "linear", positions: str = "true",
                  schedule: Sequence[tuple[int, int]] | None = None, renoise: bool = False,
-                 renoise_seed: int | None = None) -> None:
+                 renoise_seed: int | None = None, fill_space: str = "prediction") -> None:
         if keep is not None and keyframes is not None:
             raise ValueError("give keep= or keyframes=, not both")
         if schedule is not None:
@@ -86,6 +93,8 @@ class FrameTruncation:
             keep = schedule[0][0]
             until = schedule[-1][1]
         until = "boundary" if until is None else until
+        if fill_space not in FILL_SPACES:
+            raise ValueError(f"fill_space must be one of {FILL_SPACES}, got {fill_space!r}")
         if not isinstance(renoise, bool):
             raise ValueError(f"renoise must be True or False, got {renoise!r}")
         if renoise_seed is not None and (isinstance(renoise_seed, bool) or not isinstance(renoise_seed, int)):
@@ -112,6 +121,7 @@ class FrameTruncation:
         self.schedule = schedule
         self.renoise = renoise
         self.renoise_seed = renoise_seed
+        self.fill_space = fill_space
         self._reset()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -127,6 +137,7 @@ class FrameTruncation:
         self._last_plan: FillPlan | None = None     # the plan of the latest truncated call (renoise)
         self._renoised: list[dict[str, Any]] = []   # one record per switch that re-noised
         self._noise_key: int | None = None
+        self._inputs: dict[int, tuple[Any, Any]] = {}   # fill_space="x0": the call's full latent and timestep
 
     @property
     def frames_seen(self) -> list[int]:
@@ -155,6 +166,8 @@ class FrameTruncation:
             out["schedule"] = [list(stage) for stage in self.schedule]
         if self.renoise:
             out.update(renoise=True, renoise_seed=self.renoise_seed)
+        if self.fill_space != "prediction":
+            out["fill_space"] = self.fill_space
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -199,7 +212,7 @@ class FrameTruncation:
         for name, module in parts.experts.items():
             io = DitIO(module, parts.dit_calls)
             registry.forward_pre(module, self._pre_hook(name, io))
-            registry.forward(module, self._post_hook(io))
+            registry.forward(module, self._post_hook(io, parts))
             if self.positions == "true":
                 rope.install(registry, parts.rope, module, self._keys_now(module))
         if self.renoise:   # added before the probe's own listener: outermost, it sees step's result last
@@ -226,6 +239,8 @@ class FrameTruncation:
             self._check_positions(parts)
         if self.renoise:
             _check_renoise_scheduler(parts)
+        if self.fill_space == "x0":
+            _check_x0_space(parts)
         return truncating
 
     @staticmethod
@@ -288,6 +303,8 @@ class FrameTruncation:
                     raise ValueError(f"frame 0 is image conditioning in this call and must be a key frame; "
                                      f"keys {plan.keys} lack it")
             self._pending[id(module)] = plan
+            if plan is not None and self.fill_space == "x0":
+                self._inputs[id(module)] = (io.latent(args, kwargs), t)
             self._count(step, expert, shape, shape.frames if plan is None else len(plan.keys))
             if plan is None:
                 return None
@@ -308,10 +325,15 @@ class FrameTruncation:
 
         return now
 
-    def _post_hook(self, io: DitIO) -> Callable:
+    def _post_hook(self, io: DitIO, parts: TargetParts) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             plan = self._pending.pop(id(module), None)
-            return None if plan is None else io.fill_frames(output, plan)
+            if plan is None:
+                return None
+            if self.fill_space == "x0":
+                x_t, t = self._inputs.pop(id(module))
+                return io.fill_frames(output, _X0Fill(plan, x_t, _call_sigma(parts, t)))
+            return io.fill_frames(output, plan)
 
         return hook
 
@@ -371,6 +393,49 @@ class FrameTruncation:
         extra = f", renoise=True, renoise_seed={self.renoise_seed!r}" if self.renoise else ""
         return (f"FrameTruncation({what}, until={self.until!r}, fill={self.fill!r}, positions={self.positions!r}"
                 f"{extra})")
+
+
+class _X0Fill:
+    """Fill in x̂₀ space: key predictions v_K → x̂₀_K = x_t,K − σ·v_K → x̂₀ = fill(x̂₀_K) → v = (x_t − x̂₀)/σ on
+    every frame; key frames keep the DiT's own v bit for bit (flow matching, x_t = (1 − σ)x₀ + σε, v = ε − x₀)."""
+
+    def __init__(self, plan: FillPlan, x_t: torch.Tensor, sigma: float) -> None:
+        self.plan, self.x_t, self.sigma = plan, x_t, sigma
+
+    def __call__(self, v_keys: torch.Tensor) -> torch.Tensor:
+        work = torch.promote_types(v_keys.dtype, torch.float32)
+        x = self.x_t.to(work)
+        idx = self.plan.key_index(v_keys.device)
+        x0_keys = x.index_select(-3, idx) - self.sigma * v_keys.to(work)
+        v = (x - self.plan(x0_keys)) / self.sigma
+        v = v.to(v_keys.dtype)
+        v.index_copy_(-3, idx, v_keys)
+        return v
+
+
+def _check_x0_space(parts: TargetParts) -> None:
+    """fill_space='x0' needs the σ of each call: diffusers' flow-matching scheduler instance (one line if not)."""
+    sched = parts.scheduler
+    cfg = getattr(sched, "config", None)
+    flow = getattr(cfg, "prediction_type", None) == "flow_prediction" or getattr(cfg, "use_flow_sigmas", False) \
+        or type(sched).__name__.startswith("FlowMatch")
+    if sched is None or getattr(sched, "sigmas", None) is None or not flow or parts.dit_calls == "wan_repo":
+        raise ValueError("fill_space='x0' needs the scheduler's σ at each DiT call: a diffusers pipeline with a "
+                         "flow-matching scheduler instance (this target's scheduler is "
+                         f"{type(sched).__name__ if sched is not None else 'created inside generation'})")
+
+
+def _call_sigma(parts: TargetParts, t: Any) -> float:
+    """σ of the step in progress (the scheduler's own), checked against the call's timestep t ≈ σ·T."""
+    sched = parts.scheduler
+    i = sched.step_index if sched.step_index is not None else (getattr(sched, "begin_index", None) or 0)
+    sigma = float(sched.sigmas[i])
+    now = float(t.detach().reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+    total = float(getattr(sched.config, "num_train_timesteps", 1000))
+    if abs(now / total - sigma) > 2e-3 or sigma < 1e-3:
+        raise ValueError(f"fill_space='x0': the DiT call's timestep {now:g} does not match the scheduler's σ "
+                         f"{sigma:.5f} at step {i} (or σ is ~0): cannot convert its prediction to x̂₀ exactly")
+    return sigma
 
 
 def _check_schedule(schedule: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
