@@ -50,6 +50,9 @@ def test_a_cache_that_never_skips_is_visible_and_leaves_output_bit_identical(two
     with Method("first_block_cache", 0.0).applied(two_expert_pipe) as counter:
         out = run_pipe(two_expert_pipe, steps=STEPS)
     assert counter.skipped == 0 and counter.called == 2 * STEPS * 2 * 3   # calls × blocks × units
+    rows = counter.per_call()
+    assert len(rows) == 2 * STEPS and all(r["seconds"] > 0 for r in rows)
+    assert counter.summary()["dit_s"] == pytest.approx(sum(r["seconds"] for r in rows))
     assert torch.equal(out, baseline)
 
 

@@ -11,6 +11,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +64,7 @@ def test_organism_study_runs_every_method_and_counts_what_it_skipped(study):
     for d in docs.values():
         assert job_status(run_path(study, d["job_id"]), d["job_id"]).done
         assert d["num_inference_steps"] == STEPS and d["skips"]["dit_calls"] == 2 * STEPS and d["wall_s"] > 0
+        assert 0 < d["skips"]["dit_s"] < d["wall_s"]
         skipped = d["skips"]["units_skipped"]
         assert (skipped > 0) == (d["kind"] == "first_block_cache"), (d["method"], skipped)
     # residuals only for the plain jobs (a cache or truncation changes what the blocks compute)
@@ -142,6 +144,13 @@ def test_firstblock_report_and_refusals(study, tiny_weights, tmp_path, capsys):
                                                          for b in ("cond", "uncond")}
     assert all(len(v) == 5 and v == sorted(v) for r in rows for v in r["values"])
     capsys.readouterr()
+    assert cli.main(["calibrate", study, "--method", "magcache", "-o", out, "--num_inference_steps", "9"]) == 1
+    assert "give --expert" in capsys.readouterr().err
+    assert cli.main(["calibrate", study, "--method", "magcache", "-o", out, "--num_inference_steps", "9",
+                     "--expert", "transformer_2", "--setting", "method=baseline"]) == 0
+    cfg = json.load(open(out))
+    assert cfg["num_inference_steps"] == 9 and len(cfg["mag_ratios"]) == 9 and cfg["mag_ratios"][0] == 1.0
+    capsys.readouterr()
     # no residuals recorded → one line, exit 1
     bare = tmp_path / "bare"
     prompts = tmp_path / "p.txt"
@@ -166,3 +175,30 @@ def test_firstblock_report_and_refusals(study, tiny_weights, tmp_path, capsys):
     assert cli.main(["study", str(prompts), "--out", str(tmp_path / "z"), "--backend", "organism",
                      "--set", "truncation=keep3", "--set", "method=truncation:3"]) == 2
     assert "truncate twice" in capsys.readouterr().err
+
+
+def test_calibration_refuses_to_pool_other_settings_or_other_timesteps():
+    from latent_probe.study import StudyError
+    from latent_probe.study.calibrate import ResidualRecord, cluster_bootstrap_ci, magcache_config, nearest_interp
+
+    def rec(job, prompt, settings, ts, ratios):
+        s = {"timestep": ts, "mag_ratio": ratios, "fbc_signal": [None] + [0.1] * (len(ts) - 1)}
+        return ResidualRecord(job, prompt, 0, settings, {("transformer", "cond"): s, ("transformer", "uncond"): s})
+
+    a = rec("a", "p1", {"steps": 4}, [999, 900, 800, 700], [1.0, 1.1, 1.2, 1.3])
+    b = rec("b", "p2", {"steps": 4}, [999, 900, 800, 700], [1.0, 0.9, 1.0, 1.1])
+    cfg = magcache_config([a, b], "transformer", "cond")
+    np.testing.assert_allclose(cfg["mag_ratios"], [1.0, 1.0, 1.1, 1.2])
+    assert cfg["num_inference_steps"] == 4
+    np.testing.assert_allclose(magcache_config([a, b], "transformer", "cond", 7)["mag_ratios"],
+                               nearest_interp([1.0, 1.0, 1.1, 1.2], 7))
+    assert nearest_interp([1.0, 2.0, 3.0, 4.0], 7) == [1.0, 1.0, 2.0, 3.0, 3.0, 3.0, 4.0]   # index round(j/2), half to even
+    with pytest.raises(StudyError, match="different settings"):
+        magcache_config([a, rec("c", "p1", {"steps": 4, "guidance": 2.0}, [999, 900, 800, 700], [1.0] * 4)],
+                        "transformer", "cond")
+    with pytest.raises(StudyError, match="other timesteps"):
+        magcache_config([a, rec("d", "p1", {"steps": 4}, [999, 950, 800, 700], [1.0] * 4)], "transformer", "cond")
+    # the CI resamples prompts: two clips of one prompt and one of another give only two cluster values
+    table = np.array([[1.0], [1.0], [3.0]])
+    lo, hi = cluster_bootstrap_ci(table, ["p1", "p1", "p2"], n_boot=500)
+    assert lo[0] == 1.0 and hi[0] == 3.0

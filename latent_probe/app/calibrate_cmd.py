@@ -53,6 +53,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
         return 0
     experts = sorted({e for r in records for e, _ in r.series})
     chosen = [args.expert] if args.expert else experts
+    if args.num_inference_steps is not None and len(chosen) > 1:
+        raise StudyError("--num_inference_steps is a count of one expert's steps (each expert runs its own share "
+                         "of the sampling steps): give --expert with it")
     written = []
     for expert in chosen:
         cfg = magcache_config(records, expert, args.branch, args.num_inference_steps)

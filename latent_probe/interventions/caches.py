@@ -15,7 +15,8 @@ dispatches to them, and ``disable_cache``, which removes exactly those hooks), o
 cache's state between generations: ``applied`` resets it at the first DiT call of every generation (a call
 whose timestep is larger than the previous call's), keeping the pipeline's cond / uncond cache context.
 
-``SkipCounter`` counts, with plain torch hooks, every call of each block's compute units (``attn1``, ``attn2``,
+``SkipCounter`` times each DiT call (CUDA events on a GPU, ``perf_counter`` on a CPU: ``dit_s``) and counts,
+with plain torch hooks, every call of each block's compute units (``attn1``, ``attn2``,
 ``ffn`` of a Wan block): a unit is *called* when its block is called and *computed* when its first Linear runs.
 A cache that skips a block (FirstBlockCache, MagCache) or an attention (PAB, FasterCache, TaylorSeer) leaves
 its units called but not computed.
@@ -303,6 +304,15 @@ class _Call:
     timestep: float | None
     called: int = 0     # units called
     computed: int = 0   # units that ran their computation
+    start: Any = None   # CUDA event or perf_counter() at the call's start / end
+    end: Any = None
+
+    def seconds(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        if isinstance(self.start, float):
+            return self.end - self.start
+        return self.start.elapsed_time(self.end) / 1000.0   # CUDA events: milliseconds
 
 
 class SkipCounter:
@@ -324,6 +334,7 @@ class SkipCounter:
                 raise MethodError(f"{name} ({type(module).__name__}) has no transformer blocks to count")
             self._handles.append(module.register_forward_pre_hook(self._on_call(name, module, reset_caches),
                                                                   with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._on_return(name), always_call=True))
             for block in blocks:
                 units = [u for u in (_first_linear(getattr(block, k, None)) for k in _UNITS) if u is not None]
                 if not units:
@@ -350,9 +361,17 @@ class SkipCounter:
                 self._last_t[name] = now
             index = self._count.get(name, 0)
             self._count[name] = index + 1
-            call = _Call(name, index, now)
+            call = _Call(name, index, now, start=_clock(t))
             self.calls.append(call)
             self._current[name] = call
+
+        return hook
+
+    def _on_return(self, name: str) -> Any:
+        def hook(mod: torch.nn.Module, args: tuple, output: Any) -> None:
+            call = self._current.get(name)
+            if call is not None and call.end is None:
+                call.end = _clock(call.start)
 
         return hook
 
@@ -390,10 +409,20 @@ class SkipCounter:
     def skipped_fraction(self) -> float:
         return 0.0 if self.called == 0 else self.skipped / self.called
 
+    @property
+    def dit_seconds(self) -> float:
+        """Time inside the DiT calls: CUDA events on a GPU (synchronises once), perf_counter on a CPU."""
+        if any(not isinstance(c.start, float) for c in self.calls if c.start is not None):
+            torch.cuda.synchronize()
+        return float(sum(c.seconds() or 0.0 for c in self.calls))
+
     def per_call(self) -> list[dict[str, Any]]:
-        """One row per DiT call: expert, its call index, timestep, units called / computed / skipped."""
+        """One row per DiT call: expert, its call index, timestep, units called / computed / skipped, seconds."""
+        if any(not isinstance(c.start, float) for c in self.calls if c.start is not None):
+            torch.cuda.synchronize()
         return [{"expert": c.expert, "call": c.index, "timestep": c.timestep, "units_called": c.called,
-                 "units_computed": c.computed, "units_skipped": c.called - c.computed} for c in self.calls]
+                 "units_computed": c.computed, "units_skipped": c.called - c.computed, "seconds": c.seconds()}
+                for c in self.calls]
 
     def summary(self) -> dict[str, Any]:
         """Totals, per expert, and the calls that skipped anything."""
@@ -407,7 +436,19 @@ class SkipCounter:
         for d in per.values():
             d["units_skipped"] = d["units_called"] - d["units_computed"]
         return {"dit_calls": len(self.calls), "units_called": self.called, "units_computed": self.computed,
-                "units_skipped": self.skipped, "skipped_fraction": self.skipped_fraction, "per_expert": per}
+                "units_skipped": self.skipped, "skipped_fraction": self.skipped_fraction,
+                "dit_s": self.dit_seconds, "per_expert": per}
+
+
+def _clock(like: Any) -> Any:
+    """A CUDA event recorded now when ``like`` is a CUDA tensor or event, else ``time.perf_counter()``."""
+    import time
+
+    if (isinstance(like, torch.Tensor) and like.is_cuda) or isinstance(like, torch.cuda.Event):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
 
 
 def _blocks(module: torch.nn.Module) -> Sequence[torch.nn.Module]:

@@ -86,6 +86,16 @@ def read_residuals(study_dir: str | os.PathLike, settings: dict[str, Any] | None
     return out
 
 
+def _one_setting(records: Sequence[ResidualRecord]) -> None:
+    """Refuse to pool clips recorded under different settings (another guidance or step count is another
+    population, not more clips of one)."""
+    differ = sorted({k for r in records for k in set(r.settings) | set(records[0].settings)
+                     if r.settings.get(k) != records[0].settings.get(k)})
+    if differ:
+        raise StudyError(f"these residuals were recorded under different settings ({', '.join(differ)}); pick one "
+                         f"with --setting NAME=VALUE (Python: read_residuals(study, {{...}}))")
+
+
 def _experts(records: Sequence[ResidualRecord]) -> list[str]:
     return sorted({e for r in records for e, _ in r.series})
 
@@ -154,6 +164,7 @@ def magcache_config(records: Sequence[ResidualRecord], expert: str, branch: str 
     """``MagCacheConfig`` keyword arguments for ``expert`` (see the module docstring)."""
     if branch not in BRANCH_CHOICES:
         raise StudyError(f"branch {branch!r}: choose {', '.join(BRANCH_CHOICES)}")
+    _one_setting(records)
     if expert not in _experts(records):
         raise StudyError(f"no expert {expert!r} in these residuals; experts: {', '.join(_experts(records))}")
     branches = ["cond", "uncond"] if branch == "mean" else [branch]
@@ -175,6 +186,7 @@ def fbc_signal_quantiles(records: Sequence[ResidualRecord], expert: str, branch:
 
 def calibration_report(records: Sequence[ResidualRecord], n_boot: int = 2000) -> dict[str, Any]:
     """MagCache ratio summaries and FirstBlockCache signal quantiles for every expert and branch."""
+    _one_setting(records)
     keys = sorted({k for r in records for k in r.series})
     return {"clips": len(records), "prompts": len({r.prompt_id for r in records}),
             "jobs": [r.job_id for r in records],
