@@ -64,7 +64,7 @@ def test_organism_study_runs_every_method_and_counts_what_it_skipped(study):
     for d in docs.values():
         assert job_status(run_path(study, d["job_id"]), d["job_id"]).done
         assert d["num_inference_steps"] == STEPS and d["skips"]["dit_calls"] == 2 * STEPS and d["wall_s"] > 0
-        assert 0 < d["skips"]["dit_s"] < d["wall_s"]
+        assert 0 < d["skips"]["dit_s"] < d["wall_s"] and d["residuals_recorded"] == (d["kind"] == "baseline")
         skipped = d["skips"]["units_skipped"]
         assert (skipped > 0) == (d["kind"] == "first_block_cache"), (d["method"], skipped)
     # residuals only for the plain jobs (a cache or truncation changes what the blocks compute)

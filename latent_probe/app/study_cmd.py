@@ -210,6 +210,7 @@ class _Generator:
             wall = time.perf_counter() - start
         who = {"job_id": job.id, "prompt_id": job.prompt.id, "seed": job.seed, "settings": dict(job.settings)}
         doc = {**who, **method.describe(), "num_inference_steps": steps, "wall_s": wall,
+               "residuals_recorded": recorder is not None,   # its norms and syncs add to wall_s and dit_s
                "device": str(self.organism.device), "skips": counter.summary(), "calls": counter.per_call()}
         _write_json(os.path.join(self.out, "methods", f"{job.id}.json"), doc)
         if recorder is not None:
