@@ -85,7 +85,8 @@ def test_demo_runs_the_organism_and_writes_the_files(organism_demo):
     png = (out / "temporal_continuity_demo_frames.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (7 * 128 + 6 * 4, 3 * 128 + 2 * 4)  # 7 frames a row: baseline, truncated, seed 1
+    # 7 frames a row: baseline, truncated, seed 1; a column naming each row, a row numbering the frames
+    assert (width, height) == (230 + 7 * 128 + 6 * 4, 18 + 3 * 128 + 2 * 4)
 
 
 def test_dashboard_shows_both_videos_at_the_top(organism_demo):

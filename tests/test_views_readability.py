@@ -95,8 +95,8 @@ def test_every_axis_and_colorbar_has_a_title(dashboards):
     for name, _, figs in dashboards:
         for k, fig in enumerate(figs):
             where = f"{name}: figure {FIGURE_NAMES[k]}"
-            for axis_name, axis in _axes(fig).items():
-                assert _title(axis), f"{where}: {axis_name} has no title"
+            for axis_name, axis in _axes(fig).items():  # an axis without tick labels repeats its row's first
+                assert _title(axis) or axis.showticklabels is False, f"{where}: {axis_name} has no title"
             for key in fig.layout.to_plotly_json():
                 if key.startswith("coloraxis"):
                     assert _title(fig.layout[key].colorbar), f"{where}: {key}'s colour bar has no title"

@@ -29,6 +29,7 @@ pre.summary{background:#f8f8f8;border:1px solid #e4e4e4;padding:8px 12px;font-si
 margin:4px 16px 4px 0;vertical-align:top} .fig{margin:10px 0 18px} .note{color:#666;font-size:13px}
 table.strips{border-collapse:collapse;font-size:13px} table.strips th{text-align:right;padding:2px 8px 2px 0;
 font-weight:600;vertical-align:middle} img.strip{image-rendering:pixelated;max-width:100%;height:auto;display:block}
+.tablewrap{overflow-x:auto;max-width:100%} table.runs td{overflow-wrap:anywhere}
 .verdict{background:#eef5ff;border:1px solid #9cc0f0;padding:8px 14px;border-radius:4px;margin:8px 0 12px}
 .verdict p{margin:4px 0;font-size:14px} .verdict p.headline{font-weight:600;font-size:15px}
 """
@@ -42,7 +43,7 @@ def run_table(series: Sequence[RunSeries]) -> str:
         experts = ", ".join(dict.fromkeys(s.experts.tolist()))
         cells = (s.label, s.source, s.prompt or "—", s.num_steps, s.num_pairs, experts, ", ".join(s.quantities))
         rows.append("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in cells) + "</tr>")
-    return f'<table class="runs">{head}{"".join(rows)}</table>'
+    return f'<div class="tablewrap"><table class="runs">{head}{"".join(rows)}</table></div>'
 
 
 def _fmt(mean: Any, std: Any) -> str:
