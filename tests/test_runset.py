@@ -376,6 +376,7 @@ print(len(rs), len(rs.skipped), "distributed" in sys.modules)
 """
 
 
+@pytest.mark.slow
 def test_an_unguarded_script_runs_once(tmp_path):
     """open_runs's default works in this process (threads): a plain script without a __main__ guard is not
     imported again by worker processes (it used to run three times at once under Dask's LocalCluster)."""
