@@ -4,7 +4,7 @@
 
 Writes ``<out>/<stem>_<width>.png`` (full page height up to ``--height``) for widths 800, 1400 and 1920 px,
 and prints, per width, every pair of overlapping text boxes in the rendered plots (subplot titles,
-annotations, axis titles, tick labels) and every log axis with fewer than three tick labels — measured in
+annotations, axis titles, tick labels, legend entries, a video's buttons and slider labels) and every log axis with fewer than three tick labels — measured in
 the page itself (getBoundingClientRect after plotly drew it), so the check does not depend on looking. Look
 at the pictures too: the script only finds what it measures. Exit status 1 when any overlap is found.
 """
@@ -26,12 +26,13 @@ window.addEventListener('load', () => setTimeout(() => {
   const out = {overlaps: [], log_axes: [], plots: 0};
   const sel = '.gtitle, .annotation-text, .g-xtitle text, .g-ytitle text, .g-x2title text, .g-y2title text,'
             + '[class^="g-x"][class$="title"] text, [class^="g-y"][class$="title"] text, .xtick text, .ytick text,'
-            + '.legendtext';
+            + '.legendtext, .slider-label, .updatemenu-item-rect';
   document.querySelectorAll('.js-plotly-plot').forEach((plot, k) => {
     out.plots += 1;
     const boxes = [];
     plot.querySelectorAll(sel).forEach(el => {
-      const r = el.getBoundingClientRect(), t = (el.textContent || '').trim();
+      const r = el.getBoundingClientRect();
+      const t = (el.textContent || '').trim() || (el.classList.contains('updatemenu-item-rect') ? 'a button' : '');
       if (!t || r.width === 0 || r.height === 0) return;
       const tick = !!el.closest('.xtick, .ytick');
       boxes.push({t: t.slice(0, 60), tick, r: [r.left, r.top, r.right, r.bottom]});

@@ -196,8 +196,10 @@ def test_dashboard_layout_holds_at_common_widths(demo_path, two_expert_path, tmp
         from screenshot_dashboard import check
     finally:
         sys.path.pop(0)
-    out = write_dashboard([two_expert_path, demo_path], tmp_path / "two.html",
-                          labels=["a two-expert pipeline run with a long label", "demo"])
+    rng = np.random.default_rng(0)
+    labels = ["a two-expert pipeline run with a long label", "demo"]
+    videos = {k: rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8) for k in labels}  # play/pause + slider too
+    out = write_dashboard([two_expert_path, demo_path], tmp_path / "two.html", labels=labels, videos=videos)
     found = check(str(out), width)
-    assert found["plots"] >= 5
+    assert found["plots"] >= 6
     assert found["overlaps"] == [] and found["log_axes"] == [], found

@@ -201,7 +201,8 @@ def video_figure(videos: Mapping[str, Any], title: str | None = None, frame_ms: 
                           yanchor="top", pad=dict(t=0, r=10),
                           buttons=[dict(label="▶ play", method="animate", args=[None, play]),
                                    dict(label="❚❚ pause", method="animate", args=[[None], pause])])],
-        sliders=[dict(active=0, x=0.16, len=0.84, y=-0.02, yanchor="top", pad=dict(t=0, b=0),
+        sliders=[dict(active=0, x=0.22, len=0.78, y=-0.02,  # right of the buttons also at 800 px
+                      yanchor="top", pad=dict(t=0, b=0),
                       currentvalue=dict(prefix=f"{esc(frame_name)} ", visible=True),
                       steps=[dict(label=str(f), method="animate",
                                   args=[[str(f)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
