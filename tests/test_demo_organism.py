@@ -245,3 +245,30 @@ def test_every_step_range_the_demo_shows_is_0_based(organism_demo, tmp_path):
     rows = [r for r in doc["summary"]["rows"] if r["kind"] == "steps"]
     assert rows[0]["start"] == 0 and rows[0]["label"].endswith("(0-1)") and rows[-1]["stop"] == STEPS
     assert "Early steps (0-1)" in stdout and "Early steps (0-1)" in texts["metrics "]
+
+
+def test_the_verdict_follows_its_rule_and_says_what_it_cannot_judge(organism_demo):
+    """The rule on the demo's own runs with other timings: slower → "slower by" and no support; without the seed
+    floor → cannot be decided; supported only when faster and closer than half the floor."""
+    import dataclasses
+
+    from latent_probe.views.dashboard import collect_series
+    from latent_probe.views.verdict import verdict
+
+    out = organism_demo[0]
+    base, trunc, other = collect_series([out / "temporal_continuity_demo.h5", out / "temporal_continuity_demo_truncated.h5",
+                                         out / "temporal_continuity_demo_seed1.h5"], labels=["b", "t", "o"])
+    slower = verdict([base, trunc, other], seconds={"b": 10.0, "t": 12.39, "o": 10.0})
+    [c] = slower.comparisons
+    assert c.time_saved == pytest.approx(1 - 12.39 / 10.0) and c.supports is False
+    assert any("slower by 24%" in s for s in slower.sentences) and "do not support" in slower.headline
+    assert not any("saved -" in s or "saved −" in s for s in slower.sentences)
+    no_floor = verdict([base, trunc], seconds={"b": 10.0, "t": 5.0})
+    assert no_floor.comparisons[0].supports is None and "cannot decide" in no_floor.headline
+    assert any("no floor" in s for s in no_floor.sentences)
+    # a truncated run that lands on the baseline itself (distance 0 < half the floor) and was faster: supported
+    same = dataclasses.replace(trunc, final_x0=base.final_x0)
+    ok = verdict([base, same, other], seconds={"b": 10.0, "t": 5.0, "o": 10.0})
+    assert ok.comparisons[0].supports is True and ok.headline.startswith("These runs support truncating")
+    assert "one seed" in ok.headline  # a hint, not evidence
+    assert verdict([base, other]).comparisons == []  # nothing truncated: nothing to conclude
