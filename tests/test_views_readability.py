@@ -216,6 +216,9 @@ def test_original_phases_on_short_runs_keep_every_row(two_expert_path):
     assert scheme == "0-4,5-9,10-19" and "20-39 are in no phase" in note
     # the original analysis's 1-based ranges only behind the explicit prefix; they mean the same steps
     assert resolve_phases(40, "1-based:1-5,6-10,11-20")[1].endswith("20-39 are in no phase")
+    # the original's ranges pasted without the prefix: read 0-based, and the note says what that did
+    note = resolve_phases(20, "1-5,6-10,11-20")[1]
+    assert "step 0 is in no phase" in note and "past the last step 19" in note and "'1-based:1-5,6-10,11-20'" in note
 
 
 def test_long_view_operations_show_progress(demo_path, two_expert_path, tmp_path, monkeypatch):

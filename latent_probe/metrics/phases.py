@@ -215,9 +215,16 @@ def fit_phases(num_steps: int, scheme: Any = "thirds") -> tuple[Any, str]:
     missing = np.flatnonzero(~covered)
     if missing.size:
         runs = np.split(missing, np.flatnonzero(np.diff(missing) > 1) + 1)
-        notes.append("steps " + ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
-                     + " are in no phase")
+        text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+        notes.append(f"step {text} is in no phase" if missing.size == 1 else f"steps {text} are in no phase")
     wanted = len(scheme.removeprefix(ONE_BASED_PREFIX).split(",")) if isinstance(scheme, str) else len(list(scheme))
     if len(phases) < wanted:
         notes.append(f"{wanted - len(phases)} of the {wanted} phases fall outside the run's {S} steps")
+    cut = [p for p in phase_ranges(max(S, 1) * 1000 + 10**6, scheme) if p.start < S < p.stop]
+    if cut:
+        notes.append(f"{', '.join(p.name for p in cut)} reach{'es' if len(cut) == 1 else ''} past the last step "
+                     f"{S - 1} and {'is' if len(cut) == 1 else 'are'} cut there")
+    if notes and isinstance(scheme, str) and not scheme.startswith(ONE_BASED_PREFIX) and (~covered)[:1].all():
+        notes.append(f"steps are numbered from 0; for the original analysis's 1-based ranges write "
+                     f"'{ONE_BASED_PREFIX}{scheme}'")
     return scheme, (f"phases {scheme!r} on this {S}-step run: " + "; ".join(notes)) if notes else ""
