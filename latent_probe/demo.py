@@ -21,7 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -29,7 +29,7 @@ from .errors import LatentProbeError
 
 __all__ = ["moving_pattern_video", "AnalyticDenoiser", "run_demo_generation", "ORGANISM_DESCRIPTION",
            "DEMO_PROMPT", "OrganismUnavailable", "OrganismDemo", "load_demo_organism", "run_organism_demo",
-           "truncated_label"]
+           "truncated_label", "floor_label"]
 
 ORGANISM_DESCRIPTION = "a small video DiT trained on synthetic videos (the latent_probe organism), not Wan2.2"
 DEMO_PROMPT = "a red square moving right"
@@ -144,14 +144,26 @@ def truncated_label(keep: int) -> str:
     return f"truncated (keep {keep}, until boundary)"
 
 
+def floor_label(seed: int) -> str:
+    return f"baseline seed {seed}"
+
+
+StepCallback = Callable[[str, int, int, float], None]  # (label, steps done, steps in all, seconds so far)
+
+
 def run_organism_demo(organism: Any, baseline_path: str | os.PathLike, truncated_path: str | os.PathLike,
                       prompt: str | int = DEMO_PROMPT, seed: int = 0, steps: int = 20, keep: int = 3,
-                      overwrite: bool = True, **probe_kwargs: Any) -> OrganismDemo:
+                      overwrite: bool = True, on_step: StepCallback | None = None,
+                      floor_path: str | os.PathLike | None = None, **probe_kwargs: Any) -> OrganismDemo:
     """Record the organism's generation of ``prompt`` twice with the same seed — as it is, and under
     ``FrameTruncation(keep=keep, until="boundary")`` — into two closed run files; decode both final latents.
 
     Labels: "baseline" and ``truncated_label(keep)``. The runs' attrs carry the prompt, the seed and
-    ``model`` = ``ORGANISM_DESCRIPTION``.
+    ``model`` = ``ORGANISM_DESCRIPTION``. ``floor_path``: also record the same prompt with seed ``seed + 1``
+    (label ``floor_label(seed + 1)``), plain: what two valid samples of the prompt differ by, the floor the
+    truncated run's distance from the baseline is read against. ``on_step(label, done, steps, seconds)`` is
+    called after every
+    denoising step (from the pipeline's ``callback_on_step_end``, which leaves the latents untouched).
     """
     from .interventions import FrameTruncation
     from .probe import LatentProbe
@@ -159,14 +171,24 @@ def run_organism_demo(organism: Any, baseline_path: str | os.PathLike, truncated
     text = organism.prompts[organism.index(prompt)]
     plans = (("baseline", os.fspath(baseline_path), None),
              (truncated_label(keep), os.fspath(truncated_path), FrameTruncation(keep=keep, until="boundary")))
+    if floor_path is not None:
+        plans += ((floor_label(seed + 1), os.fspath(floor_path), None),)
     demo = OrganismDemo(paths={}, frames={}, latents={}, prompt=text, seed=seed, steps=steps, keep=keep)
-    for label, path, intervention in plans:
-        attrs = {"prompt": text, "seed": seed, "model": ORGANISM_DESCRIPTION, "demo_run": label}
+    for k, (label, path, intervention) in enumerate(plans):
+        run_seed = seed + 1 if k == 2 else seed
+        attrs = {"prompt": text, "seed": run_seed, "model": ORGANISM_DESCRIPTION, "demo_run": label}
         start = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if on_step is not None:
+            def step_end(pipe: Any, i: int, t: Any, kwargs: dict, _label: str = label) -> dict:
+                on_step(_label, i + 1, steps, time.perf_counter() - start)
+                return {}
+
+            extra["callback_on_step_end"] = step_end
         probe = LatentProbe(organism.pipe, path, overwrite=overwrite, attrs=attrs, intervene=intervention,
                             **probe_kwargs)
         with probe:
-            latent = organism.generate(text, seed=seed, num_inference_steps=steps)
+            latent = organism.generate(text, seed=run_seed, num_inference_steps=steps, **extra)
         probe.run.close()
         demo.seconds[label] = time.perf_counter() - start
         demo.paths[label] = path

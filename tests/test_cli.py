@@ -230,6 +230,17 @@ def test_analyze_diffusers_folder(capsys, tmp_path):
         scales = dict(zip(run.experts, run.guidance_scales))
         assert scales == {"transformer": 4.0, "transformer_2": 3.0}
     assert (out / "dashboard.html").exists()
+    # the default --size 1280*720 does not fit this tiny model's rotary table: refused before running, one line
+    code, stdout, err = run_cli(capsys, "analyze", "--backend", "diffusers", "--model_path", folder,
+                                "--num_frames", "17", "--num_inference_steps", "2", "--output_dir", tmp_path / "big",
+                                "--no-png", "--prompt", "a red ball rolls")
+    last = err.strip().splitlines()[-1]  # diffusers' own loading bar may come before it
+    assert code == 1 and last.startswith("latent-probe analyze: error: --size") and err.count("error") == 1, err
+    assert "--size 1280*720 with 17 frames is too large for this model" in err and "rope_max_seq_len" in err
+    assert not (tmp_path / "big" / "run.h5").exists()
+    code, stdout, err = run_cli(capsys, "analyze", "--backend", "diffusers", "--model_path", folder, "--size", "72*64",
+                                "--num_frames", "17", "--output_dir", tmp_path / "odd", "--prompt", "x")
+    assert code == 1 and "multiple of 16" in err
 
 
 def test_analyze_enable_half_frame(capsys, tmp_path):
@@ -254,6 +265,14 @@ def test_analyze_enable_half_frame(capsys, tmp_path):
     assert f"{skipped * 100:.1f}%" in report, report
     assert (out / "comparison.html").exists()
     assert "Temporal Continuity Statistics" in stdout
+    # each statistics table is labelled with its run; a slower truncated run says so, never "-x% saved"
+    tables = stdout.split("Temporal Continuity Statistics")
+    assert len(tables) == 3 and tables[0].rstrip().endswith("· baseline:") and tables[1].rstrip().endswith(
+        "· half_frame:")
+    assert "-" not in "".join(line.split("(")[-1] for line in report.splitlines() if "saved" in line)
+    from latent_probe.views.truncation_text import _saved
+
+    assert _saved(10.0, 12.39) == "slower by 23.9%" and _saved(10.0, 7.61) == "23.9% saved"
 
 
 

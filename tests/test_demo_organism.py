@@ -58,12 +58,14 @@ def test_demo_runs_the_organism_and_writes_the_files(organism_demo):
     out, code, stdout, stderr = organism_demo
     assert code == 0, stderr
     assert stderr.strip() == ""
-    for ext in (".h5", "_truncated.h5", ".html", ".npz", "_frames.png"):
+    for ext in (".h5", "_truncated.h5", "_seed1.h5", ".html", ".npz", "_frames.png"):
         assert (out / f"temporal_continuity_demo{ext}").stat().st_size > 0, ext
     assert not (out / "temporal_continuity_demo.png").exists()  # --no-png
     lines = stdout.splitlines()
     assert lines[0] == f"latent-probe demo: {DESCRIPTION}" and "SIMULATED" not in stdout
-    assert "Temporal Continuity Statistics" in stdout and "Frame-truncated run vs baseline: final latent" in stdout
+    assert "Temporal Continuity Statistics" in stdout and "Verdict (the same at the top of the dashboard)" in stdout
+    # the step counter printed plain lines although stdout is not a terminal
+    assert f"  baseline: 1 of {STEPS} steps (" in stdout and f"  {TRUNCATED}: {STEPS} of {STEPS} steps (" in stdout
     assert stdout.rstrip().endswith(f"(The numbers above are from {DESCRIPTION}.)")
 
     with open_run(out / "temporal_continuity_demo.h5") as base, \
@@ -83,7 +85,8 @@ def test_demo_runs_the_organism_and_writes_the_files(organism_demo):
     png = (out / "temporal_continuity_demo_frames.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (7 * 128 + 6 * 4, 2 * 128 + 4)  # 7 frames per row, baseline and truncated
+    # 7 frames a row: baseline, truncated, seed 1; a column naming each row, a row numbering the frames
+    assert (width, height) == (230 + 7 * 128 + 6 * 4, 18 + 3 * 128 + 2 * 4)
 
 
 def test_dashboard_shows_both_videos_at_the_top(organism_demo):
@@ -96,8 +99,8 @@ def test_dashboard_shows_both_videos_at_the_top(organism_demo):
     assert "<script src=" not in html.replace(" ", "") and 'src="http' not in html  # self-contained
     assert "cdn.plot.ly/plotly" not in html
     assert "baseline" in section and TRUNCATED in section
-    assert section.count('<img class="strip"') == 2  # the static strips (no JavaScript needed)
-    assert section.count('"traces":[0,1]') == 21  # 21 animation frames, each updating both videos
+    assert section.count('<img class="strip"') == 3  # the static strips (no JavaScript needed)
+    assert section.count('"traces":[0,1,2]') == 21  # 21 animation frames, each updating the three videos
     assert html.index('id="videos"') < html.index('id="fig0"')  # above the metric figures
     assert len(html) < 6_000_000
 
@@ -190,3 +193,82 @@ def _decode_png(data: bytes) -> np.ndarray:
 def test_png_bytes_roundtrip():
     img = np.random.default_rng(1).integers(0, 256, (7, 11, 3), dtype=np.uint8)
     assert np.array_equal(_decode_png(png_bytes(img)), img)
+
+
+def test_the_dashboard_opens_with_its_verdict_computed_from_the_runs(organism_demo):
+    out = organism_demo[0]
+    html = (out / "temporal_continuity_demo.html").read_text(encoding="utf-8")
+    assert html.index('id="verdict"') < html.index('id="videos"') < html.index('id="fig0"')
+    box = html.split('id="verdict">', 1)[1].split("</div>", 1)[0]
+    with open_run(out / "temporal_continuity_demo.h5") as base, \
+            open_run(out / "temporal_continuity_demo_truncated.h5") as trunc, \
+            open_run(out / "temporal_continuity_demo_seed1.h5") as other:
+        b, t, o = (np.asarray(r.latents("x0")[-1], dtype=np.float64) for r in (base, trunc, other))
+        high = int((np.asarray(trunc.experts) == trunc.experts[0]).sum())  # until="boundary": the first expert
+        frames = trunc.num_frames
+    dist = np.linalg.norm(t - b) / np.linalg.norm(b)   # independent float64 reference
+    floor = np.linalg.norm(o - b) / np.linalg.norm(b)
+    skipped = high * (frames - 3) / (STEPS * frames)
+    assert f"{dist:.1%} from the baseline" in box and f"are {floor:.1%} apart" in box
+    assert f"Token-steps skipped {skipped:.0%}" in box or f"Token-steps skipped {skipped:.1%}" in box
+    assert "measured generation time" in box and "Verdict:" in box
+    supports = "supports truncating here" in box
+    assert supports == (dist < 0.5 * floor and "time saved" in box)
+    assert ("do not support" in box or "cannot be decided" in box) != supports
+
+
+def test_every_step_range_the_demo_shows_is_0_based(organism_demo, tmp_path):
+    """Grep every user-facing output of the demo run (stdout, the page, metrics text/JSON/CSV, info, npz) for
+    step ranges; each must lie within the run's steps 0 … S−1 and the phases must start at step 0."""
+    import json
+    import re
+
+    out, _, stdout, _ = organism_demo
+    run = out / "temporal_continuity_demo.h5"
+    page = (out / "temporal_continuity_demo.html").read_text(encoding="utf-8")
+    page = re.sub(r"<script[^>]*>.*?</script>", lambda m: "" if len(m.group(0)) > 1_000_000 else m.group(0), page,
+                  flags=re.S)  # the inlined plotly.js library itself; the figures' own scripts stay
+    texts = {"stdout": stdout, "page": page}
+    for fmt in ([], ["--json"], ["--csv"]):
+        texts["metrics " + " ".join(fmt)] = _run_cli("metrics", run, *fmt)[1]
+    texts["info"] = _run_cli("info", run)[1]
+    doc = json.loads(texts["metrics --json"])
+    texts["json labels"] = " ".join(r["label"] for r in doc["summary"]["rows"])
+    ranges = re.compile(r"(?:\(|\b(?:steps?|early|middle|late|phase) )(\d+)\s*[-–]\s*(\d+)\b", re.I)
+    found = 0
+    for where, text in texts.items():
+        for m in ranges.finditer(text):
+            a, b = int(m.group(1)), int(m.group(2))
+            assert 0 <= a <= b <= STEPS - 1, f"{where}: {m.group(0)!r} is not a 0-based range of {STEPS} steps"
+            found += 1
+    assert found >= 10
+    rows = [r for r in doc["summary"]["rows"] if r["kind"] == "steps"]
+    assert rows[0]["start"] == 0 and rows[0]["label"].endswith("(0-1)") and rows[-1]["stop"] == STEPS
+    assert "Early steps (0-1)" in stdout and "Early steps (0-1)" in texts["metrics "]
+
+
+def test_the_verdict_follows_its_rule_and_says_what_it_cannot_judge(organism_demo):
+    """The rule on the demo's own runs with other timings: slower → "slower by" and no support; without the seed
+    floor → cannot be decided; supported only when faster and closer than half the floor."""
+    import dataclasses
+
+    from latent_probe.views.dashboard import collect_series
+    from latent_probe.views.verdict import verdict
+
+    out = organism_demo[0]
+    base, trunc, other = collect_series([out / "temporal_continuity_demo.h5", out / "temporal_continuity_demo_truncated.h5",
+                                         out / "temporal_continuity_demo_seed1.h5"], labels=["b", "t", "o"])
+    slower = verdict([base, trunc, other], seconds={"b": 10.0, "t": 12.39, "o": 10.0})
+    [c] = slower.comparisons
+    assert c.time_saved == pytest.approx(1 - 12.39 / 10.0) and c.supports is False
+    assert any("slower by 24%" in s for s in slower.sentences) and "do not support" in slower.headline
+    assert not any("saved -" in s or "saved −" in s for s in slower.sentences)
+    no_floor = verdict([base, trunc], seconds={"b": 10.0, "t": 5.0})
+    assert no_floor.comparisons[0].supports is None and "cannot decide" in no_floor.headline
+    assert any("no floor" in s for s in no_floor.sentences)
+    # a truncated run that lands on the baseline itself (distance 0 < half the floor) and was faster: supported
+    same = dataclasses.replace(trunc, final_x0=base.final_x0)
+    ok = verdict([base, same, other], seconds={"b": 10.0, "t": 5.0, "o": 10.0})
+    assert ok.comparisons[0].supports is True and ok.headline.startswith("These runs support truncating")
+    assert "one seed" in ok.headline  # a hint, not evidence
+    assert verdict([base, other]).comparisons == []  # nothing truncated: nothing to conclude

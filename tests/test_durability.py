@@ -48,6 +48,7 @@ def timed_open(path, limit=5.0):
 
 
 # ------------------------------------------------------------------------------------------- SIGKILL
+@pytest.mark.slow  # the slowest 5 % of the suite: CI runs them, `-m "not slow"` skips them locally
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="trials fork a process each")
 def test_sigkill_anywhere_including_close_keeps_every_committed_step(tmp_path):
     steps = 24
@@ -213,6 +214,7 @@ def _can_mount(tmp_path) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_committed_steps_and_says_so(tmp_path):
     if not _can_mount(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN)")

@@ -66,4 +66,5 @@ def test_dashboard_marks_truncated_steps_as_fills(tmp_path):
     assert bands and all(sh.name == "intervened: truncated" for sh in bands)
     assert {(sh.x0, sh.x1) for sh in bands} == {(-0.5, 1.5)}          # steps 0 and 1, per subplot
     texts = " ".join([cont.layout.title.text] + [a.text for a in cont.layout.annotations])  # label and caption
+    texts = texts.replace("</sup><br><sup>", " ")  # caption lines are wrapped to fit 800 px
     assert "truncated: truncated (fills)" in texts and "changed steps 0–1 of 4" in texts

@@ -125,18 +125,21 @@ def test_phases_and_summary(two_expert_pipe):
     thirds = run.phases()
     assert [(p.start, p.stop) for p in thirds] == [(0, 7), (7, 14), (14, 20)]
     assert [(p.start, p.stop) for p in run.phases("original")] == [(0, 5), (5, 10), (10, 20)]
-    assert [(p.start, p.stop) for p in run.phases("1-3,4-12,13-20")] == [(0, 3), (3, 12), (12, 20)]
+    assert [(p.start, p.stop) for p in run.phases("0-2,3-11,12-19")] == [(0, 3), (3, 12), (12, 20)]
+    assert [(p.start, p.stop) for p in run.phases("1-based:1-3,4-12,13-20")] == [(0, 3), (3, 12), (12, 20)]
+    with pytest.raises(ValueError, match="0-based"):
+        run.phases("5-3")
     s = run.summary("x0", phases="original")
     text = s.to_text()
     assert text.startswith("Temporal Continuity Statistics\n========================================\n"
-                           "Normalized L2 Distance:\n  Early steps (1-5):   Mean = ")
+                           "Normalized L2 Distance:\n  Early steps (0-4):  Mean = ")
     m = run.metrics("x0")
     early = [r for r in s.rows if r["kind"] == "steps"][0]
     assert early["l2_mean"] == pytest.approx(float(m.l2_mean[:5, 0].mean()))
     experts = [r for r in s.rows if r["kind"] == "expert"]
     assert [r["name"] for r in experts] == ["transformer", "transformer_2"]
     n_high = int((run.experts == "transformer").sum())
-    assert experts[0]["stop"] == n_high and f"transformer (1-{n_high})" in text
+    assert experts[0]["stop"] == n_high and f"transformer (0-{n_high - 1})" in text
     with pytest.raises(ValueError, match="FIRST-LAST"):
         run.phases("early")
 

@@ -12,12 +12,14 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import zlib
 
 import numpy as np
 import pytest
 import torch
 
+import latent_probe
 from latent_probe import open_run
 from latent_probe.app import cli
 from latent_probe.study.collection import open_runs
@@ -286,12 +288,15 @@ def test_dask_recompute_equals_serial_and_reuses_caches(tmp_path):
     originals = sorted(os.path.join(src, f) for f in os.listdir(src))
     serial_files = _copy_fresh(originals, tmp_path / "serial")
     dask_files = _copy_fresh(originals, tmp_path / "dask")
+    thread_files = _copy_fresh(originals, tmp_path / "threads")
     serial = open_runs(serial_files, workers=0)
     first = open_runs(dask_files, workers=2, processes=False)
+    threaded = open_runs(thread_files)  # the default: threads of this process, no Dask
     assert all(r.computed for r in serial.records) and all(r.computed for r in first.records)
+    assert all(r.computed for r in threaded.records)
     second = open_runs(dask_files, workers=2, processes=False)
     assert not any(r.computed for r in second.records)  # every cache current: nothing recomputed
-    for rs in (first, second):
+    for rs in (first, second, threaded):
         for v in ("l2", "cos", "one_minus_cos", "norm_ratio", "l2_mean", "cos_mean", "sigma"):
             np.testing.assert_array_equal(rs.dataset[v].values, serial.dataset[v].values)  # bit for bit
         assert list(rs.dataset["run"].values) == list(serial.dataset["run"].values)
@@ -358,3 +363,34 @@ def test_suite_dashboard_and_cli(runset, suite_dir, tmp_path, capsys):
     assert lines[0].startswith("run,") and len(lines) == 1 + 12 * 12 * 3
     code = cli.main(["suite", os.path.join(suite_dir, "*.h5"), "--compare", "truncation"])
     assert code == 2 and "SETTING=A,B" in capsys.readouterr().err
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(latent_probe.__file__)))
+UNGUARDED = """
+import os, sys
+with open("ran.txt", "a") as fh:          # no `if __name__ == "__main__":` guard, on purpose
+    fh.write(f"{os.getpid()}\\n")
+from latent_probe import open_runs
+rs = open_runs("runs/*.h5")
+print(len(rs), len(rs.skipped), "distributed" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_an_unguarded_script_runs_once(tmp_path):
+    """open_runs's default works in this process (threads): a plain script without a __main__ guard is not
+    imported again by worker processes (it used to run three times at once under Dask's LocalCluster)."""
+    import subprocess
+
+    from latent_probe.demo import run_demo_generation
+
+    (tmp_path / "runs").mkdir()
+    for k in range(3):
+        run_demo_generation(tmp_path / "runs" / f"r{k}.h5", steps=4, frames=3, seed=k)[1].close()
+    (tmp_path / "script.py").write_text(UNGUARDED)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["3", "0", "False"]  # three runs read, none skipped, Dask never imported
+    assert len((tmp_path / "ran.txt").read_text().splitlines()) == 1

@@ -103,6 +103,7 @@ def test_lazy_view_indexing(tmp_path):
         run.latents("pred_uncond")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test uses gloo on linux")
 def test_torchrun_two_processes_rank0_writes(tmp_path):
     path = tmp_path / "dist.h5"

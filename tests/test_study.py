@@ -273,6 +273,7 @@ def test_killed_study_resumes_exactly_the_missing_jobs(tmp_path, worker):
 
 
 # ----------------------------------------------------------------------------- torchrun
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test uses gloo on linux")
 def test_torchrun_data_parallel_each_job_once_and_group_mode(tmp_path, worker):
     out, logs = tmp_path / "out", tmp_path / "logs"

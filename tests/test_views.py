@@ -182,3 +182,24 @@ def test_static_export_or_one_line_reason(demo_path, tmp_path, monkeypatch):
     with pytest.raises(static_mod.StaticExportError) as err:
         static_mod.write_continuity_image([s], tmp_path / "d.png", fig)
     assert "\n" not in str(err.value) and "kaleido" in str(err.value) and "matplotlib" in str(err.value)
+
+
+@needs_chromium
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [800, 1400, 1920])
+def test_dashboard_layout_holds_at_common_widths(demo_path, two_expert_path, tmp_path, width):
+    """Rendered in headless Chromium at ``width`` px: no two text boxes of a plot overlap (subplot titles,
+    annotations, axis titles, tick labels, legend entries) and every log axis has at least three tick labels —
+    measured in the page by benchmarks/screenshot_dashboard.py (which also writes the screenshots looked at)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        from screenshot_dashboard import check
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(0)
+    labels = ["a two-expert pipeline run with a long label", "demo"]
+    videos = {k: rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8) for k in labels}  # play/pause + slider too
+    out = write_dashboard([two_expert_path, demo_path], tmp_path / "two.html", labels=labels, videos=videos)
+    found = check(str(out), width)
+    assert found["plots"] >= 6
+    assert found["overlaps"] == [] and found["log_axes"] == [], found

@@ -95,8 +95,8 @@ def test_every_axis_and_colorbar_has_a_title(dashboards):
     for name, _, figs in dashboards:
         for k, fig in enumerate(figs):
             where = f"{name}: figure {FIGURE_NAMES[k]}"
-            for axis_name, axis in _axes(fig).items():
-                assert _title(axis), f"{where}: {axis_name} has no title"
+            for axis_name, axis in _axes(fig).items():  # an axis without tick labels repeats its row's first
+                assert _title(axis) or axis.showticklabels is False, f"{where}: {axis_name} has no title"
             for key in fig.layout.to_plotly_json():
                 if key.startswith("coloraxis"):
                     assert _title(fig.layout[key].colorbar), f"{where}: {key}'s colour bar has no title"
@@ -184,22 +184,22 @@ def test_original_phases_on_40_steps_say_how_they_map(long_path, tmp_path):
     [s] = collect_series(long_path, phases="original")
     # every step is in a phase, three phases, and the note gives the mapping
     assert [(a, b) for _, a, b in s.phases] == [(0, 10), (10, 20), (20, 40)]
-    assert "original" in s.phase_note and "1-5, 6-10, 11-20" in s.phase_note and "late 21-40" in s.phase_note
+    assert "original" in s.phase_note and "0-4, 5-9, 10-19" in s.phase_note and "late 20-39" in s.phase_note
     figs = all_figures([s])
     for k, fig in enumerate(figs):
         if _step_axes(fig):
             text = fig.layout.title.text + " ".join(a.text or "" for a in fig.layout.annotations)
-            assert "late 21-40" in text, f"{FIGURE_NAMES[k]} does not say how the phases were mapped"
+            assert "late 20-39" in text, f"{FIGURE_NAMES[k]} does not say how the phases were mapped"
     assert [r["label"] for r in s.summary["rows"] if r["kind"] == "steps"] == [  # step ranges 0-based
         "Early steps (0-9)", "Middle steps (10-19)", "Late steps (20-39)"]
-    assert "late 21-40" in s.summary_text
+    assert "late 20-39" in s.summary_text
     page = Path(write_dashboard([s], tmp_path / "long.html")).read_text(encoding="utf-8")
-    assert "late 21-40" in page
+    assert "late 20-39" in page
     txt, js = write_statistics(s, tmp_path)
-    assert "late 21-40" in Path(txt).read_text() and "late 21-40" in json.loads(Path(js).read_text())["phase_note"]
+    assert "late 20-39" in Path(txt).read_text() and "late 20-39" in json.loads(Path(js).read_text())["phase_note"]
     with open_run(long_path) as run:
         doc = json.loads(metrics_json(run, phases="original"))
-    assert "late 21-40" in doc["phase_note"] and len(doc["summary"]["rows"]) >= 3
+    assert "late 20-39" in doc["phase_note"] and len(doc["summary"]["rows"]) >= 3
 
 
 def test_original_phases_on_short_runs_keep_every_row(two_expert_path):
@@ -211,9 +211,14 @@ def test_original_phases_on_short_runs_keep_every_row(two_expert_path):
 
     assert resolve_phases(20, "original") == ("original", "")  # 20 steps: as written, nothing to say
     scheme, note = resolve_phases(16, "original")
-    assert scheme == "original" and "11-16" in note
-    scheme, note = resolve_phases(40, "1-5,6-10,11-20")  # fixed steps on purpose: the rest is named
-    assert scheme == "1-5,6-10,11-20" and "21-40 are in no phase" in note
+    assert scheme == "original" and "10-15" in note
+    scheme, note = resolve_phases(40, "0-4,5-9,10-19")  # fixed steps on purpose: the rest is named
+    assert scheme == "0-4,5-9,10-19" and "20-39 are in no phase" in note
+    # the original analysis's 1-based ranges only behind the explicit prefix; they mean the same steps
+    assert resolve_phases(40, "1-based:1-5,6-10,11-20")[1].endswith("20-39 are in no phase")
+    # the original's ranges pasted without the prefix: read 0-based, and the note says what that did
+    note = resolve_phases(20, "1-5,6-10,11-20")[1]
+    assert "step 0 is in no phase" in note and "past the last step 19" in note and "'1-based:1-5,6-10,11-20'" in note
 
 
 def test_long_view_operations_show_progress(demo_path, two_expert_path, tmp_path, monkeypatch):

@@ -155,6 +155,7 @@ def run_analysis(o: AnalyzeOptions, log: Callable[[str], None] = print) -> Analy
 
     backend = load_backend(o)
     points = _points(o, backend.defaults())
+    backend.check(points)  # a size or frame count the model cannot run is refused here, in one line
     jobs = [(p, v) for p in points for v in o.variants]
     os.makedirs(o.output_dir, exist_ok=True)
     paths, labels, notes, series = [], [], [], []
@@ -166,7 +167,7 @@ def run_analysis(o: AnalyzeOptions, log: Callable[[str], None] = print) -> Analy
             s = collect(run, label=label, space=o.space, phases=o.phases)
         write_statistics(s, folder)
         write_npz(s, os.path.join(folder, "temporal_continuity.npz"))
-        log(terminal_summary(s.summary))
+        log(f"{terminal(label)}:\n{terminal_summary(s.summary)}")
         paths.append(path)
         labels.append(label)
         series.append(s)

@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from .analyze import AnalyzeOptions
@@ -110,6 +110,9 @@ class WanBackend:
         self.target = self.model
         self.img = _load_image(o.image) if o.task == "i2v-A14B" else None
 
+    def check(self, points: Sequence[SweepPoint]) -> None:
+        """Nothing to check before running beyond what ``WanT2V.generate`` checks itself."""
+
     def defaults(self) -> tuple[int, int]:
         return int(self.config.get("frame_num", DEFAULT_FRAMES[self.o.task])), int(self.config.sample_steps)
 
@@ -183,6 +186,33 @@ class DiffusersBackend:
 
     def defaults(self) -> tuple[int, int]:
         return DEFAULT_FRAMES[self.o.task], DEFAULT_STEPS[self.o.task]
+
+    def check(self, points: Sequence[SweepPoint]) -> None:
+        """Refuse (ValueError, one line) a ``--size`` / frame count this model cannot run, before anything runs:
+        width and height must be multiples of the VAE stride × patch size, and the patches along each axis
+        must fit the transformer's rotary table (``rope_max_seq_len`` positions)."""
+        o = self.o
+        w, h = parse_size(o.size or DEFAULT_SIZE[o.task])
+        cfg = self.pipe.transformer.config
+        pt, ph, pw = (tuple(cfg.patch_size) + (1, 1, 1))[:3]
+        sf = int(getattr(self.pipe, "vae_scale_factor_spatial", 8))
+        tf = int(getattr(self.pipe, "vae_scale_factor_temporal", 4))
+        uh, uw = sf * ph, sf * pw
+        if h % uh or w % uw:
+            raise ValueError(f"--size {w}*{h}: this model needs a width that is a multiple of {uw} and a height that "
+                             f"is a multiple of {uh} (VAE stride {sf} × patch {pw}×{ph})")
+        limit = getattr(cfg, "rope_max_seq_len", None)
+        if not limit:
+            return
+        for p in points:
+            axes = {"latent frames": ((p.num_frames - 1) // tf + 1) // pt, "patch rows": h // uh,
+                    "patch columns": w // uw}
+            over = [(k, n) for k, n in axes.items() if n > limit]
+            if over:
+                k, n = over[0]
+                raise ValueError(f"--size {w}*{h} with {p.num_frames} frames is too large for this model: {n} {k} "
+                                 f"exceed its rotary table of {limit} positions (rope_max_seq_len; at most "
+                                 f"{limit * uw}*{limit * uh})")
 
     def _prompt_args(self) -> dict[str, Any]:
         o = self.o

@@ -40,7 +40,40 @@ def _note(command: str, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- demo
+class _StepCounter:
+    """The demo's progress: "baseline: 5 of 20 steps (2.9 s)". On a terminal one line rewritten every step; else
+    (a log, a pipe) plain lines after the first step, every ``every``-th step and the last, flushed at once."""
+
+    def __init__(self, stream: Any = None, every: int = 5) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = max(1, every)
+
+    def __call__(self, label: str, done: int, total: int, seconds: float) -> None:
+        text = f"  {terminal(label)}: {done} of {total} steps ({seconds:.1f} s)"
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if done == total else ""))
+        elif done == 1 or done == total or done % self.every == 0:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    before = torch.get_num_threads()
+    # one intra-op thread by default: on a shared 2-core machine two OpenMP threads spin against each other
+    # and the organism's small matmuls ran 9x slower (docs/benchmarks.md, "latent-probe demo")
+    torch.set_num_threads(args.threads)
+    try:
+        return _demo(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _demo(args: argparse.Namespace) -> int:
     from ..demo import (ORGANISM_DESCRIPTION, OrganismUnavailable, load_demo_organism, run_demo_generation,
                         run_organism_demo)
     from ..store.reader import open_run
@@ -54,6 +87,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.frames is not None and not args.simulated:
         raise UsageError("--frames sets the simulated run's latent frames (the organism always makes 21): "
                          "add --simulated")
+    import time
+
+    started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, DEMO_STEM)
     organism = None
@@ -76,21 +112,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         prompt = int(args.prompt) if args.prompt.isdigit() else args.prompt
         text = organism.prompts[organism.index(prompt)]
         print(f"prompt {terminal(repr(text))}, seed {args.seed}, {args.steps} steps on the CPU: a baseline, then "
-              f"FrameTruncation(keep={args.keep}, until='boundary') from the same noise")
+              f"FrameTruncation(keep={args.keep}, until='boundary') from the same noise, then seed {args.seed + 1} "
+              "(the floor: what two valid samples differ by)")
         demo = run_organism_demo(organism, base + ".h5", base + "_truncated.h5", prompt=prompt, seed=args.seed,
-                                 steps=args.steps, keep=args.keep)
+                                 steps=args.steps, keep=args.keep, on_step=_StepCounter(),
+                                 floor_path=base + "_seed" + str(args.seed + 1) + ".h5")
         for label, path in demo.paths.items():
             print(f"recorded {label} to {terminal(path)} ({demo.seconds[label]:.1f} s)")
         runs, videos = demo.paths, demo.frames
         title = f"latent_probe demo: {ORGANISM_DESCRIPTION}"
+    print("computing the metrics and writing the views ...", flush=True)
     series = []
     for label, path in runs.items():
         with open_run(path, "r+") as run:  # writable: metrics are cached in the file
             series.append(collect(run, label=label))
     s = series[0]
-    write_dashboard(series, base + ".html", title=title, videos=videos)
+    write_dashboard(series, base + ".html", title=title, videos=videos,
+                    seconds=demo.seconds if organism is not None else None)
     shown = " (dashboard; open it in a browser)" if videos is None else \
-        " (dashboard with both videos; open it in a browser)"
+        f" (dashboard with its verdict and the {len(videos)} videos; open it in a browser)"
     print(f"wrote {terminal(base)}.html{shown}")
     write_npz(s, base + ".npz")
     print(f"wrote {terminal(base)}.npz (step-wise arrays{', baseline' if videos else ''})")
@@ -104,15 +144,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"wrote {terminal(base)}.png")
         except StaticExportError as exc:
             _note("demo", str(exc))
+    print(f"done in {time.perf_counter() - started:.0f} s")
     print()
     print(terminal_summary(s.summary))
     if organism is not None:
-        t = series[1]
-        final = list(demo.latents.values())
-        rel = float((final[1] - final[0]).norm() / final[0].norm().clamp_min(1e-12))
-        print(f"\nFrame-truncated run vs baseline: final latent {rel:.1%} apart (relative L2); adjacent-frame "
-              f"cosine of the final x̂₀ {float(t.cos_mean[-1]):.4f} (baseline {float(s.cos_mean[-1]):.4f}). "
-              "The dashboard overlays both runs and shows both videos.")
+        from ..views.verdict import verdict
+
+        v = verdict(series, demo.seconds)
+        print("\nVerdict (the same at the top of the dashboard): " + terminal(v.headline))
+        for sentence in v.sentences:
+            print("  " + terminal(sentence))
     print(f"\n(The numbers above are from {about}.)" if videos else f"\n(The numbers above are {about}.)")
     return 0
 
@@ -342,7 +383,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def _phase_scheme(text: str) -> str:
-    """argparse type: 'thirds', 'original' or '1-5,6-10,11-40' (checked here, so a bad one is a usage error)."""
+    """argparse type: 'thirds', 'original' or '0-4,5-9,10-39' (checked here, so a bad one is a usage error)."""
     from ..metrics.phases import phase_ranges
 
     try:
@@ -352,7 +393,9 @@ def _phase_scheme(text: str) -> str:
     return text
 
 
-PHASES_HELP = "phase scheme: thirds (default), original (steps 1-5, 6-10, 11-20) or e.g. '1-5,6-10,11-40'"
+PHASES_HELP = ("phase scheme, steps numbered from 0 as everywhere: thirds (default), original (steps 0-4, 5-9, "
+               "10-19) or ranges with both ends included, e.g. '0-4,5-9,10-39' (the original analysis's 1-based "
+               "ranges only with the explicit prefix '1-based:', e.g. '1-based:1-5,6-10,11-40')")
 
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:
@@ -418,13 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="record the model organism (baseline and frame-truncated) and write the "
                                      "views (CPU, no download)",
-                       description="Record two generations of the latent_probe model organism — "
-                                   "a small video DiT trained on synthetic videos, not Wan2.2 — with the same "
-                                   "prompt and seed: a baseline and one under FrameTruncation(keep=KEEP, "
-                                   "until='boundary'). Writes "
-                                   f"{DEMO_STEM}.h5/.html/.png/.npz (baseline), {DEMO_STEM}_truncated.h5 and "
-                                   f"{DEMO_STEM}_frames.png to --out; the dashboard compares both runs and shows "
-                                   "both videos; then prints the statistics table. Without diffusers or the "
+                       description="Record three generations of the latent_probe model organism — "
+                                   "a small video DiT trained on synthetic videos, not Wan2.2 — of one prompt: "
+                                   "a baseline, one under FrameTruncation(keep=KEEP, until='boundary') from the "
+                                   "same noise, and the baseline with the next seed (the floor: what two valid "
+                                   "samples differ by). Writes "
+                                   f"{DEMO_STEM}.h5/.html/.png/.npz (baseline), {DEMO_STEM}_truncated.h5, "
+                                   f"{DEMO_STEM}_seedN.h5 and {DEMO_STEM}_frames.png to --out; the dashboard "
+                                   "opens with its verdict in words, compares the runs and shows the videos; "
+                                   "then prints the statistics table and the verdict. Without diffusers or the "
                                    f"organism's weights (or with --simulated): a simulated run, {SIMULATED}.")
     d.add_argument("--out", default="demo_continuity", help="output folder (default: demo_continuity)")
     d.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
@@ -438,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the simulated demo instead (analytic denoiser, real diffusers scheduler; no model)")
     d.add_argument("--frames", type=int, help="with --simulated: latent frames (default 13)")
     d.add_argument("--no-png", dest="png", action="store_false", help="skip the static PNG")
+    d.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared machine more threads spin against each other)")
     d.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("info", help="summarise a recorded run", description="Summarise a recorded run file.")

@@ -1,6 +1,6 @@
 """``latent-probe suite RUNS... -o suite.html``: statistics across many runs (a glob, a folder, files) as one
-dashboard, with ``--json`` / ``--csv`` tables; the metrics are (re)computed on Dask (``--workers``,
-``--scheduler``) from each file's cache where it is current.
+dashboard, with ``--json`` / ``--csv`` tables; the metrics are (re)computed in this process (threads), or on
+Dask when asked (``--workers N``, ``--scheduler``), from each file's cache where it is current.
 
 Registered by ``latent_probe.app.cli`` with ``register(subparsers)`` (sets ``func``). A file that cannot be
 read is reported in one line on standard error and left out (``--strict``: refused, exit status 1).
@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``suite`` subcommand to a ``latent-probe`` subparsers object."""
     p = subparsers.add_parser(
         "suite", help="statistics across many runs (mean ± CI per setting on σ, paired differences): one HTML page",
-        description="Read many run files (globs, folders, files), compute or reuse each one's metrics on Dask, "
-                    "and write one self-contained dashboard: mean ± bootstrap CI per setting on a σ (or progress) "
+        description="Read many run files (globs, folders, files), compute or reuse each one's metrics (threads "
+                    "of this process; Dask with --workers), and write one self-contained dashboard: mean ± bootstrap CI per setting on a σ (or progress) "
                     "axis with each run's expert boundary, per-prompt panels, phase table, paired difference of two "
                     "settings. Unreadable files are reported in one line each and left out.")
     p.add_argument("runs", nargs="+", metavar="RUNS", help="run files, folders (every *.h5 below) or quoted globs")
@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                  "metric, value) as CSV; '-' for standard output")
     p.add_argument("--space", default="x0", help="latent space of the metrics: x0 (default), eps, x_t, pred, ...")
     p.add_argument("--phases", default="thirds", type=_phases,
-                   help="phase scheme of each run: thirds (default), original or e.g. '1-5,6-10,11-40'")
+                   help="phase scheme of each run, steps from 0: thirds (default), original (0-4, 5-9, 10-19) or "
+                        "e.g. '0-4,5-9,10-39' ('1-based:1-5,6-10,11-40' for 1-based ranges)")
     p.add_argument("--on", default="sigma", choices=("sigma", "progress"),
                    help="common axis runs are interpolated onto (default sigma; never step index)")
     p.add_argument("--metric", default="l2_mean", choices=("l2_mean", "cos_mean", "one_minus_cos_mean"),
@@ -72,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="paired difference A − B over the same prompt and seed (default: the first setting with "
                         "two values, baseline-like value second)")
     p.add_argument("--workers", type=_positive, default=None,
-                   help="Dask LocalCluster worker processes (default: CPUs, at most 4; 0: no Dask, in this process)")
+                   help="Dask LocalCluster worker processes (default: none, threads of this process; 0: one file "
+                        "after another in this process)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 (its "
                                                          "workers must see the same paths)")
     p.add_argument("--memory-limit", default="2GiB", help="memory limit per LocalCluster worker (default 2GiB)")

@@ -316,8 +316,9 @@ class RunMetrics:
         return run_noise_floor(self._run)
 
     def phases(self, scheme: Any = "thirds") -> list:
-        """Step ranges: "thirds", "original" (1-5, 6-10, 11-20 of 20 steps; scaled to other lengths, see
-        ``phases.fit_phases``), "1-5,6-10,11-40" or [(name, start, stop)]."""
+        """Step ranges (steps from 0): "thirds", "original" (0-4, 5-9, 10-19 of 20 steps; scaled to other lengths,
+        see ``phases.fit_phases``), "0-4,5-9,10-39" (both ends included; "1-based:1-5,6-10,11-40" for 1-based
+        ranges) or [(name, start, stop)] (stop excluded)."""
         from .phases import fit_phases, phase_ranges
 
         S = self._run.num_steps

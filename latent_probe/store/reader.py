@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import h5py
 import numpy as np
@@ -173,8 +173,15 @@ class RootAttrs(Mapping):
         return sum(1 for _ in self)
 
 
+if TYPE_CHECKING:  # the accessor registered at run time (metrics/run_metrics.py), typed for mypy and IDEs
+    from ..metrics.run_metrics import RunMetrics
+
+
 class Run:
     """A recorded run. Per-step arrays have length S (committed steps)."""
+
+    if TYPE_CHECKING:
+        metrics: RunMetrics  # ``run.metrics("x0")`` → AdjacentFrameMetrics; resolved by ``__getattr__`` at run time
 
     def __init__(self, file: h5py.File, *, owns_file: bool = True, source: str | None = None,
                  verify: bool = True) -> None:

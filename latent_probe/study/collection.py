@@ -1,7 +1,7 @@
 """``open_runs``: many run files as one ``RunSet`` — per-step metrics with a run dimension (xarray) or tidy
 (pandas), and the statistics across runs (``study/stats.py``) on σ or progress, never on step index.
 
-    rs = open_runs("study/runs/*.h5")                  # Dask LocalCluster; workers=0: in this process
+    rs = open_runs("study/runs/*.h5")                  # threads of this process; workers=4: Dask processes
     rs.dataset                                         # xarray: run × step × pair
     rs.curves("l2_mean", on="sigma")                   # mean ± bootstrap CI per setting, on a common σ grid
     rs.paired_difference("truncation", "keep3", "none")  # keep3 − none over the same (prompt, seed)
@@ -229,9 +229,11 @@ def open_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], *, space: 
     """A RunSet of the runs named by ``paths`` (files, globs, folders; see ``expand_paths``).
 
     Metrics come from each file's ``/metrics`` cache when current, else are computed (and cached when the file
-    is writable and ``cache``), one Dask task per file: ``workers`` processes of a LocalCluster (None: the CPU
-    count, at most 4; 0: no Dask, a plain loop here; one file is always read here), or ``scheduler`` /
-    ``client`` for a running cluster. A file that cannot be read (corrupt, truncated, not a run, incomplete
+    is writable and ``cache``), one task per file. Where: ``workers=None`` (default) threads of this process
+    (the CPU count, at most 4), nothing started; ``workers=0`` one file after another here; ``workers=N``
+    (N ≥ 1) a Dask LocalCluster of N processes, or ``scheduler`` / ``client`` for a running cluster — worker
+    processes import the calling script again, so a script that asks for them keeps its work under
+    ``if __name__ == "__main__":``. A file that cannot be read (corrupt, truncated, not a run, incomplete
     unless ``incomplete``, ``space`` not captured) is skipped and listed in ``RunSet.skipped`` with a one-line
     reason; ``strict=True`` refuses the set instead (StudyError naming the first such file).
     """

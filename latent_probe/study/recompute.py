@@ -1,13 +1,18 @@
-"""Per-step metrics of many run files on ``dask.distributed``: one task per file, small results gathered.
+"""Per-step metrics of many run files: threads of this process by default, ``dask.distributed`` on request.
 
 Each task is :func:`~latent_probe.study.records.read_run_metrics`: it opens its file writable, so
 ``run.metrics`` reuses a current ``/metrics`` cache (a file whose cache is current is not recomputed) and
 stores what it computes; it returns per-step metrics ([S, F−1] float64 arrays), never latents.
 
-Where it runs: ``workers=N`` starts a ``LocalCluster`` of N worker processes, one thread each (torch set to
-one thread in each), ``memory_limit`` per worker; ``scheduler="tcp://host:8786"`` uses a running cluster
-(its workers must see the same paths); ``client=`` an existing ``distributed.Client``; ``workers=0`` reads
-the files one after another in this process (no Dask).
+Where it runs: by default (``workers=None``) in this process, on a pool of :func:`default_workers` threads
+(h5py releases the GIL while it reads, torch while it reduces), so nothing is started and the calling
+script is never imported again. ``workers=0`` reads the files one after another in this process.
+Dask only when asked: ``workers=N`` (N ≥ 1) starts a ``LocalCluster`` of N worker processes, one thread each
+(torch set to one thread in each), ``memory_limit`` per worker; ``scheduler="tcp://host:8786"`` uses a
+running cluster (its workers must see the same paths); ``client=`` an existing ``distributed.Client``.
+Worker processes start by importing the calling script's ``__main__`` module again (Python's "spawn"/
+"forkserver" start methods): a script that asks for them must keep its work under
+``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ Result = RunRecord | Skipped
 
 
 def default_workers() -> int:
-    """Worker processes of the default LocalCluster: the CPU count, at most 4."""
+    """Threads of the default in-process pool (and processes of ``local_client(None)``): the CPU count, at
+    most 4."""
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -103,15 +109,24 @@ def iter_recompute(paths: Sequence[str], *, space: str = "x0", phases: Any = "th
                    processes: bool = True) -> Iterator[tuple[int, Result]]:
     """Yield ``(index into paths, RunRecord | Skipped)`` as each file's task finishes (any order).
 
-    ``workers``: None → :func:`default_workers`; 0 → no Dask, a plain loop in this process. A task that dies
-    (a worker killed past its memory limit) is reported as Skipped with the reason.
+    ``workers``: None → a pool of :func:`default_workers` threads in this process (no Dask); 0 → a plain loop
+    in this process; N ≥ 1 → a Dask LocalCluster of N processes (guard the calling script with
+    ``if __name__ == "__main__":``). A task that dies (a worker killed past its memory limit) is reported as
+    Skipped with the reason.
     """
     paths = [os.fspath(p) for p in paths]
     kw = dict(space=space, phases=phases, cache=cache, incomplete=incomplete)
-    if client is None and scheduler is None and (workers == 0 or len(paths) == 0):
-        for i, p in enumerate(paths):
-            yield i, read_run_metrics(p, **kw)
-        return
+    if client is None and scheduler is None:
+        if workers is not None and int(workers) < 0:
+            raise StudyError(f"workers must be 0 (no Dask, one file after another), N >= 1 (a Dask LocalCluster "
+                             f"of N processes) or None (threads of this process), got {workers}")
+        if workers == 0 or len(paths) <= 1:
+            for i, p in enumerate(paths):
+                yield i, read_run_metrics(p, **kw)
+            return
+        if workers is None:
+            yield from _threaded(paths, kw)
+            return
     from dask.distributed import Client, as_completed
 
     with ExitStack() as stack:
@@ -125,6 +140,21 @@ def iter_recompute(paths: Sequence[str], *, space: str = "x0", phases: Any = "th
                 yield index[fut.key], result
             for fut in batch:
                 fut.release()
+
+
+def _threaded(paths: list[str], kw: dict[str, Any]) -> Iterator[tuple[int, Result]]:
+    """Each file's task on a pool of :func:`default_workers` threads of this process, as they finish."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=min(default_workers(), len(paths)),
+                            thread_name_prefix="latent_probe-metrics") as pool:
+        futures = {pool.submit(read_run_metrics, p, **kw): i for i, p in enumerate(paths)}
+        try:
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
 
 
 def _gather(client: Any, futures: list, paths: list[str]) -> list[Result]:

@@ -131,7 +131,8 @@ def read_run_metrics(path: str, space: str = "x0", phases: Any = "thirds", cache
     try:
         run = _open(path, cache, space)
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one line
-        return Skipped(path, one_line(exc))
+        reason = one_line(exc)  # the Skipped names the path: a reason that starts with it would say it twice
+        return Skipped(path, reason[len(path) + 2:] if reason.startswith(path + ": ") else reason)
     try:
         with run:
             if space not in run.spaces:

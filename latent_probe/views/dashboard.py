@@ -20,6 +20,7 @@ from .figures import all_figures
 from .page import render_page
 from .progress import progress
 from .series import RunSeries, collect, default_labels
+from .verdict import verdict
 from .video import is_video_figure, video_figure, video_section
 
 __all__ = ["build_figures", "write_dashboard", "collect_series"]
@@ -66,19 +67,23 @@ def _all_series(runs: Any) -> bool:
 
 def write_dashboard(runs: Any, path: str | os.PathLike, labels: Sequence[str] | None = None, space: str = "x0",
                     title: str | None = None, phases: str = "thirds",
-                    figures: Sequence[go.Figure] | None = None, videos: Mapping[str, Any] | None = None) -> str:
+                    figures: Sequence[go.Figure] | None = None, videos: Mapping[str, Any] | None = None,
+                    seconds: Mapping[str, float] | None = None) -> str:
     """Write the dashboard of ``runs`` (Run objects or paths) to ``path`` as one self-contained HTML file,
     atomically (a temporary file beside it, then a rename). ``figures``: ones already built with
     ``build_figures`` for the same runs (not built again). ``videos``: label → uint8 RGB frames
     [F, H, W, 3] (numpy or CPU torch, e.g. decoded generations), shown at the top of the page side by side,
-    animated, with a static strip of evenly spaced frames under them. Returns the path written.
+    animated, with a static strip of evenly spaced frames under them. The page opens with its verdict in
+    words (``views.verdict``: what was compared, token-steps and time saved, fidelity against the seed
+    floor, whether the runs support truncating); ``seconds``: label → measured wall seconds of each
+    generation for it (else the runs' step commit times). Returns the path written.
     """
     series = runs if _all_series(runs) else collect_series(runs, labels, space, phases)
     figs = list(figures) if figures is not None else all_figures(series)
     built = [f for f in figs if is_video_figure(f)]  # build_figures(videos=...) made it: reuse, don't rebuild
     figs = [f for f in figs if not is_video_figure(f)]
     section = video_section(videos, figure=built[0] if built else None) if videos or built else None
-    page = render_page(figs, series, title, video=section)
+    page = render_page(figs, series, title, video=section, verdict=verdict(series, seconds))
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

@@ -8,6 +8,7 @@ reaches a title, legend entry, hover label or annotation: plotly renders those a
 from __future__ import annotations
 
 import html
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -181,7 +182,7 @@ def _mark_changed(fig: go.Figure, series: Sequence[RunSeries], cells: Sequence[t
                                    name=f"intervened: {esc(s.label)}"))
                 if k == 0:
                     notes.append(dict(text=f"{esc(s.label)}: truncated (fills)", xref=xr, yref=f"{yr} domain",
-                                      x=(run[0] + run[-1]) / 2, y=0.02, yanchor="bottom", showarrow=False,
+                                      x=(run[0] + run[-1]) / 2, y=0.98, yanchor="top", showarrow=False,
                                       font=dict(size=9, color="#333"), bgcolor="rgba(255,255,255,0.75)"))
     _add(fig, shapes, notes)
 
@@ -205,10 +206,28 @@ def _notes(series: Sequence[RunSeries], phases: bool = True) -> list[str]:
     return out
 
 
+NOTE_CHARS = 105  # a note line's visible characters: fits a figure 800 px wide (plotly does not wrap text)
+
+
+def wrap_html(text: str, width: int = NOTE_CHARS) -> list[str]:
+    """Lines of at most ``width`` visible characters (tags and entities not counted, never split), broken at
+    spaces: plotly draws a title or annotation on one line however wide, so long notes were cut off."""
+    lines: list[str] = []
+    line, seen = "", 0
+    for word in text.split(" "):
+        n = len(html.unescape(re.sub(r"<[^>]+>", "", word)))
+        if line and seen + 1 + n > width:
+            lines.append(line)
+            line, seen = word, n
+        else:
+            line, seen = (f"{line} {word}", seen + 1 + n) if line else (word, n)
+    return lines + ([line] if line else [])
+
+
 def _finish(fig: go.Figure, title: str, height: int, notes: Sequence[str] = (), top: int = 92) -> go.Figure:
-    """Title (with ``notes`` as small lines under it), white template, legend below."""
+    """Title (with ``notes`` as small lines under it, wrapped to fit 800 px), white template, legend below."""
     _flush(fig)
-    notes = [n for n in notes if n]
+    notes = [line for n in notes if n for line in wrap_html(n)]
     text = title + "".join(f"<br><sup>{n}</sup>" for n in notes)
     extra = 16 * len(notes)
     fig.update_layout(title=dict(text=text, x=0.01, xanchor="left", yref="container", y=1 - 24 / (height + extra),
@@ -229,14 +248,18 @@ def _log_axis(fig: go.Figure, values: Sequence[np.ndarray], row: int, col: int, 
         return
     lo, hi = float(np.log10(v.min())), float(np.log10(v.max()))
     span = hi - lo
-    mantissas = (1,) if span >= 1.3 else (1, 2, 5) if span >= 0.5 else (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
     decades = range(int(np.floor(lo)) - 1, int(np.ceil(hi)) + 2)
     pad = 0.05 * max(span, 0.1)
 
     def inside(values: Sequence[float]) -> list[float]:
         return [x for x in values if lo - pad <= np.log10(x) <= hi + pad]
 
-    ticks = inside([m * 10.0 ** k for k in decades for m in mantissas])
+    # the coarsest of decades / 1-2-5 / finer that labels at least three ticks (one decade line alone reads
+    # as no scale at all)
+    for mantissas in ((1,), (1, 2, 5), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)):
+        ticks = inside([m * 10.0 ** k for k in decades for m in mantissas])
+        if len(ticks) >= 3:
+            break
     minor = inside([m * 10.0 ** k for k in decades for m in range(2, 10) if m not in mantissas])
     fig.update_yaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{x:.3g}" for x in ticks],
                      range=[lo - pad, hi + pad], title_text=title, row=row, col=col,
@@ -304,10 +327,9 @@ def heatmap_figure(series: Sequence[RunSeries]) -> go.Figure:
     run's phases (a band above it) and expert switch."""
     rows = len(series)
     titles = []
-    for s in series:
-        prefix = f"{esc(s.label)}: " if rows > 1 else ""
-        titles += [prefix + "normalized L2", prefix + "cosine",
-                   prefix + "norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖"]
+    for r in range(rows):  # column titles on the first row; each row's run is named by its y-axis title
+        titles += ["normalized L2", "cosine", "norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖"] if r == 0 else \
+            ["", "", ""]
     height = 150 + 320 * rows
     fig = _subplots(rows=rows, cols=3, horizontal_spacing=0.07, vertical_spacing=min(0.3, 130 / height),
                     subplot_titles=titles)
@@ -325,12 +347,18 @@ def heatmap_figure(series: Sequence[RunSeries]) -> go.Figure:
         cells = [(r, c) for c in (1, 2, 3)]
         _shade_phases(fig, s, cells, background=False)
         _mark_switches(fig, s, "#111", annotate=False, cells=cells, halo=True)
-    fig.update_xaxes(title_text=STEP_TITLE, title_standoff=6)
+    # short: three full step titles side by side ran into each other at 800 px (the note says 0-based)
+    fig.update_xaxes(title_text="denoising step", title_standoff=6)
     fig.update_yaxes(title_text="frame pair f→f+1", title_standoff=4)
+    for r, s in enumerate(series, start=1):
+        if rows > 1:
+            fig.update_yaxes(title_text=f"<b>{esc(s.label)}</b><br>frame pair f→f+1", row=r, col=1)
+        for c in (2, 3):  # the same frame pairs as column 1: their labels and title sat on the heat map beside
+            fig.update_yaxes(title_text="", showticklabels=False, row=r, col=c)
     ratio_span = max((float(np.nanmax(np.abs(np.log(s.norm_ratio)))) for s in series
                       if np.isfinite(s.norm_ratio).any()), default=0.1) or 0.1
-    notes = ["one row per frame pair (latent frames f and f+1), one column per step; band above: phases; "
-             "dashed: expert switch"] + _notes(series, phases=False)
+    notes = ["one row per frame pair (latent frames f and f+1), one column per denoising step (0-based; 0 = "
+             "noisiest); band above: phases; dashed: expert switch"] + _notes(series, phases=False)
     _finish(fig, f"Per frame pair and step: {space_name(series[0].space)}", height, notes)
     # horizontal colour bars under their columns (beside the heatmaps they would crowd the next y axis)
     fig.update_layout(margin_b=HEAT_BOTTOM_PX, height=fig.layout.height + HEAT_BOTTOM_PX - fig.layout.margin.b)
@@ -352,8 +380,8 @@ def floor_and_norms_figure(series: Sequence[RunSeries]) -> go.Figure:
     """Left: adjacent-frame cosine of x_t against the noise floor (only for runs whose x_t was captured: the
     floor is defined on x_t); right: norm ratio (mean, min–max band)."""
     fig = _subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
-        "x_t (noisy latent): adjacent-frame cosine vs noise floor",
-        f"Norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖ of {space_name(series[0].space)}: "
+        "x_t (noisy latent):<br>adjacent-frame cosine vs noise floor",
+        f"Norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖ of {space_name(series[0].space)}:<br>"
         "mean, min–max over pairs"))
     floors: list[np.ndarray] = []
     multi = len(series) > 1
@@ -384,7 +412,7 @@ def floor_and_norms_figure(series: Sequence[RunSeries]) -> go.Figure:
     fig.update_xaxes(title_text=STEP_TITLE)
     fig.update_yaxes(title_text="adjacent-frame cosine of x_t", row=1, col=1)
     fig.update_yaxes(title_text="norm ratio ‖x<sub>f+1</sub>‖ / ‖x<sub>f</sub>‖", row=1, col=2)
-    return _finish(fig, "Noise floor and frame norms", 440, [FLOOR_NOTE] + _notes(series))
+    return _finish(fig, "Noise floor and frame norms", 440, [FLOOR_NOTE] + _notes(series), top=112)  # 2-line titles
 
 
 def _segments(s: RunSeries) -> list[tuple[str, np.ndarray]]:
@@ -409,10 +437,10 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
     Colour: run (several runs) or branch (one run); dash: branch; marker: expert. The legend lists each once.
     """
     has_gap = any(s.gap is not None for s in series)
-    titles = ["relative L1 change ‖p<sub>s</sub> − p<sub>s−1</sub>‖₁ / ‖p<sub>s−1</sub>‖₁",
-              "magnitude ratio ‖p<sub>s</sub>‖₂ / ‖p<sub>s−1</sub>‖₂"]
+    titles = ["relative L1 change<br>‖p<sub>s</sub> − p<sub>s−1</sub>‖₁ / ‖p<sub>s−1</sub>‖₁",  # two lines: three
+              "magnitude ratio<br>‖p<sub>s</sub>‖₂ / ‖p<sub>s−1</sub>‖₂"]                # side by side fit 800 px
     if has_gap:
-        titles.append("cond–uncond gap ‖c − u‖₂ / ‖c‖₂")
+        titles.append("cond–uncond gap<br>‖c − u‖₂ / ‖c‖₂")
     fig = _subplots(rows=1, cols=len(titles), horizontal_spacing=0.07, subplot_titles=titles)
     multi = len(series) > 1
     branches = list(dict.fromkeys(b for s in series for b in s.step_change))
@@ -466,7 +494,7 @@ def step_change_figure(series: Sequence[RunSeries]) -> go.Figure:
     if not has_gap:
         notes.append("record with cfg_branches=True for the cond / uncond branches and their gap")
     return _finish(fig, "Step-to-step change of the prediction, per branch and expert", 470,
-                   ["; ".join(notes)] + _notes(series))
+                   ["; ".join(notes)] + _notes(series), top=116)
 
 
 def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure | None:
@@ -482,7 +510,7 @@ def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure | No
     titles = []
     for s in series:
         steps = sorted(s.frame_similarity)
-        titles += [(f"{esc(s.label)}: " if multi else "") + f"step {k} of 0–{s.num_steps - 1} (σ = {s.sigmas[k]:.3f})"
+        titles += [f"step {k} of 0–{s.num_steps - 1} (σ = {s.sigmas[k]:.3f})"
                    for k in steps] + [""] * (cols - len(steps))
     height = 130 + 330 * rows
     fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.07, vertical_spacing=min(0.25, 110 / height),
@@ -495,10 +523,13 @@ def similarity_figure(series: RunSeries | Sequence[RunSeries]) -> go.Figure | No
                                      hovertemplate="frame i = %{y}, frame j = %{x}<br>cos = %{z:.5f}"
                                                    "<extra>%{fullData.name}</extra>"), row=r, col=c)
             xr, _ = _refs(fig, r, c)
-            fig.update_yaxes(autorange="reversed", scaleanchor=xr, dtick=max(1, frames // 8), row=r, col=c)
+            fig.update_yaxes(autorange="reversed", scaleanchor=xr, constrain="domain", dtick=max(1, frames // 8),
+                             row=r, col=c)
             fig.update_xaxes(dtick=max(1, frames // 8), constrain="domain", row=r, col=c)
-    fig.update_xaxes(title_text="frame j (latent frame index)", title_standoff=4)
+    fig.update_xaxes(title_text="frame j", title_standoff=4)
     fig.update_yaxes(title_text="frame i", title_standoff=4)
+    for r, s in enumerate(series, start=1):  # the run of each row, named once, beside it
+        fig.update_yaxes(title_text=(f"<b>{esc(s.label)}</b><br>" if multi else "") + "frame i", row=r, col=1)
     fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(
         thickness=10, title=dict(text="cosine of frames i and j", side="right"))))
     name = esc(series[0].label) if not multi else "one row per run"

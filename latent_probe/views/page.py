@@ -12,9 +12,10 @@ from .progress import progress
 from .series import RunSeries
 
 if TYPE_CHECKING:
+    from .verdict import Verdict
     from .video import VideoSection
 
-__all__ = ["render_page", "summary_table", "run_table", "phase_notes", "PLOT_CONFIG"]
+__all__ = ["render_page", "summary_table", "run_table", "phase_notes", "verdict_html", "PLOT_CONFIG"]
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -28,6 +29,9 @@ pre.summary{background:#f8f8f8;border:1px solid #e4e4e4;padding:8px 12px;font-si
 margin:4px 16px 4px 0;vertical-align:top} .fig{margin:10px 0 18px} .note{color:#666;font-size:13px}
 table.strips{border-collapse:collapse;font-size:13px} table.strips th{text-align:right;padding:2px 8px 2px 0;
 font-weight:600;vertical-align:middle} img.strip{image-rendering:pixelated;max-width:100%;height:auto;display:block}
+.tablewrap{overflow-x:auto;max-width:100%} table.runs td{overflow-wrap:anywhere}
+.verdict{background:#eef5ff;border:1px solid #9cc0f0;padding:8px 14px;border-radius:4px;margin:8px 0 12px}
+.verdict p{margin:4px 0;font-size:14px} .verdict p.headline{font-weight:600;font-size:15px}
 """
 
 
@@ -39,7 +43,7 @@ def run_table(series: Sequence[RunSeries]) -> str:
         experts = ", ".join(dict.fromkeys(s.experts.tolist()))
         cells = (s.label, s.source, s.prompt or "—", s.num_steps, s.num_pairs, experts, ", ".join(s.quantities))
         rows.append("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in cells) + "</tr>")
-    return f'<table class="runs">{head}{"".join(rows)}</table>'
+    return f'<div class="tablewrap"><table class="runs">{head}{"".join(rows)}</table></div>'
 
 
 def _fmt(mean: Any, std: Any) -> str:
@@ -74,10 +78,16 @@ def phase_notes(series: Sequence[RunSeries]) -> str:
                    for s in series if s.phase_note)
 
 
+def verdict_html(v: "Verdict") -> str:
+    """The verdict box: its headline, then one paragraph per sentence (escaped)."""
+    paras = "".join(f"<p>{esc(s)}</p>" for s in v.sentences)
+    return f'<div class="verdict" id="verdict"><p class="headline">{esc(v.headline)}</p>{paras}</div>'
+
+
 def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title: str | None = None,
-                video: "VideoSection | None" = None) -> str:
-    """The whole HTML page: header, the video section (``video``, if any), run table, figures (plotly.js
-    inlined once), statistics tables."""
+                video: "VideoSection | None" = None, verdict: "Verdict | None" = None) -> str:
+    """The whole HTML page: header, the verdict in words (``verdict``, if any), the video section (``video``,
+    if any), run table, figures (plotly.js inlined once), statistics tables."""
     title = title if title is not None else "latent_probe dashboard: " + ", ".join(s.label for s in series)
     parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
              f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>',
@@ -86,6 +96,8 @@ def render_page(figures: Iterable[go.Figure], series: Sequence[RunSeries], title
     if sim:
         parts.append('<p class="simulated">SIMULATED DATA: ' + esc(", ".join(sim)) + " — an analytic denoiser, not "
                      "a model. It shows what latent_probe records and how to read the views.</p>")
+    if verdict is not None:
+        parts.append(verdict_html(verdict))
     js_done = False
     if video is not None:
         parts.append(f'<h2 id="videos">{esc(video.heading)}</h2>')

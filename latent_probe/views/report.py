@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .safe_text import csv_writer, terminal, terminal_lines
-from .series import RunSeries, resolve_phases, zero_based_label, zero_based_summary
+from .series import RunSeries, resolve_phases
 
 __all__ = ["metrics_json", "metrics_csv", "write_npz", "write_statistics", "strict_json", "terminal_summary"]
 
@@ -55,18 +55,18 @@ def metrics_json(run: Any, space: str = "x0", phases: str = "thirds") -> str:
     scheme, note = resolve_phases(run.num_steps, phases)
     doc = {"file": run.source, "space": space, "num_steps": run.num_steps,
            "simulated": bool(run.attrs.get("simulated", False)),
-           "summary": zero_based_summary(run.summary(space, scheme)).to_dict(), "phase_note": note, "per_step": _per_step(run, space)}
+           "summary": run.summary(space, scheme).to_dict(), "phase_note": note, "per_step": _per_step(run, space)}
     return json.dumps(strict_json(doc), indent=2, allow_nan=False)
 
 
 def terminal_summary(summary: Any) -> str:
-    """``Summary.to_text()`` (a ``Summary`` or its ``to_dict()``) with step ranges 0-based and control characters in
-    labels escaped, then
+    """``Summary.to_text()`` (a ``Summary`` or its ``to_dict()``; step ranges 0-based as everywhere) with control
+    characters in labels escaped, then
     the ``phase_note`` of a ``RunSeries.summary`` (how the phase scheme was fitted to the run), if any."""
     from ..metrics.phases import Summary
 
     d = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
-    rows = [dict(r, label=terminal(zero_based_label(r))) for r in d.get("rows", [])]
+    rows = [dict(r, label=terminal(r["label"])) for r in d.get("rows", [])]
     note = d.get("note") or d.get("phase_note") or ""
     return terminal_lines(Summary(space=d["space"], num_steps=d["num_steps"], rows=rows,
                                   note=terminal(note) if note else "").to_text())

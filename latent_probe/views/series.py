@@ -46,6 +46,8 @@ class RunSeries:
         non-key frames are fills (their continuity metrics describe the fill)
     feasibility: (keep, rel_l2 [S], cosine [S]) of rebuilding x̂₀ of all frames from ``keep`` key frames by
         linear interpolation (frame truncation), or None when x̂₀ was not captured or F ≤ keep
+    final_x0, step_times: what the verdict (views/verdict.py) compares runs by: the last step's x̂₀ and the
+        steps' commit times
     """
 
     label: str
@@ -72,6 +74,8 @@ class RunSeries:
     phase_note: str = ""
     intervention: str = ""                      # one line naming the intervention and its steps ("" plain run)
     changed_steps: np.ndarray | None = None     # [S] bool: steps the intervention changed (their fills, not the model)
+    final_x0: np.ndarray | None = None          # [C, F, H, W] float32 x̂₀ of the last step (first batch item), if stored
+    step_times: np.ndarray | None = None        # [S] wall-clock seconds (Unix time) at which each step was committed
 
     @property
     def l2(self) -> np.ndarray:
@@ -124,23 +128,6 @@ def expert_switches(experts: Sequence[str]) -> list[int]:
     return [i for i in range(1, len(experts)) if experts[i] != experts[i - 1]]
 
 
-def zero_based_label(row: dict[str, Any]) -> str:
-    """A phase row's label with its step range 0-based: "Early steps (1-7)" (the 1-based ``Phase.label``) →
-    "Early steps (0-6)"; a label that is not of that form is returned as it is."""
-    label, start, stop = str(row.get("label", "")), row.get("start"), row.get("stop")
-    one_based = f" ({start + 1}-{stop})" if isinstance(start, int) and isinstance(stop, int) else None
-    if one_based and label.endswith(one_based):
-        return label[: -len(one_based)] + f" ({start}-{stop - 1})"
-    return label
-
-
-def zero_based_summary(summary: Any) -> Any:
-    """A copy of the summary (a ``Summary`` dataclass) with every row's label 0-based (:func:`zero_based_label`)."""
-    import dataclasses
-
-    return dataclasses.replace(summary, rows=[dict(r, label=zero_based_label(r)) for r in summary.rows])
-
-
 def default_labels(sources: Sequence[str]) -> list[str]:
     """Short distinct labels from file paths: the file stem, or parent/stem where stems repeat."""
     stems = [os.path.splitext(os.path.basename(s))[0] or s for s in sources]
@@ -156,7 +143,7 @@ def _phase_tuples(run: Any, scheme: Any) -> list[tuple[str, int, int]]:
     return [(str(p.name), int(p.start), int(p.stop)) for p in run.phases(scheme)]
 
 
-# The original analysis's phases: steps 1-5, 6-10 and 11-20 of a 20-step run.
+# The original analysis's phases: steps 0-4, 5-9 and 10-19 of a 20-step run (its 1-5, 6-10, 11-20).
 def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Step change of each prediction: from the sums computed during the run, or from every step's latents."""
     out = {}
@@ -193,7 +180,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     if similarity_steps is None:
         similarity_steps = sorted({0, S // 2, S - 1})
     scheme, phase_note = resolve_phases(S, phases)
-    summary = zero_based_summary(run.summary(space, scheme))
+    summary = run.summary(space, scheme)
     switch = np.zeros(S, dtype=bool)
     switch[1:] = experts[1:] != experts[:-1]
     # F×F matrices and feasibility need latents: the steps stored (or derivable) only
@@ -234,4 +221,22 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         phase_note=phase_note,
         intervention=describe_intervention(run.attrs, [str(e) for e in experts]),
         changed_steps=changed_steps(run.attrs, [str(e) for e in experts]),
+        final_x0=_final_x0(run, S),
+        step_times=_step_times(run),
     )
+
+
+def _final_x0(run: Any, num_steps: int) -> np.ndarray | None:
+    """x̂₀ [C, F, H, W] of the run's last step (first batch item) as float32, or None when not stored."""
+    steps = list(run.latent_steps)
+    if not steps or int(steps[-1]) != num_steps - 1 or not ("x0" in run.quantities or "x0" in run.derivable):
+        return None
+    return np.asarray(run.latents("x0")[-1], dtype=np.float32)[0]
+
+
+def _step_times(run: Any) -> np.ndarray | None:
+    """[S] commit times of the steps (the store's per-step ``wall_time``), or None where the store has none."""
+    try:
+        return np.asarray(run._steps("wall_time"), dtype=np.float64)  # noqa: SLF001 - no public accessor yet
+    except Exception:  # noqa: BLE001 - an older or foreign file: no timing, the verdict says so
+        return None

@@ -162,7 +162,7 @@ def _boundary_trace(rs: RunSet, idx: Sequence[int], x: np.ndarray, y: np.ndarray
     steps = ds["boundary_step"].values[list(idx)][keep]
     sig = ds["boundary_sigma"].values[list(idx)][keep]
     by = interp_rows(x, y, bx[keep]) if np.isfinite(y).sum() >= 2 else np.full(keep.sum(), np.nan)
-    cd = np.stack([np.asarray(runs, dtype=object), steps + 1, sig], axis=1)
+    cd = np.stack([np.asarray(runs, dtype=object), steps, sig], axis=1)
     return go.Scatter(x=bx[keep], y=by, mode="markers", name=name, legendgroup=group, showlegend=showlegend,
                       marker=dict(symbol="line-ns-open", size=16, line=dict(width=2, color=color), color=color),
                       customdata=cd, hovertemplate="%{customdata[0]}<br>next expert from step %{customdata[1]}"
@@ -365,7 +365,7 @@ def render_suite_page(rs: RunSet, st: SuiteStats, figures: Sequence[go.Figure], 
         parts.append(f'<div class="fig">{div}</div>')
     metric = METRIC_TITLES.get(st.metric, esc(st.metric))
     parts.append(f"<h2>Phases: {metric}, mean over runs with {conf['confidence']:.0%} CI</h2>")
-    parts.append('<p class="note">Each run contributes the mean over its own steps of the phase (1-based steps; '
+    parts.append('<p class="note">Each run contributes the mean over its own steps of the phase (0-based steps; '
                  "σ from → to over the runs); expert phases are cut at each run's own boundary.</p>")
     parts.append(_table(_ci_frame(st.phases)))
     parts.append(_table(_ci_frame(st.expert_phases)))

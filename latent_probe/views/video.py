@@ -6,7 +6,8 @@ play / pause button. Each frame is embedded once as a PNG data URI (``go.Image(s
 128×128 clip of 21 frames costs tens of kilobytes in the page, not megabytes of JSON numbers.
 
 ``frame_strip`` / ``strip_png`` / ``write_strip_png`` give a static strip of evenly spaced frames (one row
-per video), written as PNG by a small encoder here (zlib): no kaleido, browser or Pillow needed.
+per video), written as PNG by a small encoder here (zlib): no kaleido or browser needed; the file written by
+``write_strip_png`` names its rows and frames (drawn with Pillow where installed).
 ``video_section`` is the dashboard's section: the animated figure plus the strips as ``<img>`` elements,
 which readers without JavaScript still see. Labels are HTML-escaped before they reach the page or plotly.
 """
@@ -26,7 +27,8 @@ from plotly.subplots import make_subplots
 
 from .figures import esc
 
-__all__ = ["as_frames", "png_bytes", "png_data_uri", "strip_indices", "frame_strip", "strip_png",
+__all__ = ["as_frames", "png_bytes", "png_data_uri", "strip_indices", "frame_strip", "strip_image", "strip_png",
+           "labelled_strip_image",
            "write_strip_png", "video_figure", "is_video_figure", "VideoSection", "video_section",
            "STRIP_FRAMES"]
 
@@ -93,8 +95,9 @@ def frame_strip(frames: Any, n: int = STRIP_FRAMES, gap: int = GAP) -> np.ndarra
     return np.concatenate(parts, axis=1)
 
 
-def strip_png(videos: Mapping[str, Any], n: int = STRIP_FRAMES, gap: int = GAP) -> bytes:
-    """PNG of the strips of all ``videos``, one row per video in the given order (white padding to align)."""
+def strip_image(videos: Mapping[str, Any], n: int = STRIP_FRAMES, gap: int = GAP) -> np.ndarray:
+    """uint8 RGB [H', W', 3]: the strips of all ``videos``, one row per video in the given order (white
+    padding to align)."""
     rows = [frame_strip(v, n, gap) for v in _videos(videos).values()]
     width = max(r.shape[1] for r in rows)
     padded = []
@@ -102,15 +105,61 @@ def strip_png(videos: Mapping[str, Any], n: int = STRIP_FRAMES, gap: int = GAP) 
         if r.shape[1] < width:
             r = np.concatenate([r, np.full((r.shape[0], width - r.shape[1], 3), 255, np.uint8)], axis=1)
         padded.extend([np.full((gap, width, 3), 255, np.uint8), r] if k else [r])
-    return png_bytes(np.concatenate(padded, axis=0))
+    return np.concatenate(padded, axis=0)
 
 
-def write_strip_png(videos: Mapping[str, Any], path: str | os.PathLike, n: int = STRIP_FRAMES) -> str:
-    """Write ``strip_png(videos, n)`` to ``path`` (atomically); returns the path."""
+def strip_png(videos: Mapping[str, Any], n: int = STRIP_FRAMES, gap: int = GAP) -> bytes:
+    """PNG of :func:`strip_image` (the page's ``<img>``: the table around it names the rows)."""
+    return png_bytes(strip_image(videos, n, gap))
+
+
+LABEL_PX = 230   # the labelled strip's left column (run labels)
+HEADER_PX = 18   # its top row (video frame numbers)
+
+
+def labelled_strip_image(videos: Mapping[str, Any], n: int = STRIP_FRAMES, gap: int = GAP) -> np.ndarray | None:
+    """:func:`strip_image` with each row's label at its left and the video frame number above each column
+    (drawn with Pillow, which matplotlib brings); None when Pillow is missing."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        return None
+    vids = _videos(videos)
+    body = strip_image(vids, n, gap)
+    first = next(iter(vids.values()))
+    f, h, w = first.shape[0], first.shape[1], first.shape[2]
+    img = Image.new("RGB", (LABEL_PX + body.shape[1], HEADER_PX + body.shape[0]), "white")
+    img.paste(Image.fromarray(body), (LABEL_PX, HEADER_PX))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for k, i in enumerate(strip_indices(f, n)):
+        draw.text((LABEL_PX + k * (w + gap) + 2, 3), f"frame {i}", fill=(60, 60, 60), font=font)
+    for r, label in enumerate(vids):
+        words, lines, line = str(label).split(), [], ""
+        for word in words:  # wrap to the column
+            trial = f"{line} {word}".strip()
+            if line and draw.textlength(trial, font=font) > LABEL_PX - 12:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+        top = HEADER_PX + r * (h + gap) + max(0, (h - 14 * len(lines)) // 2)
+        for j, text in enumerate(lines):
+            draw.text((6, top + 14 * j), text, fill=(20, 20, 20), font=font)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def write_strip_png(videos: Mapping[str, Any], path: str | os.PathLike, n: int = STRIP_FRAMES,
+                    labels: bool = True) -> str:
+    """Write the strips to ``path`` as PNG (atomically): with ``labels`` each row named at its left and each
+    column's video frame number above it (:func:`labelled_strip_image`; unlabelled when Pillow is missing);
+    returns the path."""
     path = os.fspath(path)
+    image = labelled_strip_image(videos, n) if labels else None
     tmp = path + ".tmp"
     with open(tmp, "wb") as fh:
-        fh.write(strip_png(videos, n))
+        fh.write(png_bytes(image if image is not None else strip_image(videos, n)))
     os.replace(tmp, path)
     return path
 
@@ -152,7 +201,8 @@ def video_figure(videos: Mapping[str, Any], title: str | None = None, frame_ms: 
                           yanchor="top", pad=dict(t=0, r=10),
                           buttons=[dict(label="▶ play", method="animate", args=[None, play]),
                                    dict(label="❚❚ pause", method="animate", args=[[None], pause])])],
-        sliders=[dict(active=0, x=0.16, len=0.84, y=-0.02, yanchor="top", pad=dict(t=0, b=0),
+        sliders=[dict(active=0, x=0.22, len=0.78, y=-0.02,  # right of the buttons also at 800 px
+                      yanchor="top", pad=dict(t=0, b=0),
                       currentvalue=dict(prefix=f"{esc(frame_name)} ", visible=True),
                       steps=[dict(label=str(f), method="animate",
                                   args=[[str(f)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
