@@ -1,0 +1,136 @@
+"""Where a DiT expert keeps its transformer blocks, how their tokens map to frames, where self-attention's q, k are.
+
+Conventions, named in ``TargetParts.blocks``:
+
+* ``"wan_repo"`` — the Wan2.2 repository's ``WanModel``: ``expert.blocks`` (``nn.ModuleList``) called as
+  ``block(x [B, seq_len, D], e=…, seq_lens=…, grid_sizes=…, freqs=…, …)``; ``x`` is padded with zeros past the
+  F'·H'·W' real tokens up to ``seq_len``. The expert is called with a list of [C, F, H, W] latents; the token grid
+  is (F/p_t, H/p_h, W/p_w) with ``expert.patch_size``. Self-attention is ``block.self_attn``; its q and k are the
+  results of the two calls of the module-level ``rope_apply`` made inside it (q first), cast to the input's dtype.
+* ``"diffusers_wan"`` — diffusers' ``WanTransformer3DModel``: ``expert.blocks`` called as
+  ``block(hidden_states [B, F'·H'·W', D], encoder_hidden_states, temb, rotary_emb)``; the expert takes
+  ``hidden_states`` [B, C, F, H, W] and ``config.patch_size``. Self-attention is ``block.attn1``; q and k are
+  ``attn1.norm_q`` / ``norm_k``'s outputs, split into heads and rotated with ``rotary_emb`` as ``WanAttnProcessor``
+  does.
+
+Tokens are frame-major, (f, h, w), in both: token n belongs to frame n // (H'·W').
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .base import TargetParts, UnsupportedTargetError
+from .rope import _wan_repo_namespace
+
+__all__ = ["BLOCK_CONVENTIONS", "BlockSite", "block_site", "parse_blocks", "token_grid"]
+
+BLOCK_CONVENTIONS = ("wan_repo", "diffusers_wan")
+_DIFFUSERS_PROCESSORS = ("WanAttnProcessor", "WanAttnProcessor2_0")
+
+
+@dataclass(frozen=True)
+class BlockSite:
+    """One expert's blocks: ``blocks`` (the module list), ``attention[i]`` the self-attention of block i."""
+
+    convention: str
+    expert: torch.nn.Module
+    blocks: torch.nn.ModuleList
+    patch_size: tuple[int, int, int]
+
+    def attention(self, index: int) -> torch.nn.Module:
+        block = self.blocks[index]
+        return block.self_attn if self.convention == "wan_repo" else block.attn1
+
+    def heads(self, index: int) -> int:
+        attn = self.attention(index)
+        return int(attn.num_heads if self.convention == "wan_repo" else attn.heads)
+
+
+def _expert_blocks(expert: torch.nn.Module) -> torch.nn.ModuleList | None:
+    blocks = getattr(expert, "blocks", None)
+    return blocks if isinstance(blocks, torch.nn.ModuleList) and len(blocks) else None
+
+
+def block_site(parts: TargetParts, name: str, expert: torch.nn.Module, reach: bool) -> BlockSite:
+    """The blocks of ``expert`` under ``parts.blocks``; one UnsupportedTargetError line when they cannot be probed
+    exactly (``reach``: attention's temporal reach is asked for too)."""
+    convention = parts.blocks
+    if convention is None:
+        raise UnsupportedTargetError(f"blocks=: {parts.blocks_refused or f'latent_probe does not know the block layout of {parts.family} DiTs'}")
+    blocks = _expert_blocks(expert)
+    if blocks is None:
+        raise UnsupportedTargetError(f"blocks=: expert {name} ({type(expert).__name__}) has no .blocks module list")
+    if convention == "wan_repo":
+        patch = tuple(getattr(expert, "patch_size", ()) or ())
+        if reach and _wan_repo_namespace(expert) is None:
+            raise UnsupportedTargetError(f"attention_reach=: the self-attention of {name} does not call a "
+                                         "module-level rope_apply(x, grid_sizes, freqs)")
+        if not all(hasattr(b, "self_attn") for b in blocks):
+            raise UnsupportedTargetError(f"blocks=: the blocks of {name} have no self_attn")
+    elif convention == "diffusers_wan":
+        patch = tuple(getattr(getattr(expert, "config", None), "patch_size", ()) or ())
+        if not all(hasattr(b, "attn1") for b in blocks):
+            raise UnsupportedTargetError(f"blocks=: the blocks of {name} have no attn1")
+        if reach:
+            odd = sorted({type(getattr(b.attn1, "processor", None)).__name__ for b in blocks} - set(_DIFFUSERS_PROCESSORS))
+            if odd:
+                raise UnsupportedTargetError(f"attention_reach=: {name}'s self-attention runs processor {odd[0]}, "
+                                             f"not {_DIFFUSERS_PROCESSORS[0]}: q and k cannot be recomputed as it does")
+    else:
+        raise UnsupportedTargetError(f"blocks=: unknown block convention {convention!r}")
+    if len(patch) != 3 or not all(isinstance(p, int) and p > 0 for p in patch):
+        raise UnsupportedTargetError(f"blocks=: expert {name} has no 3-D patch_size (got {patch!r})")
+    return BlockSite(convention, expert, blocks, patch)  # type: ignore[arg-type]
+
+
+def token_grid(site: BlockSite, args: tuple, kwargs: dict) -> tuple[int, int, int, int]:
+    """(B, F', H', W') of one call of the expert, from its input's shape (no device access)."""
+    if site.convention == "wan_repo":
+        x = args[0] if args else kwargs.get("x")
+        if not isinstance(x, (list, tuple)) or not x or not all(isinstance(u, torch.Tensor) and u.dim() == 4 for u in x):
+            raise UnsupportedTargetError("blocks=: WanModel was called without a list of [C, F, H, W] latents")
+        shapes = {tuple(u.shape[1:]) for u in x}
+        if len(shapes) != 1:
+            raise UnsupportedTargetError(f"blocks=: one call holds latents of several sizes {sorted(shapes)}")
+        f, h, w = shapes.pop()
+        b = len(x)
+    else:
+        x = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(x, torch.Tensor) or x.dim() != 5:
+            raise UnsupportedTargetError("blocks=: the transformer was called without hidden_states [B, C, F, H, W]")
+        b, _, f, h, w = x.shape
+    pt, ph, pw = site.patch_size
+    return int(b), f // pt, h // ph, w // pw
+
+
+_TERM = re.compile(r"^every:(\d+)$")
+
+
+def parse_blocks(spec: Any, count: int) -> tuple[int, ...]:
+    """Block indices from ``"all"``, ``"every:k"`` (0, k, 2k, …) or a list of indices (negative from the end)."""
+    if isinstance(spec, str):
+        if spec == "all":
+            return tuple(range(count))
+        m = _TERM.match(spec.strip())
+        if m and int(m.group(1)) >= 1:
+            return tuple(range(0, count, int(m.group(1))))
+        raise ValueError(f"blocks={spec!r}: give 'all', 'every:k' (k ≥ 1) or a list of block indices")
+    try:
+        items = list(spec)
+    except TypeError:
+        raise ValueError(f"blocks={spec!r}: give 'all', 'every:k' or a list of block indices") from None
+    if not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        raise ValueError(f"blocks={spec!r}: a list of block indices must hold ints, at least one")
+    out = []
+    for i in items:
+        if not -count <= i < count:
+            raise ValueError(f"blocks={spec!r}: index {i} is outside the {count} blocks")
+        out.append(i % count)
+    if len(set(out)) != len(out):
+        raise ValueError(f"blocks={spec!r} names a block twice")
+    return tuple(sorted(out))

@@ -1,0 +1,155 @@
+"""Inside the DiT: per-block sums of the residual stream and attention's temporal reach (tensor maths only).
+
+Shapes: a block's input and output hidden states are [B, N, D] tokens (N ≥ F'·T real tokens, frame-major, T =
+H'·W' tokens a frame; Wan2.2 pads past F'·T). Everything returned is float64 on the tensors' device; no host
+synchronisation.
+
+Per block and DiT call (:func:`block_call_sums`):
+
+* ``sq`` [B, F'], ``dot`` [B, F'−1], ``dd`` [B, F'−1] — the block output's adjacent-frame sums (frame_pair_stats:
+  the fused kernel on CUDA) → cosine and normalised L2 as for latents;
+* ``upd`` [B, 2] — ‖out − in‖², ‖in‖² (float64 values): the update size ‖out − in‖ / ‖in‖;
+* ``change`` [B, 2] — ‖u_s − u_{s−1}‖₁, ‖u_{s−1}‖₁ of the update u = out − in between consecutive steps (what
+  FirstBlockCache / TeaCache threshold on: relative L1), NaN without a previous step.
+
+Per DiT call (:func:`residual_norms`): MagCache's magnitude ratio of the output residual r = (last block's output −
+first block's input): mean over tokens of ‖r_s,n‖ / ‖r_{s−1},n‖ → ``mag`` [B].
+
+Attention's temporal reach (:func:`temporal_reach`): for sampled queries, the softmax mass on keys of each frame,
+folded by frame distance d = |f_q − f_k| → ``reach`` [B, H, F'] (mean over the sampled queries; sums to 1 over d).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .formulas import pair_metrics
+from .reductions import frame_pair_stats
+
+__all__ = ["block_call_sums", "update_change", "residual_norms", "temporal_reach", "sample_queries",
+           "reach_reference", "block_metrics_from_sums"]
+
+REACH_CHUNK_ELEMS = 1 << 26  # scores held at once by temporal_reach (float32): 256 MiB
+
+
+def frames_view(x: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
+    """[B, F', T, D] view of the real tokens of [B, N, D] hidden states."""
+    return x[:, : frames * tokens].unflatten(1, (frames, tokens))
+
+
+@torch.no_grad()
+def block_call_sums(x_in: torch.Tensor, x_out: torch.Tensor, frames: int, tokens: int
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The sums of one block call (module doc) and the update u = out − in [B, F'·T, D] in float32 (kept by the
+    caller for the next step's change). ``frames`` ≥ 1; with one frame the pair sums are NaN-free empty rows."""
+    b = x_out.shape[0]
+    out_v = frames_view(x_out.detach(), frames, tokens)
+    sums: dict[str, torch.Tensor] = {}
+    if frames >= 2:
+        st = frame_pair_stats(out_v, "b f t d", 1, frame_axes=("t", "d"))
+        sums.update(sq=st.sq, dot=st.dot, dd=st.diff_sq)
+    n = frames * tokens
+    i64 = x_in.detach()[:, :n].reshape(b, -1).double()
+    u64 = x_out.detach()[:, :n].reshape(b, -1).double() - i64
+    sums["upd"] = torch.stack([(u64 * u64).sum(1), (i64 * i64).sum(1)], 1)
+    return sums, u64
+
+
+@torch.no_grad()
+def update_change(u64: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``change`` [B, 2] = (‖u − prev‖₁, ‖prev‖₁) per batch row (NaN without ``prev`` or of another shape), and the
+    update to keep for the next step (float32: 2⁻²⁴ relative rounding of each value)."""
+    keep = u64.to(torch.float32)
+    if prev is None or prev.shape != u64.shape:
+        return torch.full((u64.shape[0], 2), math.nan, dtype=torch.float64, device=u64.device), keep
+    p64 = prev.double()
+    return torch.stack([(u64 - p64).abs().sum(1), p64.abs().sum(1)], 1), keep
+
+
+@torch.no_grad()
+def residual_norms(x_first_in: torch.Tensor, x_last_out: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
+    """Per-token norms ‖r_n‖ [B, F'·T] (float64) of the DiT's residual r = last block's output − first's input."""
+    n = frames * tokens
+    r = x_last_out.detach()[:, :n].double() - x_first_in.detach()[:, :n].double()
+    return torch.linalg.vector_norm(r, dim=-1)
+
+
+@torch.no_grad()
+def magnitude_ratio(norms: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+    """MagCache's ratio mean_n ‖r_s,n‖ / ‖r_{s−1},n‖ [B] (NaN without a previous step)."""
+    if prev is None or prev.shape != norms.shape:
+        return torch.full((norms.shape[0],), math.nan, dtype=torch.float64, device=norms.device)
+    return (norms / prev).mean(1)
+
+
+def sample_queries(frames: int, tokens: int, per_frame: int, seed: int) -> torch.Tensor:
+    """Token indices [F', n] of ``per_frame`` (≤ T) queries drawn without replacement in each frame, seeded (the same
+    for every block, step and branch of a run), sorted within a frame."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(per_frame, tokens)
+    idx = torch.stack([torch.randperm(tokens, generator=g)[:n].sort().values for _ in range(frames)])
+    return idx + torch.arange(frames)[:, None] * tokens
+
+
+@torch.no_grad()
+def temporal_reach(q: torch.Tensor, k: torch.Tensor, frames: int, tokens: int, scale: float) -> torch.Tensor:
+    """Mean share of attention mass at frame distance d, [B, H, F'] float64.
+
+    ``q`` [B, F', n, H, d]: the sampled queries of each frame (frame-major); ``k`` [B, F'·T, H, d]: every real key.
+    softmax(q·k / √d · scale) is taken over all keys, frame chunk by frame chunk (log-sum-exp per key frame in
+    float32, combined in float64); the full attention matrix is never formed."""
+    b, f, n, h, dh = q.shape
+    qf = q.reshape(b, f * n, h, dh).transpose(1, 2).float()  # [B, H, Q, d]
+    kf = k[:, : frames * tokens].unflatten(1, (frames, tokens))  # [B, F', T, H, d]
+    per_frame = max(1, REACH_CHUNK_ELEMS // max(1, b * h * f * n * tokens))
+    lse = []
+    for f0 in range(0, frames, per_frame):
+        kc = kf[:, f0: f0 + per_frame].float()  # [B, c, T, H, d]
+        c = kc.shape[1]
+        s = torch.einsum("bhqd,bcthd->bhqct", qf, kc) * scale
+        lse.append(torch.logsumexp(s, dim=-1).double())  # [B, H, Q, c]
+    lse_f = torch.cat(lse, dim=-1)  # [B, H, Q, F'] log-mass on each key frame
+    share = torch.exp(lse_f - torch.logsumexp(lse_f, dim=-1, keepdim=True))
+    share = share.unflatten(2, (f, n)).sum(3)  # [B, H, F'(query), F'(key)] summed over a frame's queries
+    dist = (torch.arange(f)[:, None] - torch.arange(frames)[None, :]).abs()
+    onehot = torch.nn.functional.one_hot(dist, frames).to(share.device, torch.float64)  # [Fq, Fk, F']
+    return torch.einsum("bhqk,qkd->bhd", share, onehot) / (f * n)
+
+
+def reach_reference(q: np.ndarray, k: np.ndarray, frame_of_query: np.ndarray, frame_of_key: np.ndarray,
+                    scale: float, frames: int) -> np.ndarray:
+    """Dense float64 reference of :func:`temporal_reach`: q [B, Q, H, d], k [B, K, H, d] → [B, H, F']."""
+    s = np.einsum("bqhd,bkhd->bhqk", q.astype(np.float64), k.astype(np.float64)) * scale
+    s -= s.max(-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(-1, keepdims=True)
+    dist = np.abs(frame_of_query[:, None] - frame_of_key[None, :])
+    out = np.zeros(p.shape[:2] + (frames,))
+    for d in range(frames):
+        out[..., d] = (p * (dist == d)).sum(-1).mean(-1)
+    return out
+
+
+def block_metrics_from_sums(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Metrics from stored block sums (leading axes [S, branch, B, block]): ``cos`` and ``l2`` [..., F'−1] of adjacent
+    frames of the block output, ``update`` ‖out − in‖/‖in‖, ``change`` relative L1 of the update against the previous
+    step, ``mag`` (MagCache's ratio) [S, branch, B] and ``reach`` as stored."""
+    out: dict[str, np.ndarray] = {}
+    if "sq" in sums:
+        pm = pair_metrics((np.asarray(sums["sq"], np.float64), np.asarray(sums["dot"], np.float64),
+                           np.asarray(sums["dd"], np.float64), 1))
+        out["cos"], out["l2"] = np.asarray(pm.cos), np.asarray(pm.l2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if "upd" in sums:
+            upd = np.asarray(sums["upd"], np.float64)
+            out["update"] = np.where(upd[..., 1] > 0, np.sqrt(upd[..., 0] / upd[..., 1]), np.nan)
+        if "change" in sums:
+            ch = np.asarray(sums["change"], np.float64)
+            out["change"] = np.where(ch[..., 1] > 0, ch[..., 0] / ch[..., 1], np.nan)
+    for name in ("mag", "reach"):
+        if name in sums:
+            out[name] = np.asarray(sums[name], np.float64)
+    return out
