@@ -22,15 +22,21 @@ folded by frame distance d = |f_q − f_k| → ``reach`` [B, H, F'] (mean over t
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ..store.accessors import register_run_accessor
+from ..store.blocks import BRANCHES, block_info, read_block_sums
 from .formulas import pair_metrics
 from .reductions import frame_pair_stats
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..store.reader import Run
+
 __all__ = ["block_call_sums", "update_change", "residual_norms", "temporal_reach", "sample_queries",
-           "reach_reference", "block_metrics_from_sums"]
+           "reach_reference", "block_metrics_from_sums", "RunBlocks"]
 
 REACH_CHUNK_ELEMS = 1 << 26  # scores held at once by temporal_reach (float32): 256 MiB
 
@@ -153,3 +159,60 @@ def block_metrics_from_sums(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray
         if name in sums:
             out[name] = np.asarray(sums[name], np.float64)
     return out
+
+
+# ------------------------------------------------------------------ the accessor: run.blocks
+@register_run_accessor("blocks")
+class RunBlocks:
+    """``run.blocks``: what the block probes measured (``LatentProbe(blocks=...)``), read from ``/blocks``.
+
+    ``run.blocks.metrics()`` → name → array [S, branch (cond, uncond), B, block, ...] (:func:`block_metrics_from_sums`);
+    ``run.blocks.to_xarray()`` the same as an xarray Dataset (also merged into ``run.to_xarray()``)."""
+
+    def __init__(self, run: "Run") -> None:
+        self._run = run
+        self._sums: dict[str, np.ndarray] | None = None
+
+    @property
+    def info(self) -> dict:
+        info = block_info(self._run)
+        if info is None:
+            raise KeyError("this run was recorded without block probes (LatentProbe(blocks=...))")
+        return info
+
+    @property
+    def indices(self) -> list[int]:
+        """The probed blocks' indices in the expert's block list."""
+        return list(self.info["blocks"])
+
+    def sums(self) -> dict[str, np.ndarray]:
+        if self._sums is None:
+            self.info  # noqa: B018 - refuses a run without block probes
+            self._sums = read_block_sums(self._run)
+        return self._sums
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        return block_metrics_from_sums(self.sums())
+
+    def to_xarray(self) -> Any:
+        """xarray Dataset: ``block_cos``, ``block_l2`` (step, branch, batch, block, frame_pair); ``block_update``,
+        ``block_change`` (step, branch, batch, block); ``mag_ratio`` (step, branch, batch); ``attention_reach``
+        (step, branch, batch, block, head, distance); coordinates branch, block, and sigma / expert on step."""
+        import xarray as xr
+
+        m = self.metrics()
+        run = self._run
+        dims = {"cos": ("frame_pair",), "l2": ("frame_pair",), "update": (), "change": (), "reach": ("head", "distance")}
+        data = {}
+        for name, tail in dims.items():
+            if name in m:
+                var = "attention_reach" if name == "reach" else f"block_{name}"
+                data[var] = (("step", "branch", "batch", "block") + tail, m[name])
+        if "mag" in m:
+            data["mag_ratio"] = (("step", "branch", "batch"), m["mag"])
+        coords = {"branch": list(BRANCHES), "block": self.indices, "step": np.arange(run.num_steps),
+                  "sigma": ("step", np.asarray(run.sigmas, np.float64)),
+                  "expert": ("step", np.asarray([str(e) for e in run.experts], dtype=object))}
+        ds = xr.Dataset(data, coords=coords)
+        ds.attrs["block_count"] = int(self.info.get("block_count", 0))
+        return ds

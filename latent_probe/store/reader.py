@@ -18,6 +18,7 @@ import numpy as np
 
 from . import schema
 from .accessors import accessor_of
+from .blocks import BLOCKS_GROUP
 from .liveness import writer_alive
 from .superblock import SuperblockError, UnmarkedFile, held_by_another_process, read_superblock
 from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, check_netcdf_view, chunk_within
@@ -752,6 +753,9 @@ class Run:
         ds = xr.open_dataset(store).isel({schema.STEP_DIM: slice(0, self._n)})
         if schema.LATENT_STEP_DIM in ds.dims:  # latents for chosen steps: the committed rows
             ds = ds.isel({schema.LATENT_STEP_DIM: slice(0, self._k)})
+        if BLOCKS_GROUP in self._file:  # the block probes' metrics (run.blocks, registered by latent_probe.metrics)
+            blocks = accessor_of(self, "blocks").to_xarray().drop_vars(["sigma", "expert"])
+            ds = ds.assign(blocks.data_vars).assign_coords(branch=blocks.branch, block=blocks.block)
         return ds
 
     def __repr__(self) -> str:
