@@ -253,7 +253,7 @@ class Run:
             if ls.ndim != 1 or ls.dtype.kind not in "iu":
                 raise RunFileError(f"{where}: /{schema.LATENT_STEP_DIM} is not a list of step numbers")
             self._latent_step_ds = ls
-        if not self._latents and not self._online:
+        if not self._latents and not self._online and BLOCKS_GROUP not in f:
             raise RunFileError(f"{where} holds no latent dataset and no metrics recorded during the run")
         if shape is None:
             stated = self._root_attrs.get("latent_shape")
