@@ -22,7 +22,7 @@ folded by frame distance d = |f_q − f_k| → ``reach`` [B, H, F'] (mean over t
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..store.reader import Run
 
 __all__ = ["block_call_sums", "update_change", "residual_norms", "temporal_reach", "sample_queries",
-           "reach_reference", "block_metrics_from_sums", "RunBlocks"]
+           "reach_reference", "block_metrics_from_sums", "RunBlocks", "skip_map"]
 
 REACH_CHUNK_ELEMS = 1 << 26  # scores held at once by temporal_reach (float32): 256 MiB
 
@@ -216,3 +216,27 @@ class RunBlocks:
         ds = xr.Dataset(data, coords=coords)
         ds.attrs["block_count"] = int(self.info.get("block_count", 0))
         return ds
+
+
+def skip_map(changes: np.ndarray, experts: Sequence[str], blocks: Sequence[int], threshold: float,
+             quantile: float = 0.9) -> dict[str, Any]:
+    """A data-driven skip map: per expert, the (step, block) cells whose update changed less than ``threshold``
+    (relative L1 against the previous step) in at least ``quantile`` of the runs. ``changes`` [runs, S, block] (one
+    branch, batch-averaged; NaN — a run's first step — never qualifies); ``experts`` [S] the expert of each step.
+    JSON-ready: ``{"threshold", "quantile", "runs", "experts": {name: {"steps": [...], "cells": [[step, block], ...],
+    "share": float}}}``."""
+    c = np.asarray(changes, np.float64)
+    if c.ndim != 3 or c.shape[1] != len(experts) or c.shape[2] != len(blocks):
+        raise ValueError(f"changes must be [runs, {len(experts)} steps, {len(blocks)} blocks], got {list(c.shape)}")
+    if not 0 < quantile <= 1 or not threshold > 0:
+        raise ValueError("skip_map needs threshold > 0 and 0 < quantile ≤ 1")
+    with np.errstate(invalid="ignore"):
+        below = np.where(np.isnan(c), False, c < threshold).mean(0) >= quantile  # [S, block]
+    out: dict[str, Any] = {"threshold": threshold, "quantile": quantile, "runs": int(c.shape[0]),
+                           "blocks": [int(b) for b in blocks], "experts": {}}
+    for name in dict.fromkeys(str(e) for e in experts):
+        steps = [s for s, e in enumerate(experts) if str(e) == name]
+        cells = [[s, int(blocks[j])] for s in steps for j in range(len(blocks)) if below[s, j]]
+        out["experts"][name] = {"steps": steps, "cells": cells,
+                                "share": len(cells) / max(1, len(steps) * len(blocks))}
+    return out
