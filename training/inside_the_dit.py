@@ -92,14 +92,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--reach", type=int, default=16, help="query tokens sampled a frame")
     ap.add_argument("--controls", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=None, help="the first N prompts only (a quick try)")
     ap.add_argument("--threshold", type=float, default=0.05, help="skip-map threshold on the update's rel. L1 change")
     ap.add_argument("--json", required=True)
     ap.add_argument("--png-prefix", default=None)
+    ap.add_argument("--figures-only", action="store_true", help="redraw the PNGs from --json")
     args = ap.parse_args()
+    if args.figures_only:
+        figures(json.loads(Path(args.json).read_text()), args.png_prefix)
+        return
     torch.set_num_threads(1)
     t0 = time.time()
     org = load_organism()
-    P = len(org.prompts)
+    P = args.prompts or len(org.prompts)
     runs: dict[tuple[int, int], dict] = {}
     floors = []
     info = None
@@ -130,7 +135,7 @@ def main() -> None:
     changes = np.stack([runs[k]["change"] for k in sorted(runs)])  # [runs, S, block]
     skips = skip_map(changes, info["experts"], info["blocks"], args.threshold)
     out = {
-        "settings": dict(prompts=list(org.prompts), seeds=args.seeds, steps=len(info["sigmas"]),
+        "settings": dict(prompts=list(org.prompts[:P]), seeds=args.seeds, steps=len(info["sigmas"]),
                          attention_reach=args.reach, controls=args.controls, threshold=args.threshold,
                          machine="2-core CPU machine (shared)", wall_s=round(time.time() - t0, 1)),
         "sigmas": info["sigmas"].tolist(), "experts": info["experts"], "blocks": info["blocks"],
@@ -149,19 +154,29 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json} ({time.time() - t0:.0f} s)")
     if args.png_prefix:
-        from latent_probe.views.static import export_figures
+        figures(out, args.png_prefix)
 
-        sig, exp, blocks = info["sigmas"], info["experts"], info["blocks"]
-        heat = block_heatmaps({n: stats[n][0] for n in ("continuity", "update", "change")}, blocks, sig, exp,
-                              title=f"organism, mean of {P} prompts × {args.seeds} seeds (cond branch)")
-        heat_ctrl = block_heatmaps({n: ctrl[n] for n in ("continuity", "update", "change")}, blocks, sig, exp,
-                                   title=f"control: random weights, {args.controls} clips")
-        steps = sorted({0, 3, 8, 9, 14, len(sig) - 1})
-        curves = reach_curves(reach_mean, sig, steps, reach_lo, reach_hi, uniform,
-                              title="attention's temporal reach (mean over blocks and heads; band: 95 % CI over prompts)")
-        export_figures([heat, heat_ctrl, curves], [f"{args.png_prefix}_heatmaps.png",
-                                                    f"{args.png_prefix}_control.png", f"{args.png_prefix}_reach.png"],
-                       width=1200)
+
+def figures(out: dict, prefix: str) -> None:
+    """The page's PNGs from the study's JSON (``--figures-only`` redraws them without rerunning)."""
+    from latent_probe.views.static import export_figures
+
+    sig, exp, blocks = np.asarray(out["sigmas"]), out["experts"], out["blocks"]
+    st = out["settings"]
+    uniform = np.asarray(out["reach"]["uniform"])
+    local = lambda r: np.asarray(r)[..., :2].sum(-1) / uniform[:2].sum()  # noqa: E731 - mass at d ≤ 1 ÷ uniform's
+    tables = {n: np.asarray(out[n]["mean"]) for n in ("continuity", "update", "change")}
+    tables["locality"] = local(out["reach"]["by_block"])
+    heat = block_heatmaps(tables, blocks, sig, exp,
+                          title=f"organism: mean of {len(st['prompts'])} prompts × {st['seeds']} seeds (cond branch)")
+    ctrl = {n: np.asarray(out[n]["control"]) for n in ("continuity", "update", "change")}
+    heat_ctrl = block_heatmaps(ctrl, blocks, sig, exp, title=f"control: random weights, {st['controls']} clips")
+    steps = sorted({0, 4, 8, 9, 14, len(sig) - 1})
+    curves = reach_curves(np.asarray(out["reach"]["mean"]), sig, steps, np.asarray(out["reach"]["lo"]),
+                          np.asarray(out["reach"]["hi"]), uniform,
+                          title="attention's temporal reach (mean over blocks and heads; band: 95 % CI over prompts)")
+    export_figures([heat, heat_ctrl, curves], [f"{prefix}_heatmaps.png", f"{prefix}_control.png",
+                                               f"{prefix}_reach.png"], width=1300)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ HEATMAP_PANELS = (
     ("continuity", "adjacent-frame cosine of the block output", "Viridis"),
     ("update", "update size ‖out − in‖ / ‖in‖", "Magma"),
     ("change", "step-to-step change of the update (rel. L1)", "Cividis"),
+    ("locality", "attention at d ≤ 1 ÷ uniform", "Plasma"),
 )
 
 
@@ -42,7 +43,7 @@ def _switch_step(experts: Sequence[str]) -> int | None:
 
 def block_heatmaps(tables: dict[str, np.ndarray], blocks: Sequence[int], sigmas: Sequence[float],
                    experts: Sequence[str], title: str = "") -> Any:
-    """Three heat maps (step on y, σ in the labels; block on x) of ``tables`` (:func:`step_block_tables`); a dashed
+    """Heat maps (step on y, σ in the labels; block on x) of ``tables`` (:func:`step_block_tables`); a dashed
     line where the expert changes."""
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
@@ -53,17 +54,19 @@ def block_heatmaps(tables: dict[str, np.ndarray], blocks: Sequence[int], sigmas:
     switch = _switch_step(list(experts))
     for col, (name, _, scale) in enumerate(panels, start=1):
         z = tables[name]
+        lo, hi = fig.layout["xaxis" + ("" if col == 1 else str(col))].domain
         fig.add_trace(go.Heatmap(z=z, x=[str(b) for b in blocks], y=labels, colorscale=scale,
-                                 colorbar=dict(x=col / len(panels) - 0.035, len=0.9, thickness=10),
+                                 colorbar=dict(orientation="h", x=(lo + hi) / 2, xanchor="center", y=-0.16,
+                                               len=(hi - lo) * 0.95, thickness=10),
                                  hovertemplate="block %{x}<br>step %{y}<br>%{z:.4f}<extra>" + name + "</extra>"),
                       row=1, col=col)
         if switch is not None:
             fig.add_shape(type="line", xref=f"x{col if col > 1 else ''} domain", yref=f"y{col if col > 1 else ''}",
                           x0=0, x1=1, y0=switch - 0.5, y1=switch - 0.5, line=dict(color="white", width=2, dash="dash"))
-        fig.update_xaxes(title_text="block", row=1, col=col)
+        fig.update_xaxes(title_text="block", title_standoff=2, row=1, col=col)
         fig.update_yaxes(autorange="reversed", showticklabels=col == 1, row=1, col=col)
-    fig.update_layout(title=title + ("  (dashed: expert switch)" if switch is not None else ""), height=520,
-                      margin=dict(l=120, r=30, t=70, b=50), font=dict(size=12))
+    fig.update_layout(title=title + ("  (dashed: expert switch)" if switch is not None else ""), height=560,
+                      margin=dict(l=120, r=30, t=70, b=90), font=dict(size=12))
     return fig
 
 
