@@ -246,9 +246,9 @@ class BlockProbe:
             x_in = slot.pop("_in", None)
             where = len(self._calls) - 1
             if chosen and x_in is not None:
-                sums, u64 = block_call_sums(x_in, out, call.frames, call.tokens)
+                sums, upd = block_call_sums(x_in, out, call.frames, call.tokens)
                 if self.change:
-                    sums["change"], self._prev_update[(where, i)] = update_change(u64, self._prev_update.get((where, i)))
+                    sums["change"], self._prev_update[(where, i)] = update_change(upd, self._prev_update.get((where, i)))
                 slot.update(sums)
             if last and call.first_in is not None:
                 norms = residual_norms(call.first_in, out, call.frames, call.tokens)

@@ -260,3 +260,27 @@ def test_unknown_block_layouts_and_bad_options_are_refused_at_entry(t2v, two_exp
         LatentProbe(t2v, None, blocks="all", intervene=FrameTruncation(keep=2))
     assert not t2v.high_noise_model.blocks[0]._forward_hooks and not t2v.high_noise_model._forward_pre_hooks
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_update_sums_of_half_precision_blocks_are_exact(dtype):
+    """The update of a bf16/fp16 block is taken in float32 (exact differences there), its norms in float64."""
+    from latent_probe.metrics.blocks import block_call_sums, residual_norms, update_change
+
+    g = torch.Generator().manual_seed(0)
+    frames, tokens, d = 3, 4, 8
+    x_in = (torch.randn(2, frames * tokens + 5, d, generator=g) * 3).to(dtype)  # 5 padding tokens
+    x_out = (x_in.float() + torch.randn(x_in.shape, generator=g) * 0.1).to(dtype)
+    x_out2 = (x_in.float() + torch.randn(x_in.shape, generator=g) * 0.1).to(dtype)
+    n = frames * tokens
+    a, b, b2 = (t[:, :n].double().numpy() for t in (x_in, x_out, x_out2))
+    sums, u = block_call_sums(x_in, x_out, frames, tokens)
+    np.testing.assert_allclose(sums["upd"][:, 0].numpy(), ((b - a) ** 2).sum((1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(sums["upd"][:, 1].numpy(), (a ** 2).sum((1, 2)), rtol=1e-12)
+    _, keep = update_change(u, None)
+    sums2, u2 = block_call_sums(x_in, x_out2, frames, tokens)
+    change, _ = update_change(u2, keep)
+    ref = np.abs((b2 - a) - (b - a)).sum((1, 2)) / np.abs(b - a).sum((1, 2))
+    np.testing.assert_allclose((change[:, 0] / change[:, 1]).numpy(), ref, rtol=1e-6)
+    np.testing.assert_allclose(residual_norms(x_in, x_out, frames, tokens).numpy(),
+                               np.linalg.norm(b - a, axis=-1), rtol=1e-12)

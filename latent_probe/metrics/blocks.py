@@ -46,11 +46,19 @@ def frames_view(x: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
     return x[:, : frames * tokens].unflatten(1, (frames, tokens))
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32/float64 values as float64, half-precision values as float32: the difference of two bf16/fp16 values
+    is then exact (their 8/11 significant bits fit float32's 24 unless the exponents differ by more than 16, when the
+    rounding is 2⁻²⁴ of the result) without a float64 copy of a half-precision block (4× its bytes)."""
+    return x.double() if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 @torch.no_grad()
 def block_call_sums(x_in: torch.Tensor, x_out: torch.Tensor, frames: int, tokens: int
                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The sums of one block call (module doc) and the update u = out − in [B, F'·T, D] in float32 (kept by the
-    caller for the next step's change). ``frames`` ≥ 1; with one frame the pair sums are NaN-free empty rows."""
+    """The sums of one block call (module doc) and the update u = out − in [B, F'·T·D] (float64 for float32 hidden
+    states, float32 for half precision: :func:`_wide`), for the next step's change. Norms are accumulated in float64
+    (``vector_norm(dtype=float64)`` casts inside the reduction). With one frame there are no pair sums."""
     b = x_out.shape[0]
     out_v = frames_view(x_out.detach(), frames, tokens)
     sums: dict[str, torch.Tensor] = {}
@@ -58,29 +66,33 @@ def block_call_sums(x_in: torch.Tensor, x_out: torch.Tensor, frames: int, tokens
         st = frame_pair_stats(out_v, "b f t d", 1, frame_axes=("t", "d"))
         sums.update(sq=st.sq, dot=st.dot, dd=st.diff_sq)
     n = frames * tokens
-    i64 = x_in.detach()[:, :n].reshape(b, -1).double()
-    u64 = x_out.detach()[:, :n].reshape(b, -1).double() - i64
-    sums["upd"] = torch.stack([(u64 * u64).sum(1), (i64 * i64).sum(1)], 1)
-    return sums, u64
+    x_in = x_in.detach()[:, :n].reshape(b, -1)
+    u = _wide(x_out.detach()[:, :n].reshape(b, -1)) - _wide(x_in)
+    f64 = torch.float64
+    sums["upd"] = torch.stack([torch.linalg.vector_norm(u, dim=1, dtype=f64) ** 2,
+                               torch.linalg.vector_norm(x_in, dim=1, dtype=f64) ** 2], 1)
+    return sums, u
 
 
 @torch.no_grad()
-def update_change(u64: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def update_change(u: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``change`` [B, 2] = (‖u − prev‖₁, ‖prev‖₁) per batch row (NaN without ``prev`` or of another shape), and the
-    update to keep for the next step (float32: 2⁻²⁴ relative rounding of each value)."""
-    keep = u64.to(torch.float32)
-    if prev is None or prev.shape != u64.shape:
-        return torch.full((u64.shape[0], 2), math.nan, dtype=torch.float64, device=u64.device), keep
-    p64 = prev.double()
-    return torch.stack([(u64 - p64).abs().sum(1), p64.abs().sum(1)], 1), keep
+    update to keep for the next step (float32: 2⁻²⁴ relative rounding of each value of a float64 update)."""
+    keep = u.to(torch.float32)
+    if prev is None or prev.shape != u.shape:
+        return torch.full((u.shape[0], 2), math.nan, dtype=torch.float64, device=u.device), keep
+    f64 = torch.float64
+    diff = u - (prev.double() if u.dtype == f64 else prev)
+    return torch.stack([torch.linalg.vector_norm(diff, 1, dim=1, dtype=f64),
+                        torch.linalg.vector_norm(prev, 1, dim=1, dtype=f64)], 1), keep
 
 
 @torch.no_grad()
 def residual_norms(x_first_in: torch.Tensor, x_last_out: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
     """Per-token norms ‖r_n‖ [B, F'·T] (float64) of the DiT's residual r = last block's output − first's input."""
     n = frames * tokens
-    r = x_last_out.detach()[:, :n].double() - x_first_in.detach()[:, :n].double()
-    return torch.linalg.vector_norm(r, dim=-1)
+    r = _wide(x_last_out.detach()[:, :n]) - _wide(x_first_in.detach()[:, :n])
+    return torch.linalg.vector_norm(r, dim=-1, dtype=torch.float64)
 
 
 @torch.no_grad()
