@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import threading
 from typing import Any, Callable
 
 import torch
 
 from .adapters.base import TargetParts, UnsupportedTargetError
-from .adapters.blocks import BlockSite, block_site, parse_blocks, token_grid
-from .adapters.rope import _wan_repo_namespace
+from .adapters.blocks import BlockSite, block_input, block_site, install_qk, parse_blocks, token_grid
 from .capture import LayoutError
 from .hooks import HookRegistry
 from .metrics.blocks import (block_call_sums, magnitude_ratio, residual_norms, sample_queries, temporal_reach,
@@ -38,21 +36,6 @@ REACH_SEED = 0
 class BlockProbeError(LayoutError):
     """A DiT call does not fit the block layout fixed at the run's first step (recording stops, the generation goes
     on)."""
-
-
-def _first_tensor(args: tuple, kwargs: dict, names: tuple[str, ...]) -> torch.Tensor | None:
-    x = args[0] if args else next((kwargs[n] for n in names if n in kwargs), None)
-    return x if isinstance(x, torch.Tensor) else None
-
-
-def _diffusers_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """diffusers' WanAttnProcessor ``apply_rotary_emb`` (same operations, same dtypes)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * c - x2 * s
-    out[..., 1::2] = x1 * s + x2 * c
-    return out.type_as(x)
 
 
 class _Call:
@@ -120,7 +103,7 @@ class BlockProbe:
 
     # ---------------------------------------------------------------- attach
     def attach(self, reg: HookRegistry) -> None:
-        namespaces: set[str] = set()
+        namespaces: set[str] = set()  # rotary functions already intercepted
         for name, site in self.sites.items():
             reg.forward_pre(site.expert, self._guard(self._call_hook(name, site)))
             chosen = set(self.indices)
@@ -132,76 +115,20 @@ class BlockProbe:
                     reg.forward(block, self._guard(self._block_post(i, i in chosen, last)))
             if self.reach:
                 for i in self.indices:
-                    self._attach_attention(reg, site, i)
-                if site.convention == "wan_repo":
-                    ns = _wan_repo_namespace(site.expert)["__name__"]  # type: ignore[index]
-                    if ns not in namespaces:
-                        namespaces.add(ns)
-                        reg.intercept(sys.modules[ns], "rope_apply", self._rope_listener())
+                    install_qk(reg, site, i, self._rows, self._deliver(i), self._guard, self._attn, namespaces)
 
-    def _attach_attention(self, reg: HookRegistry, site: BlockSite, i: int) -> None:
-        attn = site.attention(i)
-        state = self._attn
+    def _rows(self, device: torch.device) -> torch.Tensor | None:
+        """Token indices [F'·n] of the sampled queries of the call in flight (None outside a probed call)."""
+        call = self._calls[-1] if self._calls else None
+        return None if call is None else self._query_index(call, device).flatten()
 
-        def pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            x = _first_tensor(args, kwargs, ("x", "hidden_states"))
-            rot = args[3] if len(args) > 3 else kwargs.get("rotary_emb")
-            state.active = {"block": i, "dtype": None if x is None else x.dtype, "rope": [], "rotary": rot}
-
-        def post(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            active, state.active = getattr(state, "active", None), None
+    def _deliver(self, i: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        def deliver(q: torch.Tensor, k: torch.Tensor) -> None:
             call = self._calls[-1] if self._calls else None
-            if active is None or call is None:
-                return
-            if site.convention == "wan_repo":
-                if len(active["rope"]) != 2:
-                    raise BlockProbeError(f"block {i}'s self-attention called rope_apply {len(active['rope'])} "
-                                          "times, not twice (q, k)")
-                q, k = active["rope"]
-            else:
-                q, k = active.get("q"), active.get("k")
-                if q is None or k is None:
-                    raise BlockProbeError(f"block {i}'s attn1 did not run norm_q and norm_k")
-                heads = int(module.heads)
-                q, k = q.unflatten(2, (heads, -1)), k.unflatten(2, (heads, -1))
-                idx = self._query_index(call, q.device).flatten()
-                q = q[:, idx]
-                rot = active["rotary"]
-                if rot is not None:  # as WanAttnProcessor: rotate after the heads split (rows of the sampled queries)
-                    cos, sin = rot
-                    k = _diffusers_rotary(k, cos, sin)
-                    q = _diffusers_rotary(q, cos[:, idx], sin[:, idx])
-                self._reach(call, i, q, k, already_sampled=True)
-                return
-            self._reach(call, i, q, k)
+            if call is not None:
+                self._reach(call, i, q, k)
 
-        reg.forward_pre(attn, self._guard(pre))
-        reg.forward(attn, self._guard(post))
-        if site.convention == "diffusers_wan":
-            for which in ("q", "k"):
-                reg.forward(getattr(attn, f"norm_{which}"), self._guard(self._norm_hook(which)))
-
-    def _norm_hook(self, which: str) -> Callable:
-        state = self._attn
-
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            active = getattr(state, "active", None)
-            if active is not None and isinstance(output, torch.Tensor):
-                active[which] = output
-
-        return hook
-
-    def _rope_listener(self) -> Callable:
-        state = self._attn
-
-        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-            out = call_next(*args, **kwargs)
-            active = getattr(state, "active", None)
-            if active is not None and isinstance(out, torch.Tensor) and len(active["rope"]) < 2:
-                active["rope"].append(out if active["dtype"] is None else out.to(active["dtype"]))
-            return out
-
-        return listener
+        return deliver
 
     # ---------------------------------------------------------------- hooks
     def _call_hook(self, name: str, site: BlockSite) -> Callable:
@@ -224,7 +151,7 @@ class BlockProbe:
             call = self._calls[-1] if self._calls else None
             if call is None:
                 return
-            x = _first_tensor(args, kwargs, ("x", "hidden_states"))
+            x = block_input(args, kwargs)
             if x is None:
                 raise BlockProbeError(f"block {i} was called without a hidden-state tensor first")
             call.sums.setdefault(i, {})["_in"] = x
@@ -266,12 +193,9 @@ class BlockProbe:
             idx = self._queries[key] = sample_queries(call.frames, call.tokens, self.reach, REACH_SEED).to(device)
         return idx
 
-    def _sampled(self, q: torch.Tensor, call: _Call) -> torch.Tensor:
-        return q[:, self._query_index(call, q.device).flatten()]
-
-    def _reach(self, call: _Call, i: int, q: torch.Tensor, k: torch.Tensor, already_sampled: bool = False) -> None:
-        qs = q if already_sampled else self._sampled(q, call)
-        qs = qs.unflatten(1, (call.frames, -1))  # [B, F', n, H, d]
+    def _reach(self, call: _Call, i: int, q: torch.Tensor, k: torch.Tensor) -> None:
+        """``q`` [B, F'·n, H, d] of the sampled queries, ``k`` [B, N, H, d], as the attention uses them."""
+        qs = q.unflatten(1, (call.frames, -1))  # [B, F', n, H, d]
         scale = 1.0 / math.sqrt(q.shape[-1])
         call.sums.setdefault(i, {})["reach"] = temporal_reach(qs, k, call.frames, call.tokens, scale)
 

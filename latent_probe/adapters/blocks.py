@@ -19,15 +19,18 @@ Tokens are frame-major, (f, h, w), in both: token n belongs to frame n // (H'·W
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from ..hooks import HookRegistry
 from .base import TargetParts, UnsupportedTargetError
 from .rope import _wan_repo_namespace
 
-__all__ = ["BLOCK_CONVENTIONS", "BlockSite", "block_site", "parse_blocks", "token_grid"]
+__all__ = ["BLOCK_CONVENTIONS", "BlockSite", "QKError", "block_input", "block_site", "install_qk", "parse_blocks",
+           "token_grid"]
 
 BLOCK_CONVENTIONS = ("wan_repo", "diffusers_wan")
 _DIFFUSERS_PROCESSORS = ("WanAttnProcessor", "WanAttnProcessor2_0")
@@ -134,3 +137,96 @@ def parse_blocks(spec: Any, count: int) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ValueError(f"blocks={spec!r} names a block twice")
     return tuple(sorted(out))
+
+
+def block_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The hidden states [B, N, D] a block (or its self-attention) was called with."""
+    x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+    return x if isinstance(x, torch.Tensor) else None
+
+
+def _diffusers_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' WanAttnProcessor ``apply_rotary_emb`` (the same operations in the same dtypes)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * c - x2 * s
+    out[..., 1::2] = x1 * s + x2 * c
+    return out.type_as(x)
+
+
+class QKError(UnsupportedTargetError):
+    """A self-attention call did not compute q and k the way its convention says."""
+
+
+def install_qk(reg: HookRegistry, site: BlockSite, index: int, rows: Callable[[torch.device], torch.Tensor | None],
+               deliver: Callable[[torch.Tensor, torch.Tensor], None], guard: Callable[[Callable], Callable],
+               state: Any, namespaces: set[str]) -> None:
+    """Hooks on block ``index``'s self-attention that call ``deliver(q [B, Q, H, d], k [B, N, H, d])`` after each
+    call: q of the token rows ``rows(device)`` chooses (None: the call is not probed) and k of every token, exactly
+    as the attention computes them. ``guard`` wraps every hook (so none raises into the model); ``state`` is a
+    thread-local of the caller's, shared by its hooks; ``namespaces`` the modules whose ``rope_apply`` is already
+    intercepted (Wan2.2: once per module)."""
+    attn = site.attention(index)
+
+    def pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = block_input(args, kwargs)
+        rot = args[3] if len(args) > 3 else kwargs.get("rotary_emb")
+        state.active = {"dtype": None if x is None else x.dtype, "rope": [], "rotary": rot}
+
+    def post(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        active, state.active = getattr(state, "active", None), None
+        if active is None:
+            return
+        if site.convention == "wan_repo":
+            if len(active["rope"]) != 2:
+                raise QKError(f"block {index}'s self-attention called rope_apply {len(active['rope'])} times, not "
+                              "twice (q, k)")
+            q, k = active["rope"]
+            idx = rows(q.device)
+            if idx is not None:
+                deliver(q[:, idx], k)
+            return
+        q, k = active.get("q"), active.get("k")
+        if q is None or k is None:
+            raise QKError(f"block {index}'s attn1 did not run norm_q and norm_k")
+        idx = rows(q.device)
+        if idx is None:
+            return
+        heads = int(module.heads)
+        q, k = q.unflatten(2, (heads, -1))[:, idx], k.unflatten(2, (heads, -1))
+        rot = active["rotary"]
+        if rot is not None:  # as WanAttnProcessor: rotated after the heads split (the sampled rows of the table)
+            cos, sin = rot
+            k = _diffusers_rotary(k, cos, sin)
+            q = _diffusers_rotary(q, cos[:, idx], sin[:, idx])
+        deliver(q, k)
+
+    def norm(which: str) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            active = getattr(state, "active", None)
+            if active is not None and isinstance(output, torch.Tensor):
+                active[which] = output
+
+        return hook
+
+    def rope_listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+        out = call_next(*args, **kwargs)  # always exactly once, whatever follows
+        guard(keep)(out)
+        return out
+
+    def keep(out: Any) -> None:
+        active = getattr(state, "active", None)
+        if active is not None and isinstance(out, torch.Tensor) and len(active["rope"]) < 2:
+            active["rope"].append(out if active["dtype"] is None else out.to(active["dtype"]))  # the module's cast
+
+    reg.forward_pre(attn, guard(pre))
+    reg.forward(attn, guard(post))
+    if site.convention == "diffusers_wan":
+        for which in ("q", "k"):
+            reg.forward(getattr(attn, f"norm_{which}"), guard(norm(which)))
+    else:
+        ns = _wan_repo_namespace(site.expert)
+        if ns is not None and ns["__name__"] not in namespaces:
+            namespaces.add(ns["__name__"])
+            reg.intercept(sys.modules[ns["__name__"]], "rope_apply", rope_listener)
