@@ -92,6 +92,7 @@ class BlockProbe:
             except Exception as exc:
                 self.failed = (f"{exc}".splitlines() or [type(exc).__name__])[0]
                 self._attn.active = None
+                self._prev_update.clear()  # give the device memory back to the generation
             return None
 
         return hook
@@ -138,6 +139,8 @@ class BlockProbe:
             shape = (call.frames, call.tokens)
             if self.shape is None:
                 self.shape = shape
+                if self.change:
+                    self._check_memory(site, call)
             elif shape != self.shape:
                 raise BlockProbeError(f"a DiT call has {shape[0]} frames of {shape[1]} tokens; the run's first had "
                                       f"{self.shape[0]} of {self.shape[1]}")
@@ -145,6 +148,19 @@ class BlockProbe:
                 self._calls.append(call)
 
         return hook
+
+    def _check_memory(self, site: BlockSite, call: _Call) -> None:
+        """Refuse (at the first DiT call, before any update is kept) a step change whose kept updates — float32,
+        blocks × 2 branches × B·F'·T·D values — would take more than half the device's free memory."""
+        param = next(site.expert.parameters(), None)
+        if param is None or param.device.type != "cuda":
+            return
+        need = len(self.indices) * 2 * call.batch * call.frames * call.tokens * site.width() * 4
+        free, _ = torch.cuda.mem_get_info(param.device)
+        if need > free // 2:
+            raise BlockProbeError(f"block_change=True would keep {need / 2**30:.1f} GiB of previous updates for "
+                                  f"{len(self.indices)} blocks ({free / 2**30:.1f} GiB free); probe fewer blocks "
+                                  "(blocks='every:4') or pass block_change=False")
 
     def _block_pre(self, i: int, first: bool) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:

@@ -49,6 +49,13 @@ class BlockSite:
         block = self.blocks[index]
         return block.self_attn if self.convention == "wan_repo" else block.attn1
 
+    def width(self) -> int:
+        """D, the hidden states' channels."""
+        if self.convention == "wan_repo":
+            return int(self.expert.dim)
+        cfg = self.expert.config
+        return int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
+
     def heads(self, index: int) -> int:
         attn = self.attention(index)
         return int(attn.num_heads if self.convention == "wan_repo" else attn.heads)
