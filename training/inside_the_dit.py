@@ -150,6 +150,8 @@ def main() -> None:
                           "uniform": float((uniform * d).sum()),
                           "control": (ctrl["reach"] * d).sum(-1).mean(1).tolist()},
         "skip_map": skips,
+        "per_run": {"keys": [list(k) for k in sorted(runs)], "change": changes.tolist(),
+                    "continuity": np.stack([runs[k]["continuity"] for k in sorted(runs)]).tolist()},
     }
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json} ({time.time() - t0:.0f} s)")

@@ -181,6 +181,7 @@ def install_qk(reg: HookRegistry, site: BlockSite, index: int, rows: Callable[[t
         rot = args[3] if len(args) > 3 else kwargs.get("rotary_emb")
         state.active = {"dtype": None if x is None else x.dtype, "rope": [], "rotary": rot}
 
+    @torch.no_grad()
     def post(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         active, state.active = getattr(state, "active", None), None
         if active is None:
