@@ -6,7 +6,9 @@ Conventions, named in ``TargetParts.blocks``:
   ``block(x [B, seq_len, D], e=…, seq_lens=…, grid_sizes=…, freqs=…, …)``; ``x`` is padded with zeros past the
   F'·H'·W' real tokens up to ``seq_len``. The expert is called with a list of [C, F, H, W] latents; the token grid
   is (F/p_t, H/p_h, W/p_w) with ``expert.patch_size``. Self-attention is ``block.self_attn``; its q and k are the
-  results of the two calls of the module-level ``rope_apply`` made inside it (q first), cast to the input's dtype.
+  results of the two calls of the module-level ``rope_apply`` made inside it (q first), cast to the input's dtype,
+  then — where the attention calls Wan2.2's ``flash_attention``, whose default ``dtype=torch.bfloat16`` casts
+  float32 q and k — to bfloat16, as that function does. A windowed self-attention is refused for the reach.
 * ``"diffusers_wan"`` — diffusers' ``WanTransformer3DModel``: ``expert.blocks`` called as
   ``block(hidden_states [B, F'·H'·W', D], encoder_hidden_states, temb, rotary_emb)``; the expert takes
   ``hidden_states`` [B, C, F, H, W] and ``config.patch_size``. Self-attention is ``block.attn1``; q and k are
@@ -82,6 +84,10 @@ def block_site(parts: TargetParts, name: str, expert: torch.nn.Module, reach: bo
                                          "module-level rope_apply(x, grid_sizes, freqs)")
         if not all(hasattr(b, "self_attn") for b in blocks):
             raise UnsupportedTargetError(f"blocks=: the blocks of {name} have no self_attn")
+        windows = {tuple(getattr(b.self_attn, "window_size", (-1, -1))) for b in blocks}
+        if reach and windows != {(-1, -1)}:
+            raise UnsupportedTargetError(f"attention_reach=: {name}'s self-attention is windowed {sorted(windows)}; "
+                                         "the reach over all keys would not be what it attends to")
     elif convention == "diffusers_wan":
         patch = tuple(getattr(getattr(expert, "config", None), "patch_size", ()) or ())
         if not all(hasattr(b, "attn1") for b in blocks):
@@ -162,6 +168,9 @@ def _diffusers_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     return out.type_as(x)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 class QKError(UnsupportedTargetError):
     """A self-attention call did not compute q and k the way its convention says."""
 
@@ -175,6 +184,8 @@ def install_qk(reg: HookRegistry, site: BlockSite, index: int, rows: Callable[[t
     thread-local of the caller's, shared by its hooks; ``namespaces`` the modules whose ``rope_apply`` is already
     intercepted (Wan2.2: once per module)."""
     attn = site.attention(index)
+    code = getattr(getattr(type(attn), "forward", None), "__code__", None)
+    flash = site.convention == "wan_repo" and code is not None and "flash_attention" in code.co_names
 
     def pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         x = block_input(args, kwargs)
@@ -191,6 +202,8 @@ def install_qk(reg: HookRegistry, site: BlockSite, index: int, rows: Callable[[t
                 raise QKError(f"block {index}'s self-attention called rope_apply {len(active['rope'])} times, not "
                               "twice (q, k)")
             q, k = active["rope"]
+            if flash and q.dtype not in _HALF:  # Wan2.2's flash_attention(…, dtype=bfloat16) casts q and k: half(x)
+                q, k = q.to(torch.bfloat16), k.to(torch.bfloat16)
             idx = rows(q.device)
             if idx is not None:
                 deliver(q[:, idx], k)
