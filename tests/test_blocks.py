@@ -132,6 +132,20 @@ def test_wan_repo_chosen_blocks_and_metrics_only(t2v, tmp_path):
         ref = reference(rec.calls, KW["sampling_steps"])
         np.testing.assert_allclose(m["cos"], ref["cos"][:, :, :, [1]], rtol=0, atol=1e-6)
         np.testing.assert_allclose(m["mag"], ref["mag"], rtol=1e-12, equal_nan=True)
+    # a file whose block tables were cut short or do not fit together is refused when read, never misread
+    import h5py
+
+    from latent_probe.store.validate import RunFileError
+
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        f["blocks/upd"].resize(3, axis=0)
+    with open_run(tmp_path / "c.h5") as run, pytest.raises(RunFileError, match="holds 3 steps of the 6 committed"):
+        run.blocks.sums()
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        del f["blocks/upd"]
+        f.create_dataset("blocks/upd", data=np.zeros((6, 2, 1, 2, 2)), chunks=(6, 2, 1, 2, 2))
+    with open_run(tmp_path / "c.h5") as run, pytest.raises(RunFileError, match="holds 2 blocks, the run probed 1"):
+        run.blocks.metrics()
 
 
 def test_wan_repo_temporal_reach_equals_dense_softmax_of_the_attention_inputs(t2v, tmp_path, monkeypatch):
