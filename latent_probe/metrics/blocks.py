@@ -67,7 +67,7 @@ def block_call_sums(x_in: torch.Tensor, x_out: torch.Tensor, frames: int, tokens
         sums.update(sq=st.sq, dot=st.dot, dd=st.diff_sq)
     n = frames * tokens
     x_in = x_in.detach()[:, :n].reshape(b, -1)
-    u = _wide(x_out.detach()[:, :n].reshape(b, -1)) - _wide(x_in)
+    u = torch.sub(_wide(x_out.detach()[:, :n].reshape(b, -1)), x_in)  # x_in widened inside the kernel: no copy
     f64 = torch.float64
     sums["upd"] = torch.stack([torch.linalg.vector_norm(u, dim=1, dtype=f64) ** 2,
                                torch.linalg.vector_norm(x_in, dim=1, dtype=f64) ** 2], 1)
@@ -91,7 +91,7 @@ def update_change(u: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Ten
 def residual_norms(x_first_in: torch.Tensor, x_last_out: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
     """Per-token norms ‖r_n‖ [B, F'·T] (float64) of the DiT's residual r = last block's output − first's input."""
     n = frames * tokens
-    r = _wide(x_last_out.detach()[:, :n]) - _wide(x_first_in.detach()[:, :n])
+    r = torch.sub(_wide(x_last_out.detach()[:, :n]), x_first_in.detach()[:, :n])
     return torch.linalg.vector_norm(r, dim=-1, dtype=torch.float64)
 
 
