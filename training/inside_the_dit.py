@@ -167,7 +167,8 @@ def figures(out: dict, prefix: str) -> None:
     st = out["settings"]
     uniform = np.asarray(out["reach"]["uniform"])
     local = lambda r: np.asarray(r)[..., :2].sum(-1) / uniform[:2].sum()  # noqa: E731 - mass at d ≤ 1 ÷ uniform's
-    tables = {n: np.asarray(out[n]["mean"]) for n in ("continuity", "update", "change")}
+    tables = {n: np.asarray(out[n]["mean"]) for n in ("update", "change")}
+    tables["excess"] = np.asarray(out["continuity"]["mean"]) - np.asarray(out["continuity_floor"]["mean"])
     tables["locality"] = local(out["reach"]["by_block"])
     heat = block_heatmaps(tables, blocks, sig, exp,
                           title=f"organism: mean of {len(st['prompts'])} prompts × {st['seeds']} seeds (cond branch)")

@@ -14,6 +14,7 @@ __all__ = ["step_block_tables", "block_heatmaps", "reach_curves", "HEATMAP_PANEL
 
 HEATMAP_PANELS = (
     ("continuity", "adjacent-frame cosine of the block output", "Viridis"),
+    ("excess", "adjacent-frame cosine − cross-clip floor", "Viridis"),
     ("update", "update size ‖out − in‖ / ‖in‖", "Magma"),
     ("change", "step-to-step change of the update (rel. L1)", "Cividis"),
     ("locality", "attention at d ≤ 1 ÷ uniform", "Plasma"),
