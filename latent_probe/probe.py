@@ -133,6 +133,8 @@ class LatentProbe:
         block_change: bool = True,
     ) -> None:
         capture, metrics, selection = storage_options(capture, metrics, latent_steps, cfg_branches, blocks)
+        if not isinstance(block_change, bool):
+            raise ValueError(f"block_change must be True or False, got {block_change!r}")
         if blocks is None and attention_reach:
             raise ValueError("attention_reach= is measured in the probed blocks: give blocks= too")
         if blocks is not None and intervene is not None:

@@ -270,6 +270,8 @@ def test_unknown_block_layouts_and_bad_options_are_refused_at_entry(t2v, two_exp
         LatentProbe(t2v, None, attention_reach=8)
     with pytest.raises(ValueError, match="attention_reach"):
         LatentProbe(t2v, None, blocks="all", attention_reach=-1).__enter__()
+    with pytest.raises(ValueError, match="block_change must be True or False"):
+        LatentProbe(t2v, None, blocks="all", block_change="no")
     with pytest.raises(ValueError, match="intervene="):
         LatentProbe(t2v, None, blocks="all", intervene=FrameTruncation(keep=2))
     assert not t2v.high_noise_model.blocks[0]._forward_hooks and not t2v.high_noise_model._forward_pre_hooks
