@@ -33,6 +33,11 @@ BRANCH_NAMES = ("cond", "uncond")
 REACH_SEED = 0
 
 
+def free_device_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device (None elsewhere: host memory is not checked)."""
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+
+
 class BlockProbeError(LayoutError):
     """A DiT call does not fit the block layout fixed at the run's first step (recording stops, the generation goes
     on)."""
@@ -153,10 +158,10 @@ class BlockProbe:
         """Refuse (at the first DiT call, before any update is kept) a step change whose kept updates — float32,
         blocks × 2 branches × B·F'·T·D values — would take more than half the device's free memory."""
         param = next(site.expert.parameters(), None)
-        if param is None or param.device.type != "cuda":
+        free = None if param is None else free_device_bytes(param.device)
+        if free is None:
             return
         need = len(self.indices) * 2 * call.batch * call.frames * call.tokens * site.width() * 4
-        free, _ = torch.cuda.mem_get_info(param.device)
         if need > free // 2:
             raise BlockProbeError(f"block_change=True would keep {need / 2**30:.1f} GiB of previous updates for "
                                   f"{len(self.indices)} blocks ({free / 2**30:.1f} GiB free); probe fewer blocks "

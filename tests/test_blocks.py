@@ -300,3 +300,21 @@ def test_update_sums_of_half_precision_blocks_are_exact(dtype):
     np.testing.assert_allclose((change[:, 0] / change[:, 1]).numpy(), ref, rtol=1e-6)
     np.testing.assert_allclose(residual_norms(x_in, x_out, frames, tokens).numpy(),
                                np.linalg.norm(b - a, axis=-1), rtol=1e-12)
+
+
+def test_kept_updates_that_would_not_fit_stop_recording_not_the_generation(t2v, monkeypatch):
+    """block_change keeps blocks × 2 × F'·T·D float32 values on the device; more than half the free memory is refused
+    at the first DiT call: recording stops with the reason, the generation goes on unchanged."""
+    import latent_probe.block_probe as bp
+
+    base = t2v.generate("a cat", **KW)
+    need = 2 * 2 * 1 * FRAMES * TOKENS * 32 * 4  # 2 blocks, 2 branches, B = 1, D = 32, float32
+    monkeypatch.setattr(bp, "free_device_bytes", lambda device: 2 * need - 2)
+    with pytest.warns(RuntimeWarning, match="block_change=True would keep .* probe fewer blocks"):
+        with LatentProbe(t2v, None, capture=(), blocks="all") as probe:
+            out = t2v.generate("a cat", **KW)
+    assert torch.equal(base, out) and probe.runs == []
+    monkeypatch.setattr(bp, "free_device_bytes", lambda device: 2 * need)  # exactly half: allowed
+    with LatentProbe(t2v, None, capture=(), blocks="all") as probe:
+        t2v.generate("a cat", **KW)
+    assert probe.run.num_steps == KW["sampling_steps"]
