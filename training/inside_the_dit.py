@@ -131,6 +131,11 @@ def main() -> None:
     reach_mean, reach_lo, reach_hi = bootstrap(reach_blocks)
     mean_d = (per_prompt["reach"] * d).sum(-1)  # [P, S, block] expected frame distance of attention mass
     md = bootstrap(mean_d.mean(2))
+    # early vs late on the same clips (paired): per prompt, first step − last step, and high-noise − low-noise mean
+    high = np.array([e == info["experts"][0] for e in info["experts"]])
+    md_prompt = mean_d.mean(2)  # [P, S]
+    paired = {"first_minus_last": bootstrap(md_prompt[:, 0] - md_prompt[:, -1]),
+              "high_minus_low": bootstrap(md_prompt[:, high].mean(1) - md_prompt[:, ~high].mean(1))}
     ctrl = {n: np.mean([c[n] for c in controls], 0) for n in names}
     changes = np.stack([runs[k]["change"] for k in sorted(runs)])  # [runs, S, block]
     skips = skip_map(changes, info["experts"], info["blocks"], args.threshold)
@@ -148,7 +153,9 @@ def main() -> None:
                   "control": ctrl["reach"].mean(1).tolist()},
         "mean_distance": {"mean": md[0].tolist(), "lo": md[1].tolist(), "hi": md[2].tolist(),
                           "uniform": float((uniform * d).sum()),
-                          "control": (ctrl["reach"] * d).sum(-1).mean(1).tolist()},
+                          "control": (ctrl["reach"] * d).sum(-1).mean(1).tolist(),
+                          "paired": {k: [float(v) for v in t] for k, t in paired.items()},
+                          "per_prompt": md_prompt.tolist()},
         "skip_map": skips,
         "per_run": {"keys": [list(k) for k in sorted(runs)], "change": changes.tolist(),
                     "continuity": np.stack([runs[k]["continuity"] for k in sorted(runs)]).tolist()},
