@@ -141,7 +141,7 @@ class StepCapture:
     def __init__(self, parts: TargetParts, first_writer: RunWriter | None, capture: tuple[str, ...],
                  cfg_branches: bool, parameterization: Parameterization | None, attrs: dict[str, Any],
                  open_writer: Callable[[int], RunWriter | None] | None = None, online: Any = None,
-                 latent_steps: LatentSteps | None = None) -> None:
+                 latent_steps: LatentSteps | None = None, blocks: Any = None) -> None:
         self.parts = parts
         self.writer = first_writer  # the current (or next) generation's writer
         self._writer_generation = 1  # the generation self.writer records
@@ -151,6 +151,7 @@ class StepCapture:
         self.cfg_branches = cfg_branches
         self._fixed_param = parameterization
         self.online = online
+        self.blocks = blocks  # block_probe.BlockProbe: its sums travel with the step
         self.latent_steps = None if latent_steps is None or latent_steps.all else latent_steps
         self._chosen: Any = None  # the current generation's resolved latent_steps
         self._params: dict[int, Parameterization] = {}
@@ -190,6 +191,8 @@ class StepCapture:
             self._chosen = None
             if self.online is not None:
                 self.online.reset()
+            if self.blocks is not None:
+                self.blocks.reset()
             if explicit:
                 self._calls = []
 
@@ -313,6 +316,8 @@ class StepCapture:
         self._new_schedule = False
         self.generation_seen += 1
         if self.stopped:
+            if self.blocks is not None:
+                self.blocks.discard()
             return call(*args, **kwargs)
         try:
             model_output, timestep, sample = _step_args(scheduler, args, kwargs)
@@ -411,6 +416,8 @@ class StepCapture:
                     if not _shares_storage(t, sample, model_output):  # ε̂ of ε-prediction *is* the output
                         owned.add(name)
         sums = self.online.step({k: spaces[k] for k in online}) if online else None
+        if self.blocks is not None:
+            sums = {**(sums or {}), **self.blocks.step(x_t.shape[0])}
         if self.cfg_branches:
             for name, t in self._branches(calls, x_t.shape[0]).items():
                 tensors[name] = self._to_stored(t, f"an expert output ({name})")

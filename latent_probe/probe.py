@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import torch
 
 from .adapters import TargetParts, UnsupportedTargetError, resolve_target
+from .block_probe import BlockProbe
 from .capture import BRANCHES, CAPTURABLE, LayoutError, StepCapture, check_step_signature
 from .hooks import HookRegistry, static_lookup
 from .latent_steps import LatentSteps, LatentStepsError
@@ -34,8 +35,8 @@ def _rank() -> int:
     return 0
 
 
-def storage_options(capture: Iterable[str], metrics: Iterable[str], latent_steps: Any, cfg_branches: bool = False
-                    ) -> tuple[tuple[str, ...], tuple[str, ...], LatentSteps]:
+def storage_options(capture: Iterable[str], metrics: Iterable[str], latent_steps: Any, cfg_branches: bool = False,
+                    blocks: Any = None) -> tuple[tuple[str, ...], tuple[str, ...], LatentSteps]:
     """``LatentProbe``'s storage arguments checked and normalised (capture, metrics, the parsed selection); one
     ValueError line for any that cannot work together — raised before anything runs (the study CLI checks its
     options with this before its first job)."""
@@ -59,8 +60,8 @@ def storage_options(capture: Iterable[str], metrics: Iterable[str], latent_steps
     elif not selection.all and not capture and not cfg_branches:
         raise LatentStepsError(f"latent_steps={selection.spec!r} chooses the steps whose latents are stored, but "
                                "capture=() stores none; give capture= or leave latent_steps out")
-    if not capture and not cfg_branches and not metrics:
-        raise ValueError("nothing to record: give capture=, metrics= or cfg_branches=True")
+    if not capture and not cfg_branches and not metrics and blocks is None:
+        raise ValueError("nothing to record: give capture=, metrics=, blocks= or cfg_branches=True")
     return capture, metrics, selection
 
 
@@ -98,6 +99,13 @@ class LatentProbe:
         attrs: extra run attributes (JSON-serialisable), e.g. ``{"prompt": ...}``; names the library writes
             itself (``schema``, ``parameterization``, ``experts``, ``boundary``, ...) are refused.
         intervene: an intervention (e.g. ``FrameTruncation``) — the only way the probe changes a generation.
+        blocks: probe each expert's transformer blocks (latent_probe.block_probe): ``"all"``, ``"every:k"`` or a
+            list of indices; per step, branch and block the adjacent-frame sums of the block output, the update size
+            and its step-to-step change, and MagCache's residual ratio are stored under ``/blocks`` (kilobytes a run).
+        attention_reach: with ``blocks=``, query tokens sampled a frame (seeded) for attention's temporal reach: the
+            share of each head's attention mass at frame distance d (0: off).
+        block_change: keep each probed block's previous update on the device (float32, blocks × 2 × F'·T·D values)
+            for the step-to-step change; False saves that memory.
         on_write_error: ``"raise"`` (default): a failed write — a full disk — ends the generation with one
             WriterError; ``"warn"``: recording stops with one warning and the generation goes on. Either
             way every step committed before stays readable.
@@ -120,8 +128,18 @@ class LatentProbe:
         attrs: dict[str, Any] | None = None,
         intervene: Any = None,
         on_write_error: str = "raise",
+        blocks: Any = None,
+        attention_reach: int = 0,
+        block_change: bool = True,
     ) -> None:
-        capture, metrics, selection = storage_options(capture, metrics, latent_steps, cfg_branches)
+        capture, metrics, selection = storage_options(capture, metrics, latent_steps, cfg_branches, blocks)
+        if not isinstance(block_change, bool):
+            raise ValueError(f"block_change must be True or False, got {block_change!r}")
+        if blocks is None and attention_reach:
+            raise ValueError("attention_reach= is measured in the probed blocks: give blocks= too")
+        if blocks is not None and intervene is not None:
+            raise ValueError("blocks= with intervene=: block probes of DiT calls an intervention changes are not "
+                             "supported yet")
         if on_write_error not in ("raise", "warn"):
             raise ValueError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
         user_attrs = dict(attrs or {})
@@ -146,6 +164,10 @@ class LatentProbe:
         self.attrs = user_attrs
         self.intervene = intervene
         self.on_write_error = on_write_error
+        self.blocks = blocks
+        self.attention_reach = attention_reach
+        self.block_change = block_change
+        self._block_probe: BlockProbe | None = None
         self.parts: TargetParts | None = None
         self.capture_state: StepCapture | None = None
         self._registry = HookRegistry()
@@ -175,6 +197,8 @@ class LatentProbe:
         if self.latent_steps.boundary and parts.attrs.get("boundary_timestep") is None:
             raise LatentStepsError(f"latent_steps={self.latent_steps.spec!r} stores steps around the expert switch, "
                                    f"but this {parts.family} target has one expert (no boundary)")
+        self._block_probe = None if self.blocks is None else BlockProbe(parts, self.blocks, self.attention_reach,
+                                                                         self.block_change)
         self.parts = parts
         self._runs, self._paths, self._memory = None, [], []
         self._probe_id = uuid.uuid4().hex
@@ -190,6 +214,8 @@ class LatentProbe:
         attrs.update(self.attrs)
         if self.intervene is not None:
             attrs["intervention"] = self.intervene.describe()
+        if self._block_probe is not None:
+            attrs["block_probe"] = self._block_probe.describe()
         if writes:
             self._writer_args = dict(attrs=attrs, experts=list(parts.experts), on_error=self.on_write_error,
                                      probe_id=self._probe_id,
@@ -221,7 +247,7 @@ class LatentProbe:
                                          self.parameterization, attrs, open_writer=self._open_generation,
                                          online=OnlineSums(self.metrics) if self.metrics else None,
                                          latent_steps=None if self.latent_steps.all or self.latent_steps.none
-                                         else self.latent_steps)
+                                         else self.latent_steps, blocks=self._block_probe)
         try:
             with _HOOKS_LOCK:
                 try:
@@ -241,6 +267,8 @@ class LatentProbe:
             self.intervene.attach(reg, parts, cap)
         for name, module in parts.experts.items():
             reg.forward(module, cap.forward_hook(name))
+        if cap.blocks is not None:
+            cap.blocks.attach(reg)
         if parts.scheduler is not None:
             reg.intercept(parts.scheduler, "step", cap.step_listener(parts.scheduler))
             if callable(getattr(parts.scheduler, "set_timesteps", None)):

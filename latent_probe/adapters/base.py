@@ -47,6 +47,8 @@ class TargetParts:
     rope: where the experts take their rotary time positions from (adapters/rope.py): ``"diffusers_wan"``
         or ``"wan_repo"``; None: unknown, so frame truncation cannot give key frames their true positions;
         ``rope_refused`` says why, when the adapter knows.
+    blocks: the experts' block convention for block probes (adapters/blocks.py): ``"wan_repo"`` or
+        ``"diffusers_wan"``; None: unknown (``blocks_refused`` says why), so ``blocks=`` is refused.
     guidance_scale: expert name → guidance scale in force for it, or None when unknown.
     call_patches: (owner, attribute, make_listener) — listeners (hooks.py) that read call arguments (prompt,
         seed, size) into ``call_args``; ``make_listener(original)`` returns the listener.
@@ -70,6 +72,8 @@ class TargetParts:
     dit_calls_refused: str | None = None  # why interventions may not slice these DiT calls, when dit_calls is None
     rope: str | None = None
     rope_refused: str | None = None  # why true time positions are not available, when rope is None
+    blocks: str | None = None  # where the experts keep their transformer blocks (adapters/blocks.py)
+    blocks_refused: str | None = None  # why blocks cannot be probed, when blocks is None
     guidance_scale: Callable[[str | None], float | None] = lambda expert: None
     call_patches: list[tuple[Any, str, Callable[[Callable], Callable]]] = field(default_factory=list)
     call_args: dict[str, Any] = field(default_factory=dict)

@@ -194,5 +194,7 @@ def parts(target: Any, layout: str | None = None) -> TargetParts:
         dit_calls=spec.dit_calls,
         dit_calls_refused=spec.dit_calls_refused,
         rope=spec.rope,
+        blocks="diffusers_wan" if spec.rope == "diffusers_wan" else None,
+        blocks_refused=None if spec.rope == "diffusers_wan" else f"block probes are implemented for Wan's DiT only, not {spec.family}",
         rope_refused=None if spec.rope else f"true time positions are implemented for Wan's DiT only, not {spec.family}",
     )

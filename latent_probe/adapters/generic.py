@@ -38,6 +38,8 @@ def parts(target: Any, layout: str = "b c f h w") -> TargetParts:
         experts=experts,
         scheduler=scheduler,
         step_layout=layout,
+        blocks_refused="a (modules, scheduler) target does not say how its blocks are called; block probes need a "
+                       "Wan2.2 repository or diffusers Wan pipeline",
         dit_calls="diffusers",  # documented: the modules take [B, C, F, H, W] first (or as hidden_states)
         attrs={
             "family": "modules",

@@ -94,7 +94,10 @@ def parts(target: Any) -> TargetParts:
         dit_output=_dit_output,
         high_noise_expert="high_noise_model" if {"high_noise_model", "low_noise_model"} <= set(experts) else None,
         dit_calls=None if sp_size > 1 else "wan_repo",
-        rope="wan_repo",  # rope_apply(x, grid_sizes, freqs) in the module of WanModel's self-attention
+        rope="wan_repo",
+        blocks=None if sp_size > 1 else "wan_repo",
+        blocks_refused=(f"Wan2.2's sequence parallelism (sp_size={sp_size}) splits each block's tokens across "
+                        "ranks; block probes see one rank's share") if sp_size > 1 else None,  # rope_apply(x, grid_sizes, freqs) in the module of WanModel's self-attention
         dit_calls_refused=(f"Wan2.2's sequence parallelism (--ulysses_size, sp_size={sp_size}) splits each DiT "
                            "call's tokens across ranks and pads seq_len to a multiple of the world size; slicing "
                            "frames there is not supported yet") if sp_size > 1 else None,

@@ -30,6 +30,7 @@ from .continuity import (
 from .formulas import PairMetrics, PairStats, one_minus_cos, pair_metrics
 from .reductions import frame_pair_stats
 from .run_metrics import RunMetrics  # registers run.metrics (store/accessors.py)
+from .blocks import RunBlocks  # registers run.blocks
 
 __all__ = [
     "AdjacentFrameMetrics",

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import schema
 from .accessors import accessor_of
+from .blocks import BLOCKS_GROUP
 from .liveness import writer_alive
 from .superblock import SuperblockError, UnmarkedFile, held_by_another_process, read_superblock
 from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, check_netcdf_view, chunk_within
@@ -276,7 +277,7 @@ class Run:
             if ls.ndim != 1 or ls.dtype.kind not in "iu":
                 raise RunFileError(f"{where}: /{schema.LATENT_STEP_DIM} is not a list of step numbers")
             self._latent_step_ds = ls
-        if not self._latents and not self._online:
+        if not self._latents and not self._online and BLOCKS_GROUP not in f:
             raise RunFileError(f"{where} holds no latent dataset and no metrics recorded during the run")
         if shape is None:
             stated = self._root_attrs.get("latent_shape")
@@ -879,6 +880,9 @@ class Run:
         ds = xr.open_dataset(store).isel({schema.STEP_DIM: slice(0, self._n)})
         if schema.LATENT_STEP_DIM in ds.dims:  # latents for chosen steps: the committed rows
             ds = ds.isel({schema.LATENT_STEP_DIM: slice(0, self._k)})
+        if BLOCKS_GROUP in self._file:  # the block probes' metrics (run.blocks, registered by latent_probe.metrics)
+            blocks = accessor_of(self, "blocks").to_xarray().drop_vars(["sigma", "expert"])
+            ds = ds.assign(blocks.data_vars).assign_coords(branch=blocks.branch, block=blocks.block)
         return ds
 
     def __repr__(self) -> str:

@@ -158,7 +158,7 @@ RESERVED_ATTRS = frozenset({
     "schema", "schema_version", "library_version", "created", "store_dtype", "layout", "quantities",
     "parameterization", "capture", "cfg_branches", "step_layout", "experts", "intervention", "call_args",
     "generation", "probe_id", "planned_steps", "online", "latent_steps", "latent_shape", "noise_convention",
-    "source_dtypes", "checksum", JSON_KEYS_ATTR, *STATE_FIELDS,
+    "source_dtypes", "checksum", "block_probe", JSON_KEYS_ATTR, *STATE_FIELDS,
 })
 
 

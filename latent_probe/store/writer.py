@@ -323,7 +323,8 @@ class RunWriter:
         tensors: quantity → [B, C, F, H, W]. ``owned`` names tensors the probe created itself and shares
         with nobody (on the CPU they travel by reference). ``attrs`` (first step only) are added to the root
         attributes before the first commit. ``sums``: name → float64 tensor of a fixed shape, stored every step
-        under ``/online/<name>`` (metrics computed during the run; on a GPU they travel with the step's copies).
+        under ``/online/<name>`` (metrics computed during the run; on a GPU they travel with the step's copies); a name
+        starting with "/" (``/blocks/sq``) is that path in the file.
         ``keep_latents=False`` (a writer made with ``latent_rows``): this step's latents are not stored; only
         their shapes and dtypes are read.
         """
@@ -642,7 +643,9 @@ class RunWriter:
         if shapes:
             extra["checksum"] = CHECKSUM
         if sums:
-            extra["online"] = sorted({name.split("/")[0] for name in sums})
+            spaces = sorted({name.split("/")[0] for name in sums if not name.startswith("/")})
+            if spaces:
+                extra["online"] = spaces
         clash = sorted(set(extra) & set(f.attrs))
         if clash:
             raise ValueError(f"attrs {clash} are already set on this run")
@@ -682,10 +685,11 @@ class RunWriter:
             # non-finite values of a space whose sums were computed are flagged at bit ONLINE_BIT0 + j of "nonfinite"
             self._steps_ds.attrs["online_bits"] = self._online_spaces
         if sums:
-            online = f.create_group(schema.ONLINE_GROUP)
+            online = f.create_group(schema.ONLINE_GROUP) if any(not n.startswith("/") for n in sums) else None
             for name, arr in sums.items():
                 rows = max(1, min(schema.SCALE_CHUNK, (1 << 16) // max(1, arr.nbytes)))
-                self._sum_datasets[name] = online.create_dataset(
+                group = f if name.startswith("/") else online  # "/blocks/…": an absolute path (block probes)
+                self._sum_datasets[name] = group.create_dataset(
                     name, shape=(0, *arr.shape), maxshape=(None, *arr.shape), chunks=(rows, *arr.shape),
                     dtype=np.float64)
                 self._sum_shapes[name] = arr.shape
