@@ -83,8 +83,10 @@ LAYERS: dict[str, set[str]] = {
     "store": GROUND | {"parameterization"},
     "capture": GROUND | {"adapters", "hooks", "latent_steps", "parameterization", "store"},
     # the probe ties capture together; the only metrics it uses are the pure online reductions
-    "probe": GROUND | {"adapters", "capture", "hooks", "latent_steps", "parameterization", "store", "metrics",
-                       "interventions"},
+    "probe": GROUND | {"adapters", "capture", "block_probe", "hooks", "latent_steps", "parameterization", "store",
+                       "metrics", "interventions"},
+    # block probes are listeners beside capture (the same registry), reducing with the pure metrics kernels
+    "block_probe": GROUND | {"adapters", "capture", "hooks", "metrics"},
     "metrics": GROUND | {"parameterization", "store"},
     "views": GROUND | {"metrics", "store", "study", "parameterization"},
     "study": GROUND | {"probe", "store", "metrics", "interventions", "adapters", "parameterization"},
