@@ -11,11 +11,11 @@ Classes (``PROMPTS``): 0–3 linear motion of a textured shape over a static mul
 pan over stripes / a checkerboard (the whole frame translates); 8 a disc that appears and later vanishes
 (hard cuts at frames that need not fall on the VAE's 4-frame chunks); 9 a square accelerating from rest.
 
-Fixes against v1's wrong samples, by data (see docs/organism.md "Organism v2"): every prompt now names one
-motion (v1's diagonal class drew four directions and its bar both rotation senses, so one prompt meant
-several motions); the bar is thick at the pixel grid (half width 2.5–3.5 px, not ≈ 1 latent px); the
-checkerboard's cells are 8–14 px (v1: 3.3–5.8 px at 16 px — near the grid's Nyquist limit) and pans are
-purely horizontal.
+Against v1's wrong samples (see docs/organism.md "Organism v2"): every prompt now names one motion — v1's
+diagonal class drew four directions and its bar both rotation senses, so one prompt meant several motions (a
+data fix); pans are purely horizontal. Sizes in latent pixels (÷ 4) are v1's: bar half width 3.5–4.5 px,
+checker cells 14–22 px, stripe periods 16–26 px, so whether the checkerboard comes out right is left to
+capacity and training (the two DiT sizes tell those apart).
 
 ``render(labels, generator)`` → ``ClipsV2``: ``rgb`` [B, 3, F, H, W] in [0, 1] and ``MotionV2``.
 """
@@ -128,7 +128,7 @@ def _params(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]
     x0 = torch.where(cls == 5, _u(g, b, 10.0, 14.0), x0)
     y0 = torch.where(cls == 5, _u(g, b, 20.0, 44.0), y0)
     p.update(x0=x0, y0=y0, vx=vx, vy=vy, size=size, accel=accel)
-    p["width"] = _u(g, b, 2.5, 3.5)                                   # bar half width (px)
+    p["width"] = _u(g, b, 3.5, 4.5)                                   # bar half width (px): v1's ≈ 1 latent px
     p["theta0"] = _u(g, b, 0.0, math.pi)
     p["omega"] = torch.where(cls == 4, _u(g, b, 0.015, 0.030), zero)  # clockwise on screen (y down)
     p["appear"] = torch.where(cls == 8, torch.randint(16, 33, (b,), generator=g, device=dev).float(), zero - 1)
@@ -140,8 +140,8 @@ def _params(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]
     pan_v = _u(g, b, 0.30, 0.60)
     p["pan_vx"] = torch.where(cls == 6, pan_v, torch.where(cls == 7, -pan_v, zero))
     p["stripe_angle"] = _u(g, b, -math.pi / 4, math.pi / 4)         # stripe normal within 45° of x
-    p["period"] = _u(g, b, 10.0, 18.0)                               # stripes (px)
-    p["cell"] = _u(g, b, 8.0, 14.0)                                   # checker cell side (px)
+    p["period"] = _u(g, b, 16.0, 26.0)                               # stripes (px): 4–6.5 latent px
+    p["cell"] = _u(g, b, 14.0, 22.0)                                  # checker cell side (px): 3.5–5.5 latent px
     p["phase"] = _u(g, b, 0.0, 2 * math.pi)
     p["texture"] = torch.rand(b, 3, 2, generator=g, device=dev)       # colours
     p["waves"] = torch.rand(b, 6, 3, generator=g, device=dev)         # static background: angle, period, phase
