@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from latent_probe import LatentProbeError
 from latent_probe.organism import motion_v2, videos_v2
 
 PER_CLASS = 8
@@ -27,7 +28,7 @@ def test_renderer_v2_is_seeded_and_shaped(clips):
     assert torch.equal(again.rgb, videos_v2.render(clips.motion.labels[:10], torch.Generator().manual_seed(5)).rgb)
     assert not torch.equal(again.rgb, other.rgb)
     assert 0 <= float(clips.rgb.min()) and float(clips.rgb.max()) <= 1
-    with pytest.raises(ValueError, match="0..9"):
+    with pytest.raises(LatentProbeError, match="0..9"):
         videos_v2.render(torch.tensor([10]), torch.Generator())
 
 

@@ -58,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @torch.no_grad()
 def encode_dataset(vae, n: int, batch: int, device: torch.device, seed: int = 40_000) -> dict[str, torch.Tensor]:
-    """n class-balanced clips (labels 0, 1, …, 9, 0, …) rendered and encoded → {latents float16 [n, 16, 21, 16, 16],
-    labels [n]} on the CPU."""
+    """n class-balanced clips (labels 0, 1, …, 9, 0, …) rendered and encoded.
+
+    Returns {latents float16 [n, 16, 21, 16, 16], labels [n]} on the CPU."""
     gen = torch.Generator(device).manual_seed(seed)
     labels = torch.arange(n) % len(videos_v2.PROMPTS)
     out = []

@@ -3,7 +3,7 @@
 #   VAE (7 min) → encode 32,768 clips → DiT small (10 min) → DiT large (14 min) → samples + motion tables.
 #   bash training/train_organism_v2.sh                 # OUT=/tmp/orgv2 PYTHON=python by default
 # Writes latent_probe/organism/weights/organism_v2_small.safetensors (+ .json) and checksums_v2.json; the large
-# file goes to $LARGE_DIR (default $OUT: it is ≈ 80 MB, outside the package; the tests skip it when absent),
+# file goes to $LARGE_DIR (default $OUT: it is ≈ 51 MB, outside the package; the tests skip it when absent),
 # its digest into the same checksums_v2.json. Logs, JSON and PNGs in $OUT; copy the PNGs/JSON you keep to docs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

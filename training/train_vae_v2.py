@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
 def windows(n: int, frames: int, gen: torch.Generator) -> torch.Tensor:
@@ -92,7 +93,8 @@ def train(args: argparse.Namespace) -> dict:
         elapsed = time.perf_counter() - start
         if elapsed >= args.budget_s or (args.max_steps and n >= args.max_steps):
             break
-        scale = min(1.0, (n + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / args.budget_s)))
+        cosine = 0.5 * (1 + math.cos(math.pi * elapsed / args.budget_s))
+        scale = min(1.0, (n + 1) / args.warmup) * (0.05 + 0.95 * cosine)
         for group in opt.param_groups:
             group["lr"] = args.lr * scale
         x = windows(args.batch, args.frames, gen)

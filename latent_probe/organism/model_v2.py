@@ -1,7 +1,8 @@
 """Organism v2's configuration, sizes, prompt embeddings and weights files (with checksums); needs ``diffusers``.
 
 Two DiT sizes on the learned VAE's latent [16, 21, 16, 16] (1,344 tokens a call with patch (1, 2, 2)):
-``small`` (v1's DiT: 6 layers, dim 128) and ``large`` (10 layers, dim 320, ≈ 9× the parameters). Both are
+``small`` (v1's DiT: 6 layers, dim 128, 1.78 M a expert) and ``large`` (8 layers, dim 256, FFN 1024: 9.08 M,
+5.1×; sized so a 15-minute GPU budget still trains it for thousands of steps). Both are
 two experts split at Wan's boundary (0.875) and sampled with Wan2.2 T2V-A14B's shift (12).
 
 A weights file (safetensors, float16) holds ``vae.<param>``, ``high_noise.<param>``, ``low_noise.<param>``,
@@ -32,7 +33,7 @@ CHECKSUMS = WEIGHTS_DIR / "checksums_v2.json"
 
 SIZES: dict[str, dict[str, int]] = {
     "small": dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, ffn_dim=512),
-    "large": dict(num_layers=10, num_attention_heads=5, attention_head_dim=64, ffn_dim=1280),
+    "large": dict(num_layers=8, num_attention_heads=4, attention_head_dim=64, ffn_dim=1024),
 }
 
 

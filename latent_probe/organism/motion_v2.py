@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from . import OrganismInputError
 from . import videos_v2 as v2
 from .quality import fit_line, unwrap_orientation
 
@@ -109,7 +110,9 @@ def pan_speed(rgb: torch.Tensor, iterations: int = 6, margin: int = 6) -> torch.
 
 
 def fit_quadratic(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Least squares p(f) = p0 + v0·f + ½·a·f² through the finite rows of [F, D] → (a [D], v0 [D], residual RMS)."""
+    """Least squares p(f) = p0 + v0·f + ½·a·f² through the finite rows of [F, D].
+
+    Returns (a [D], v0 [D], residual RMS)."""
     f = torch.arange(points.shape[0], dtype=torch.float64)
     ok = torch.isfinite(points).all(-1)
     if ok.sum() < 3:
@@ -136,6 +139,8 @@ def _window(mass: torch.Tensor) -> tuple[float, float]:
 def measure(rgb: torch.Tensor, label: int) -> dict[str, float]:
     """Per-class motion statistics of one clip [3, F, H, W] (keys as in ``MODEL`` plus fit residuals)."""
     label = int(label)
+    if rgb.dim() != 4 or rgb.shape[0] != 3:
+        raise OrganismInputError(f"measure takes one RGB clip [3, F, H, W], got {list(rgb.shape)}")
     n = rgb.shape[1]
     out: dict[str, float] = {}
     if label in (0, 1, 2, 3, 5):
@@ -167,7 +172,7 @@ def measure(rgb: torch.Tensor, label: int) -> dict[str, float]:
         out.update(visible=float(torch.isfinite(track).all(-1).double().mean()), accel=float(a[0]),
                    v0=float(v0[0]), vy=float(fit_line(track).velocity[1]), residual_px=res)
     else:
-        raise ValueError(f"organism v2 label must be in 0..{len(v2.PROMPTS) - 1}, got {label}")
+        raise OrganismInputError(f"organism v2 label must be in 0..{len(v2.PROMPTS) - 1}, got {label}")
     return out
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from . import OrganismInputError
+
 __all__ = ["VAE_CONFIG", "build_vae", "encode", "decode", "calibrate", "channel_usage", "psnr",
            "temporal_consistency"]
 
@@ -35,11 +37,13 @@ def build_vae(config: dict[str, Any] | None = None, seed: int | None = None) -> 
     cfg.setdefault("latents_mean", [0.0] * cfg["z_dim"])
     cfg.setdefault("latents_std", [1.0] * cfg["z_dim"])
     if len(cfg["temperal_downsample"]) != len(cfg["dim_mult"]) - 1:
-        raise ValueError(f"temperal_downsample needs {len(cfg['dim_mult']) - 1} entries (one per down-sampling), "
+        raise OrganismInputError(f"temperal_downsample needs {len(cfg['dim_mult']) - 1} entries (one per "
+                                 "down-sampling), "
                          f"got {cfg['temperal_downsample']}")
     if cfg["scale_factor_spatial"] != 2 ** (len(cfg["dim_mult"]) - 1) or \
             cfg["scale_factor_temporal"] != 2 ** sum(cfg["temperal_downsample"]):
-        raise ValueError("scale_factor_spatial / scale_factor_temporal must match dim_mult / temperal_downsample")
+        raise OrganismInputError("scale_factor_spatial / scale_factor_temporal must match dim_mult / "
+                                 "temperal_downsample")
     if seed is not None:
         torch.manual_seed(seed)
     return AutoencoderKLWan(**cfg).eval()

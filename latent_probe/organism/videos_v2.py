@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import OrganismInputError
+
 __all__ = ["PROMPTS", "FRAMES", "SIZE", "LATENT_FRAMES", "COLORS", "CLASS_COLOR", "MotionV2", "ClipsV2",
            "render", "render_clip", "sample_labels"]
 
@@ -256,7 +258,7 @@ def render(labels: torch.Tensor, generator: torch.Generator) -> ClipsV2:
     """One clip per label (indices into ``PROMPTS``) on the generator's device; deterministic in the seed."""
     labels = labels.to(generator.device).long()
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(PROMPTS)):
-        raise ValueError(f"organism v2 labels must be in 0..{len(PROMPTS) - 1}, got {labels.tolist()}")
+        raise OrganismInputError(f"organism v2 labels must be in 0..{len(PROMPTS) - 1}, got {labels.tolist()}")
     p = _params(labels, generator)
     motion = _motion(labels, p)
     img = _background(labels, p, motion)
