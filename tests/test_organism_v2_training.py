@@ -36,10 +36,12 @@ def test_dit_training_smoke_writes_a_file_the_loader_accepts(tmp_path):
     vae = vae_v2.build_vae({"base_dim": 8}, seed=0)
     save_vae(tmp_path / "vae.safetensors", vae)
     registry = tmp_path / "checksums_v2.json"
-    assert train_organism_v2.main(["--size", "small", "--vae", str(tmp_path / "vae.safetensors"),
-                                   "--latents", str(tmp_path / "latents.pt"), "--encode", "2", "--encode-batch", "2",
-                                   "--device", "cpu", "--max-steps", "3", "--batch", "1", "--val-clips", "1",
-                                   "--out", str(tmp_path), "--checksums", str(registry)]) == 0
+    common = ["--size", "small", "--vae", str(tmp_path / "vae.safetensors"), "--latents", str(tmp_path / "latents.pt"),
+              "--device", "cpu", "--out", str(tmp_path)]
+    assert train_organism_v2.main(common + ["--encode", "2", "--encode-batch", "2", "--encode-only"]) == 0
+    assert (tmp_path / "latents.pt").is_file() and not (tmp_path / "organism_v2_small.safetensors").exists()
+    assert train_organism_v2.main(common + ["--max-steps", "3", "--batch", "1", "--val-clips", "1",   # cached latents
+                                            "--checksums", str(registry)]) == 0
     data = torch.load(tmp_path / "latents.pt")
     assert data["latents"].shape == (2, 16, 21, 16, 16) and data["labels"].tolist() == [0, 1]
     path = tmp_path / "organism_v2_small.safetensors"

@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latents", required=True, help="cached latents (.pt); written first when absent")
     ap.add_argument("--encode", type=int, default=32768, help="clips to encode when --latents is absent")
     ap.add_argument("--encode-batch", type=int, default=64)
+    ap.add_argument("--encode-only", action="store_true", help="write --latents and stop (no training)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--checksums", default=None, help="checksum registry to update (default <out>/checksums_v2.json)")
     # v1's training options (same defaults)
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"encoded {args.encode} clips in {time.perf_counter() - t0:.0f}s → {latents_path}", flush=True)
     if data.get("vae_sha256", sha256(args.vae)) != sha256(args.vae):
         raise SystemExit(f"{latents_path} was encoded by another VAE than {args.vae}; delete it to re-encode")
+    if args.encode_only:
+        return 0
     lat = data["latents"].float()
     print(f"latent mean {float(lat.mean()):.3f} std {float(lat.std()):.3f} (normalised: ≈ 0, 1)", flush=True)
     trainer = LatentTrainer(args, config, data)
