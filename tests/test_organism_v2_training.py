@@ -27,6 +27,7 @@ def test_vae_training_smoke(tmp_path):
     meta = json.loads((tmp_path / "organism_v2_vae.json").read_text())
     assert meta["steps"] == 2 and meta["metrics"]["latent_shape"] == [16, 2, 16, 16]
     assert len(meta["metrics"]["channel_share"]) == 16 and len(meta["metrics"]["per_class"]) == 10
+    assert 0 <= meta["metrics"]["channels_used"] <= 16
     assert (tmp_path / "organism_v2_vae.safetensors").stat().st_size < 2 * 2**20
 
 

@@ -30,6 +30,8 @@ def test_renderer_v2_is_seeded_and_shaped(clips):
     assert 0 <= float(clips.rgb.min()) and float(clips.rgb.max()) <= 1
     with pytest.raises(LatentProbeError, match="0..9"):
         videos_v2.render(torch.tensor([10]), torch.Generator())
+    with pytest.raises(LatentProbeError, match=r"\[3, F, H, W\]"):
+        motion_v2.measure(clips.rgb[0].transpose(0, 1), 0)
 
 
 def test_backgrounds_have_texture_for_the_vae(clips):

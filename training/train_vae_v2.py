@@ -157,6 +157,7 @@ def evaluate(vae, args: argparse.Namespace) -> dict:
             "temporal_error": round(sum(v["temporal_error"] for v in per_class.values()) / len(per_class), 4),
             "channel_share": [round(float(u), 4) for u in usage], "latent_shape": list(z.shape[1:]),
             "min_channel_share": round(float(usage.min()), 4),
+            "channels_used": int((usage >= 0.01).sum()),     # of 16; a channel with < 1 % of the variance is idle
             "normalised_std": round(float(z.std()), 3)}
 
 
