@@ -1,5 +1,9 @@
 """A model organism: a small two-expert video DiT trained here on procedural videos (needs ``diffusers``).
 
+``load_organism(size="v1")`` (the default) is the packaged v1 organism described below; ``size="small"`` or
+``"large"`` loads organism v2 (a learned causal video VAE as ``pipe.vae``, 64×64 pixels, 81 frames, shift 12;
+see ``pipeline_v2`` and docs/organism.md), its weights file checked against a recorded SHA-256.
+
 ``load_organism()`` builds a real diffusers ``WanPipeline`` around two small ``WanTransformer3DModel``
 experts (high-noise above the σ boundary, low-noise below, like Wan2.2 A14B) read from
 ``weights/organism.safetensors``, so probes and interventions run their real code on a model whose
@@ -25,7 +29,7 @@ from .model import (EXPERTS, OrganismConfig, OrganismWeightsError, build_transfo
                     null_embedding, prompt_embeddings)
 
 __all__ = ["Organism", "OrganismInputError", "OrganismWeightsError", "OrganismConfig", "PROMPTS", "WEIGHTS",
-           "load_organism", "random_organism", "build_pipeline"]
+           "load_organism", "random_organism", "build_pipeline", "SIZES", "OrganismV2", "random_organism_v2"]
 
 PROMPTS = videos.PROMPTS
 WEIGHTS = Path(__file__).parent / "weights" / "organism.safetensors"
@@ -122,11 +126,21 @@ def _organism(config: OrganismConfig, experts: dict[str, Any], prompts: torch.Te
 
 
 def load_organism(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                  path: str | Path | None = None) -> Organism:
+                  path: str | Path | None = None, size: str = "v1", sha256: str | None = None) -> Organism:
     """The trained organism from ``path`` (default: the packaged ``weights/organism.safetensors``).
 
+    ``size``: ``"v1"`` (default, unchanged) or an organism v2 size, ``"small"`` / ``"large"``
+    (``pipeline_v2.load_organism_v2``: default file ``weights/organism_v2_<size>.safetensors``, read only when
+    its SHA-256 is ``sha256`` or the one ``weights/checksums_v2.json`` records).
     Raises ``OrganismWeightsError`` (a ``LatentProbeError``, one line) when the weights file is missing.
     """
+    if size != "v1":
+        if size not in SIZES:
+            raise OrganismWeightsError(f"unknown organism size {size!r}; choose one of "
+                                       f"{['v1', *sorted(SIZES)]}")
+        return load_organism_v2(size, device=device, dtype=dtype, path=path, sha256=sha256)
+    if sha256 is not None:
+        raise OrganismWeightsError("sha256= checks organism v2 files only (size='small' or 'large')")
     config, experts, prompts, null = load_weights(WEIGHTS if path is None else path, "cpu", torch.float32)
     return _organism(config, experts, prompts, null, device, dtype, trained=True)
 
@@ -138,3 +152,7 @@ def random_organism(seed: int = 0, device: str | torch.device = "cpu", dtype: to
     experts = {name: build_transformer(config, seed=seed + i) for i, name in enumerate(EXPERTS)}
     return _organism(config, experts, prompt_embeddings(config), null_embedding(config), device, dtype,
                      trained=False)
+
+
+from .model_v2 import SIZES  # noqa: E402  (organism v2; its pipeline module needs Organism defined above)
+from .pipeline_v2 import OrganismV2, load_organism_v2, random_organism_v2  # noqa: E402
