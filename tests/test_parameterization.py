@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from latent_probe import LatentProbe, LayoutError, Parameterization, UnknownParameterizationError
+from latent_probe import LatentProbe, LayoutError, UnknownParameterizationError
+from latent_probe.parameterization import Parameterization
 from latent_probe.parameterization import parameterization_of
 
 

@@ -14,7 +14,8 @@ from conftest import run_pipe
 from wan.configs import tiny_i2v_config, tiny_t2v_config, tiny_ti2v_config
 
 from latent_probe import LatentProbe, Run
-from latent_probe import compare_truncation, truncation_feasibility
+from latent_probe.app.compare import compare_truncation
+from latent_probe.metrics.feasibility import truncation_feasibility
 from latent_probe.interventions import FrameTruncation, default_keyframes, interpolate_frames
 from latent_probe.views.truncation_text import format_comparison, format_feasibility
 from latent_probe.app.truncation_cmd import add_truncation_parser, truncation_command

@@ -211,10 +211,11 @@ def _warm_up() -> None:
     import torch
 
     import latent_probe
+    import latent_probe.metrics
     import latent_probe.metrics.run_metrics  # noqa: F401
 
     torch.set_num_threads(1)
-    latent_probe.adjacent_frame_metrics(torch.randn(1, 16, 5, 24, 32))
+    latent_probe.metrics.adjacent_frame_metrics(torch.randn(1, 16, 5, 24, 32))
 
 
 def _supervise(cases: list, order: list[int], scratch: str, args: argparse.Namespace) -> None:
