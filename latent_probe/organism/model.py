@@ -147,18 +147,10 @@ def save_weights(path: str | Path, experts: dict[str, torch.nn.Module], config: 
     return path.stat().st_size
 
 
-def load_weights(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-                 ) -> tuple[OrganismConfig, dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Read ``path`` → (config, {expert name: transformer}, prompt embeddings, null embedding).
-
-    Raises ``OrganismWeightsError`` (one line) when the file is missing or its tensors don't fit the config.
-    """
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; a damaged file is one ``OrganismWeightsError`` line."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise OrganismWeightsError(f"organism weights not found: {path} (train them with "
-                                   "training/train_organism.py)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -166,6 +158,20 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", dtype: to
     except Exception as exc:  # noqa: BLE001 — safetensors raises its own types for a damaged file
         raise OrganismWeightsError(f"{path} is not a readable safetensors file: "
                                    f"{' '.join(str(exc).split())[:200]}") from None
+    return meta, tensors
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+                 ) -> tuple[OrganismConfig, dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Read ``path`` → (config, {expert name: transformer}, prompt embeddings, null embedding).
+
+    Raises ``OrganismWeightsError`` (one line) when the file is missing or its tensors don't fit the config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OrganismWeightsError(f"organism weights not found: {path} (train them with "
+                                   "training/train_organism.py)")
+    meta, tensors = read_safetensors(path)
     if "config" not in meta:
         raise OrganismWeightsError(f"{path} has no organism config in its metadata")
     config = OrganismConfig.from_json(meta["config"])

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import videos_v2
-from .model import EXPERTS, OrganismConfig, OrganismWeightsError
+from .model import EXPERTS, OrganismConfig, OrganismWeightsError, read_safetensors
 
 __all__ = ["SIZES", "OrganismV2Config", "config_for", "prompt_embeddings_v2", "null_embedding_v2", "sha256",
            "CHECKSUMS", "WEIGHTS_DIR", "weights_path", "expected_sha256", "save_vae", "read_vae", "save_organism_v2",
@@ -151,8 +151,6 @@ def save_organism_v2(path: str | Path, experts: dict[str, torch.nn.Module], vae:
 
 def _read(path: Path, sha: str | None) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Check the digest, then read metadata and tensors; ``OrganismWeightsError`` (one line) on any problem."""
-    from safetensors import safe_open
-
     if not path.is_file():
         raise OrganismWeightsError(f"organism v2 weights not found: {path} (train them with "
                                    "training/train_organism_v2.sh)")
@@ -162,13 +160,7 @@ def _read(path: Path, sha: str | None) -> tuple[dict[str, str], dict[str, torch.
     if got != sha:
         raise OrganismWeightsError(f"{path} has SHA-256 {got[:16]}…, expected {sha[:16]}…: damaged or not the "
                                    "file that was trained")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 — safetensors raises its own types for a damaged file
-        raise OrganismWeightsError(f"{path} is not a readable safetensors file: "
-                                   f"{' '.join(str(exc).split())[:200]}") from None
+    meta, tensors = read_safetensors(path)
     return meta, tensors
 
 
