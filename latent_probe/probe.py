@@ -12,16 +12,17 @@ import torch
 
 from .adapters import TargetParts, UnsupportedTargetError, resolve_target
 from .block_probe import BlockProbe
-from .capture import BRANCHES, CAPTURABLE, LayoutError, StepCapture, check_step_signature
+from .capture import LayoutError, StepCapture, check_step_signature
 from .hooks import HookRegistry, static_lookup
-from .latent_steps import LatentSteps, LatentStepsError
-from .metrics.online import ONLINE_SPACES, OnlineSums
+from .latent_steps import LatentStepsError
+from .metrics.online import OnlineSums
 from .parameterization import Parameterization, check_scheduler, parameterization_of, scheduler_rule
 from .store import schema
 from .store.reader import Run, open_run
 from .store.writer import DiskFullError, RunWriter
+from .storage_options import DEFAULT_CAPTURE, StorageOptions
 
-__all__ = ["LatentProbe", "storage_options"]
+__all__ = ["LatentProbe", "StorageOptions"]
 
 
 # Probes entered or left in several threads at once share class-level attributes (a pipeline class's __call__,
@@ -33,36 +34,6 @@ def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank())
     return 0
-
-
-def storage_options(capture: Iterable[str], metrics: Iterable[str], latent_steps: Any, cfg_branches: bool = False,
-                    blocks: Any = None) -> tuple[tuple[str, ...], tuple[str, ...], LatentSteps]:
-    """``LatentProbe``'s storage arguments checked and normalised (capture, metrics, the parsed selection); one
-    ValueError line for any that cannot work together — raised before anything runs (the study CLI checks its
-    options with this before its first job)."""
-    if isinstance(capture, str) or isinstance(metrics, str):
-        raise ValueError("capture= and metrics= take a list of names, e.g. capture=('x_t', 'pred')")
-    capture = tuple(capture)
-    unknown = [c for c in capture if c not in CAPTURABLE]
-    if unknown:
-        raise ValueError(f"cannot capture {unknown}; choose from {CAPTURABLE} (cfg_branches=True adds "
-                         f"{BRANCHES})")
-    metrics = tuple(dict.fromkeys(metrics))
-    unknown = [m for m in metrics if m not in ONLINE_SPACES]
-    if unknown:
-        raise ValueError(f"cannot compute metrics of {unknown} during the run; choose from {ONLINE_SPACES}")
-    selection = LatentSteps.parse(latent_steps)
-    if selection.none:
-        if cfg_branches:
-            raise LatentStepsError("latent_steps='none' stores no latents, but cfg_branches=True asks for the "
-                                   "cond/uncond latents; choose one")
-        capture = ()
-    elif not selection.all and not capture and not cfg_branches:
-        raise LatentStepsError(f"latent_steps={selection.spec!r} chooses the steps whose latents are stored, but "
-                               "capture=() stores none; give capture= or leave latent_steps out")
-    if not capture and not cfg_branches and not metrics and blocks is None:
-        raise ValueError("nothing to record: give capture=, metrics=, blocks= or cfg_branches=True")
-    return capture, metrics, selection
 
 
 class LatentProbe:
@@ -106,6 +77,7 @@ class LatentProbe:
             share of each head's attention mass at frame distance d (0: off).
         block_change: keep each probed block's previous update on the device (float32, blocks × 2 × F'·T·D values)
             for the step-to-step change; False saves that memory.
+        storage: all the storage arguments above as one checked ``StorageOptions`` (instead of the keywords).
         on_write_error: ``"raise"`` (default): a failed write — a full disk — ends the generation with one
             WriterError; ``"warn"``: recording stops with one warning and the generation goes on. Either
             way every step committed before stays readable.
@@ -116,7 +88,7 @@ class LatentProbe:
         target: Any,
         path: str | os.PathLike | None = None,
         *,
-        capture: Iterable[str] = ("x_t", "pred", "x0", "eps"),
+        capture: Iterable[str] = DEFAULT_CAPTURE,
         metrics: Iterable[str] = (),
         latent_steps: Any = "all",
         store_dtype: str = "float16",
@@ -131,17 +103,18 @@ class LatentProbe:
         blocks: Any = None,
         attention_reach: int = 0,
         block_change: bool = True,
+        storage: StorageOptions | None = None,
     ) -> None:
-        capture, metrics, selection = storage_options(capture, metrics, latent_steps, cfg_branches, blocks)
-        if not isinstance(block_change, bool):
-            raise ValueError(f"block_change must be True or False, got {block_change!r}")
-        if blocks is None and attention_reach:
-            raise ValueError("attention_reach= is measured in the probed blocks: give blocks= too")
-        if blocks is not None and intervene is not None:
+        if storage is None:
+            storage = StorageOptions(capture=capture, metrics=metrics, latent_steps=latent_steps,
+                                     store_dtype=store_dtype, cfg_branches=cfg_branches, overwrite=overwrite,
+                                     on_write_error=on_write_error, slots=slots, blocks=blocks,
+                                     attention_reach=attention_reach, block_change=block_change)
+        elif not isinstance(storage, StorageOptions):
+            raise ValueError(f"storage= takes a StorageOptions, got {type(storage).__name__}")
+        if storage.blocks is not None and intervene is not None:
             raise ValueError("blocks= with intervene=: block probes of DiT calls an intervention changes are not "
                              "supported yet")
-        if on_write_error not in ("raise", "warn"):
-            raise ValueError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
         user_attrs = dict(attrs or {})
         if len(user_attrs) > schema.MAX_USER_ATTRS:
             raise ValueError(f"attrs has {len(user_attrs)} entries; a run keeps at most {schema.MAX_USER_ATTRS} "
@@ -152,21 +125,22 @@ class LatentProbe:
         schema.encode_attrs(user_attrs)  # a value that cannot be stored fails here, before anything runs
         self.target = target
         self.path = None if path is None else os.fspath(path)
-        self.capture = capture
-        self.metrics = metrics
-        self.latent_steps = selection
-        self.store_dtype = store_dtype
-        self.cfg_branches = cfg_branches
-        self.overwrite = overwrite
+        self.storage = storage
+        self.capture = storage.capture
+        self.metrics = storage.metrics
+        self.latent_steps = storage.selection
+        self.store_dtype = storage.store_dtype
+        self.cfg_branches = storage.cfg_branches
+        self.overwrite = storage.overwrite
         self.layout = layout
         self.parameterization = None if parameterization is None else Parameterization(parameterization)
-        self.slots = slots
+        self.slots = storage.slots
         self.attrs = user_attrs
         self.intervene = intervene
-        self.on_write_error = on_write_error
-        self.blocks = blocks
-        self.attention_reach = attention_reach
-        self.block_change = block_change
+        self.on_write_error = storage.on_write_error
+        self.blocks = storage.blocks
+        self.attention_reach = storage.attention_reach
+        self.block_change = storage.block_change
         self._block_probe: BlockProbe | None = None
         self.parts: TargetParts | None = None
         self.capture_state: StepCapture | None = None

@@ -84,7 +84,9 @@ LAYERS: dict[str, set[str]] = {
     "capture": GROUND | {"adapters", "hooks", "latent_steps", "parameterization", "store"},
     # the probe ties capture together; the only metrics it uses are the pure online reductions
     "probe": GROUND | {"adapters", "capture", "block_probe", "hooks", "latent_steps", "parameterization", "store",
-                       "metrics", "interventions"},
+                       "metrics", "interventions", "storage_options"},
+    # the probe's storage options, checked once (capture's names, the online metrics' spaces, the store's dtypes)
+    "storage_options": GROUND | {"capture", "latent_steps", "metrics", "store"},
     # block probes are listeners beside capture (the same registry), reducing with the pure metrics kernels
     "block_probe": GROUND | {"adapters", "capture", "hooks", "metrics"},
     "metrics": GROUND | {"parameterization", "store"},

@@ -219,6 +219,60 @@ def test_storage_options_that_cannot_work_are_refused_before_anything_runs(tmp_p
     assert not path.exists() and not [p for p in os.listdir(tmp_path) if "partial" in p]
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(latent_steps="sometimes"), "not one of"),
+    (dict(latent_steps="none", cfg_branches=True), "choose one"),
+    (dict(metrics=("latent",)), "cannot compute metrics"),
+    (dict(capture=()), "nothing to record"),
+    (dict(store_dtype="bfloat16"), "store_dtype must be one of"),
+    (dict(on_write_error="ignore"), "on_write_error"),
+    (dict(slots=0), "slots must be"),
+    (dict(attention_reach=8), "give blocks= too"),
+    (dict(overwrite="yes"), "overwrite must be True or False"),
+])
+def test_storage_options_are_checked_once_when_built(kwargs, match):
+    """StorageOptions (issue 22) holds every storage check: the CLI, studies and LatentProbe share it."""
+    from latent_probe.storage_options import StorageOptions
+
+    with pytest.raises(ValueError, match=match):
+        StorageOptions(**kwargs)
+
+
+def test_a_storage_options_value_records_what_the_same_keywords_record(tmp_path, one_expert_pipe):
+    from latent_probe.storage_options import StorageOptions
+
+    opts = StorageOptions(capture=["x_t", "pred"], metrics=["x0", "x0"], latent_steps="every:2")
+    assert opts.capture == ("x_t", "pred") and opts.metrics == ("x0",) and opts.selection.spec == "every:2"
+    assert StorageOptions(**opts.as_kwargs()) == opts
+    with pytest.raises(Exception):
+        opts.capture = ("x0",)  # frozen
+    a, b = tmp_path / "kw.h5", tmp_path / "opts.h5"
+    with LatentProbe(one_expert_pipe, a, **opts.as_kwargs()):
+        out_a = run_pipe(one_expert_pipe)
+    with LatentProbe(one_expert_pipe, b, storage=opts):
+        out_b = run_pipe(one_expert_pipe)
+    assert torch.equal(out_a, out_b)
+    with open_run(a) as ra, open_run(b) as rb:
+        assert list(ra.quantities) == list(rb.quantities) == ["x_t", "pred"]
+        assert list(ra.latent_steps) == list(rb.latent_steps) == [0, 2, 4, 6, 8, 10]
+        np.testing.assert_array_equal(ra.latents("x_t")[:], rb.latents("x_t")[:])
+    with pytest.raises(ValueError, match="StorageOptions"):
+        LatentProbe(one_expert_pipe, storage={"capture": ["x0"]})
+
+
+def test_analyze_and_study_share_one_definition_of_their_common_options():
+    from latent_probe.app.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    analyze, study = subs["analyze"], subs["study"]
+    common = ["--wan_repo", "--wan_config", "--sample_solver", "--t5_cpu", "--dtype", "--store_dtype", "--cfg_branches"]
+    for flag in common:
+        a = next(x for x in analyze._actions if flag in x.option_strings)
+        s = next(x for x in study._actions if flag in x.option_strings)
+        assert (a.default, a.choices, a.type) == (s.default, s.choices, s.type), flag
+
+
 def test_a_live_and_a_killed_metrics_only_run_read_their_committed_steps(tmp_path):
     from latent_probe.store.writer import RunWriter, StepMeta
 

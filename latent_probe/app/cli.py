@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from ..errors import LatentProbeError
 from ..interventions.interpolation import FILLS
 from ..views.safe_text import terminal, terminal_lines
+from .options import add_model_arguments, add_storage_arguments
 from .truncation_cmd import add_truncation_parser
 
 __all__ = ["main", "build_parser", "UsageError", "add_intervention_args", "truncation_from_args"]
@@ -430,23 +431,9 @@ def _build_analyze(sub: Any) -> None:
     a.add_argument("--backend", default="wan", choices=("wan", "diffusers"),
                    help="wan: the Wan2.2 repository's pipelines (default); diffusers: a local diffusers-format "
                         "folder")
-    a.add_argument("--wan_repo", metavar="PATH", help="clone of github.com/Wan-Video/Wan2.2 to import 'wan' from")
-    a.add_argument("--wan_config", default="full", choices=("full", "tiny"),
-                   help="for tests: 'tiny' builds wan.configs.tiny_*_config() models (tests/wan_standin)")
+    add_model_arguments(a)
     a.add_argument("--image", metavar="PATH", help="first frame for i2v-A14B")
-    a.add_argument("--sample_solver", default="unipc", choices=("unipc", "dpm++"), help="wan backend")
-    a.add_argument("--sample_shift", type=float, help="wan backend: flow shift (default: the task's)")
-    a.add_argument("--guide_scale", type=float, nargs="+", metavar="G",
-                   help="CFG scale, or two: low-noise high-noise (default: the task's)")
-    a.add_argument("--offload_model", choices=("true", "false"), help="wan backend (default true, as Wan2.2)")
-    a.add_argument("--t5_cpu", action="store_true", help="wan backend: keep umT5 on the CPU")
-    a.add_argument("--convert_model_dtype", action="store_true", help="wan backend: DiTs to param_dtype")
-    a.add_argument("--device", help="diffusers backend: device (default cuda if available)")
-    a.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="diffusers backend: weights dtype (default bfloat16 on CUDA, float32 on CPU)")
-    a.add_argument("--store_dtype", default="float16", choices=("float16", "float32"), help="latents on disk")
-    a.add_argument("--cfg_branches", action="store_true",
-                   help="also record the cond and uncond predictions (their step change and gap)")
+    add_storage_arguments(a, modes=False)
     a.add_argument("--phases", default="thirds", type=_phase_scheme, help=PHASES_HELP)
     a.add_argument("--no-png", dest="png", action="store_false", help="skip the static PNG per run")
     add_intervention_args(a)

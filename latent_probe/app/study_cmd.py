@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ..study import Job, Ranks, StudyError, Suite, parse_seeds, parse_setting, read_prompts, run_study
 from .backends import DEFAULT_SIZE, TASKS, SweepPoint, WanBackend, import_wan, wan_config
+from .options import add_model_arguments, add_storage_arguments, storage_kwargs
 
 ORGANISM_STEPS = 20  # the organism's sampling steps unless --set steps / a method says otherwise
 
@@ -330,24 +331,12 @@ def _fixed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _storage(args: argparse.Namespace) -> dict[str, Any]:
-    """The probe's storage options (LatentProbe keyword arguments), from --store_dtype, --cfg_branches,
-    --capture, --metrics and --latent_steps."""
-    out: dict[str, Any] = {"store_dtype": args.store_dtype, "cfg_branches": args.cfg_branches}
-    if args.capture is not None:
-        out["capture"] = [] if args.capture.strip().lower() == "none" else \
-            [q.strip() for q in args.capture.split(",") if q.strip()]
-    if args.metrics:
-        out["metrics"] = [q.strip() for q in args.metrics.split(",") if q.strip()]
-    if args.latent_steps and args.latent_steps != "all":
-        out["latent_steps"] = args.latent_steps
-    from ..probe import storage_options
-
-    try:  # refused here, before the manifest is written or any job runs (each job would fail the same way)
-        storage_options(out.get("capture", ("x_t", "pred", "x0", "eps")), out.get("metrics", ()),
-                        out.get("latent_steps", "all"), out["cfg_branches"])
+    """The probe's storage options (LatentProbe keyword arguments), checked before the manifest is written or any
+    job runs (each job would fail the same way)."""
+    try:
+        return storage_kwargs(args)
     except ValueError as exc:
         raise _usage(str(exc)) from None
-    return out
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
@@ -460,31 +449,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--size", help="WIDTH*HEIGHT as in Wan2.2 (default: the task's)")
     p.add_argument("--negative_prompt", default="",
                    help="negative prompt (default: Wan2.2's own for the wan backend, empty for diffusers)")
-    p.add_argument("--wan_repo", metavar="PATH", help="clone of github.com/Wan-Video/Wan2.2 to import 'wan' from")
-    p.add_argument("--wan_config", default="full", choices=("full", "tiny"),
-                   help="for tests: 'tiny' builds wan.configs.tiny_*_config() models (tests/wan_standin)")
-    p.add_argument("--sample_solver", default="unipc", choices=("unipc", "dpm++"), help="wan backend: sampler")
-    p.add_argument("--sample_shift", type=float,
-                   help="wan backend: flow shift unless --set shift (default: the task's)")
-    p.add_argument("--guide_scale", type=float, nargs="+", metavar="G",
-                   help="CFG scale, or two: low-noise high-noise, unless --set guidance (default: the task's)")
-    p.add_argument("--offload_model", choices=("true", "false"),
-                   help="wan backend (default true; false with --dit_fsdp/--ulysses_size, as Wan2.2)")
-    p.add_argument("--t5_cpu", action="store_true", help="wan backend: keep umT5 on the CPU")
-    p.add_argument("--convert_model_dtype", action="store_true", help="wan backend: DiTs to param_dtype")
-    p.add_argument("--device", help="diffusers backend: device (default cuda:LOCAL_RANK, or cpu without CUDA)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="diffusers backend: weights dtype (default bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--store_dtype", default="float16", choices=("float16", "float32"), help="latents on disk")
-    p.add_argument("--cfg_branches", action="store_true", help="also record the cond and uncond predictions")
-    p.add_argument("--capture", metavar="Q,Q|none",
-                   help="latents stored per step, from x_t,pred,x0,eps (default all four; 'none' with --metrics: "
-                        "metrics-only runs, kilobytes each; 'x_t,pred': x0/eps derived on read)")
-    p.add_argument("--metrics", metavar="SPACE,SPACE",
-                   help="spaces whose metrics are computed during the run on the GPU (x_t,pred,x0,eps)")
-    p.add_argument("--latent_steps", metavar="SPEC",
-                   help="steps whose latents are stored: all (default), none, k (every k-th) or terms like "
-                        "every:4,last,boundary:2")
+    add_model_arguments(p, study=True)
+    add_storage_arguments(p)
     p.add_argument("--dit_fsdp", action="store_true",
                    help="wan backend under torchrun: shard the DiTs across all ranks (each job runs on all of them)")
     p.add_argument("--t5_fsdp", action="store_true", help="wan backend under torchrun: shard umT5 across all ranks")
