@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="one setting per method (a smoke run)")
-    p.add_argument("--only", default=None, help="comma-separated setting names to run (others skipped)")
+    p.add_argument("--only", default=None, help="comma-separated setting names to run, in this order (others skipped)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -190,13 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "guidance": DEFAULT_GUIDANCE,
         "clips": [{"prompt_index": pr, "seed": s} for pr, s in clips], "settings": {}}
-    wanted = None if args.only is None else set(args.only.split(","))
     # warm-up (allocator, first-call costs), untimed
     org, _ = prepare({"method": "baseline", "steps": 20}, device)
     generate_one(org, 0, 0, 20, None)
-    for setting in settings(args.quick):
-        name = setting_name(setting)
-        if name in result["settings"] or (wanted is not None and name not in wanted):
+    grid = {setting_name(st): st for st in settings(args.quick)}
+    order = list(grid) if args.only is None else args.only.split(",")
+    unknown = [n for n in order if n not in grid]
+    if unknown:
+        p.error(f"unknown setting(s) {unknown}; known: {list(grid)}")
+    for name in order:
+        setting = grid[name]
+        if name in result["settings"]:
             continue
         org, factory = prepare(setting, device)
         rows, finals = [], []

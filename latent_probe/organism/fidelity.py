@@ -33,7 +33,7 @@ from . import quality, videos
 
 __all__ = ["FidelityInputError", "BAR_TIP_PX", "psnr", "ssim", "velocity", "motion_error", "motion_truth_error", "motion_fidelity",
            "frame_flicker", "key_filled_psnr", "frechet_distance", "motion_features", "PcaBasis",
-           "nearest_feature_distance", "pair_floor"]
+           "nearest_feature_distance", "pair_floor", "score_clip"]
 
 class FidelityInputError(LatentProbeError, ValueError):
     """Features a distance cannot be computed from (shapes, too few rows, non-finite values)."""
@@ -198,3 +198,19 @@ def pair_floor(clips: Sequence[torch.Tensor], groups: Sequence[int],
         if groups[i] == groups[j]:
             out.append(measure(clips[i], clips[j]))
     return np.asarray(out, dtype=np.float64)
+
+
+def score_clip(clip: torch.Tensor, reference: torch.Tensor, label: int,
+               keys: Sequence[int] | None = None) -> dict[str, float]:
+    """Every per-clip measure of one generated clip against its reference (same seed's baseline), both RGB
+    [3, F, H, W]: ``psnr`` (dB), ``ssim``, ``motion_error`` (px/frame), the clip's own ``residual`` (px),
+    ``visible``, ``speed`` (px/frame), ``flicker`` (brightness, second differences) and ``jitter`` (px), and
+    with ``keys`` the ``key_psnr`` / ``filled_psnr`` (dB)."""
+    fid = motion_fidelity(clip, label)
+    fl = frame_flicker(clip, label)
+    out = {"psnr": psnr(clip, reference), "ssim": ssim(clip, reference),
+           "motion_error": motion_error(clip, reference, label), **fid,
+           "flicker": fl["brightness"], "jitter": fl["jitter"]}
+    if keys is not None:
+        out.update(key_filled_psnr(clip, reference, keys))
+    return out
