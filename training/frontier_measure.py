@@ -5,7 +5,7 @@ Writes ``--csv`` (one row per setting × clip: times, token-steps, every measure
 per-setting summaries, distances to the training distribution, primary comparisons, frontier table) —
 the data behind docs/frame-truncation.md — and prints the tables as markdown.
 
-    python training/frontier_measure.py --run /tmp/frontier/run.json --latents /tmp/frontier/lat \
+    python training/frontier_measure.py --run /tmp/frontier/run.json [run2.json ...] --latents /tmp/frontier/lat \
         --csv docs/data/frontier_organism.csv --json docs/data/frontier_organism.json
 """
 
@@ -102,7 +102,7 @@ def nn_latent(latents: torch.Tensor, labels: list[int], train: videos.Clips) -> 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, nargs="+", help="run JSON file(s) of one clip list (settings merged)")
     p.add_argument("--latents", required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--json", required=True)
@@ -110,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    run = json.loads(Path(args.run).read_text())
+    runs = [json.loads(Path(r).read_text()) for r in args.run]
+    run = runs[0]
+    for other in runs[1:]:
+        if other["clips"] != run["clips"]:
+            raise SystemExit(f"the run files do not cover the same clips: {args.run}")
+        twice = set(run["settings"]) & set(other["settings"])
+        if twice:
+            raise SystemExit(f"settings {sorted(twice)} are in more than one run file")
+        run["settings"].update(other["settings"])
     clips = run["clips"]
     labels = [c["prompt_index"] for c in clips]
     train = training_reference(args.train_per_class, seed=11)
