@@ -55,3 +55,35 @@ def test_frontier_figure_has_a_curve_per_method_and_the_floor(tmp_path):
     assert list(steps.x) == pytest.approx([40.0, 60.0])          # ordered by saving, in %
     assert any(s.y0 == 16.5 for s in fig.layout.shapes)
     assert fig.layout.legend.title.text == "method (colour)"
+
+
+def test_frontier_from_json_refuses_a_file_without_settings(tmp_path):
+    from latent_probe.views.frontier import frontier_from_json
+
+    bad = tmp_path / "f.json"
+    bad.write_text('{"floors": {}}')
+    with pytest.raises(LatentProbeError, match="no per-setting summary"):
+        frontier_from_json(bad)
+    with pytest.raises(LatentProbeError, match="cannot read"):
+        frontier_from_json(tmp_path / "missing.json")
+
+
+def test_suite_command_draws_the_frontier_file(tmp_path):
+    import json
+
+    from latent_probe.app import cli
+    from latent_probe.demo import run_demo_generation
+
+    (tmp_path / "runs").mkdir()
+    for seed in (0, 1):
+        run_demo_generation(tmp_path / "runs" / f"r{seed}.h5", steps=4, frames=5, seed=seed)[1].close()
+    t = add_saving(table(), "base", "t")
+    summ = frontier_summary(t, ["psnr", "saving_t"], n_resamples=50)
+    summ = summ.rename(columns=lambda c: c.replace("saving_t", "saving_thread_cpu_s"))
+    data = {"settings": summ.to_dict("records"), "floors": {"seed_psnr": {"mean": 16.5}}}
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    out = tmp_path / "suite.html"
+    code = cli.main(["suite", str(tmp_path / "runs"), "-o", str(out), "--workers", "0", "--resamples", "20",
+                     "--frontier", str(tmp_path / "f.json")])
+    page = out.read_text()
+    assert code == 0 and "quality frontier" in page and "method (colour)" in page

@@ -14,9 +14,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..errors import LatentProbeError
 from .figures import COLORS
 
-__all__ = ["MEASURE_TITLES", "frontier_figure", "frontier_from_json"]
+__all__ = ["FrontierFileError", "MEASURE_TITLES", "frontier_figure", "frontier_from_json"]
+
+
+class FrontierFileError(LatentProbeError, ValueError):
+    """A frontier JSON that cannot be read or lacks the per-setting summary."""
 
 MEASURE_TITLES = {
     "psnr": "PSNR vs baseline (dB, ↑)",
@@ -35,9 +40,16 @@ SAVING_TITLES = {"saving_thread_cpu_s": "thread CPU time saved (%)", "saving_wal
 def frontier_figure(summary: Any, floors: Mapping[str, tuple[float, str]] | None = None,
                     measures: Sequence[str] = ("psnr", "motion_error", "residual", "nn_latent"),
                     saving: str = "saving_thread_cpu_s", title: str | None = None) -> go.Figure:
-    """One panel per measure; x = ``saving`` × 100 with its CI, y = the measure's mean with its CI.
+    """One panel per measure present in ``summary``; x = ``saving`` × 100 with its CI, y = the measure's mean
+    with its CI (``FrontierFileError`` when the saving or every measure is missing).
     Each method's settings are joined in order of saving; the baseline is the point at 0 % (when present)."""
     df = pd.DataFrame(summary)
+    need = {"method", "setting", saving, f"{saving}_low", f"{saving}_high"}
+    if not need <= set(df.columns):
+        raise FrontierFileError(f"the frontier summary lacks {sorted(need - set(df.columns))}")
+    measures = [m for m in measures if {m, f"{m}_low", f"{m}_high"} <= set(df.columns)]
+    if not measures:
+        raise FrontierFileError("the frontier summary has none of the measures to draw (mean, _low, _high)")
     floors = dict(floors or {})
     fig = make_subplots(rows=1, cols=len(measures), subplot_titles=[MEASURE_TITLES.get(m, m) for m in measures],
                         horizontal_spacing=0.06)
@@ -72,7 +84,14 @@ def frontier_figure(summary: Any, floors: Mapping[str, tuple[float, str]] | None
 def frontier_from_json(path: str | os.PathLike, **kw: Any) -> go.Figure:
     """The figure from ``training/frontier_measure.py``'s JSON: its per-setting summary and its floors (same
     prompt other seed for PSNR and motion error; training clips' own residual and nearest distance)."""
-    data = json.loads(open(path, encoding="utf-8").read())
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise FrontierFileError(f"cannot read frontier file {os.fspath(path)!r}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), list) or not data["settings"]:
+        raise FrontierFileError(f"{os.fspath(path)!r} has no per-setting summary ('settings'); "
+                                "write it with training/frontier_measure.py")
     fl = data.get("floors", {})
     floors = {}
     for measure, key, label in (("psnr", "seed_psnr", "other seed"), ("ssim", "seed_ssim", "other seed"),
