@@ -33,7 +33,8 @@ MEASURE_TITLES = {
     "nn_motion": "motion distance to nearest training clip (↓)",
     "nn_latent": "latent RMS distance to nearest training clip (↓)",
 }
-SAVING_TITLES = {"saving_thread_cpu_s": "thread CPU time saved (%)", "saving_wall_s": "wall time saved (%)",
+SAVING_TITLES = {"saving_priced_s": "time saved (%): DiT calls priced at equal load",
+                 "saving_thread_cpu_s": "thread CPU time saved (%)", "saving_wall_s": "wall time saved (%)",
                  "saving_dit_s": "DiT time saved (%)", "saving_token_steps": "token-steps saved (%)"}
 
 
@@ -103,4 +104,5 @@ def frontier_from_json(path: str | os.PathLike, **kw: Any) -> go.Figure:
                                 ("nn_latent", "train_nn_latent", "held-out training clips")):
         if key in fl:
             floors[measure] = (fl[key]["mean"], f"floor: {label} (mean)")
+    kw.setdefault("saving", data.get("saving_axis", "saving_thread_cpu_s"))
     return frontier_figure(data["settings"], floors, **kw)
