@@ -108,3 +108,10 @@ def test_class_table_counts_dropped_rows():
     row = tab[(tab.setting == "A") & (tab["class"] == 0)].iloc[0]
     sub = t[(t.setting == "A") & (t["class"] == 0)].q.dropna()
     assert row["mean"] == pytest.approx(sub.mean()) and row["low"] <= row["mean"] <= row["high"]
+
+
+def test_cluster_bootstrap_refuses_one_cluster_and_nan():
+    with pytest.raises(LatentProbeError, match="at least 2 clusters"):
+        I.cluster_bootstrap([1.0, 2.0, 3.0], [0, 0, 0])
+    with pytest.raises(LatentProbeError, match="non-finite"):
+        I.cluster_bootstrap([1.0, np.nan], [0, 1])

@@ -109,6 +109,12 @@ def _ci(r: dict, m: str, digits: int = 2, scale: float = 1.0) -> str:
     return f"{scale * v:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
 
 
+def _lost(r: dict) -> str:
+    """A note when the object was lost in some clips (their motion error is undefined and left out)."""
+    return "" if r["motion_error_n"] == r["psnr_n"] or r["method"] == "baseline" else \
+        f" ({r['psnr_n'] - r['motion_error_n']} clips lost the object)"
+
+
 def markdown(out: dict, summ: pd.DataFrame, saving: str) -> str:
     """The tables of docs/frame-truncation.md."""
     lines = ["| setting | time saved % (priced at equal load) | thread CPU saved % (as run) | wall saved % | "
@@ -119,7 +125,7 @@ def markdown(out: dict, summ: pd.DataFrame, saving: str) -> str:
         lines.append(f"| {r['setting']} | {_ci(r, saving, 1, 100)} | {_ci(r, 'saving_thread_cpu_s', 1, 100)} | "
                      f"{100 * r['saving_wall_s']:.1f} | "
                      f"{100 * r['saving_token_steps']:.1f} | {r['blocks_run']:.1f} of {2 * r['steps']} | {_ci(r, 'psnr')} | "
-                     f"{_ci(r, 'motion_error', 3)} | {_ci(r, 'residual', 3)} | {r['visible']:.3f} | "
+                     f"{_ci(r, 'motion_error', 3)}{_lost(r)} | {_ci(r, 'residual', 3)} | {r['visible']:.3f} | "
                      f"{_ci(r, 'jitter', 3)} | {_ci(r, 'nn_latent', 3)} | {r['frechet_motion']:.3f} | "
                      f"{r['frechet_latent']:.3f} |")
     fl = out["floors"]

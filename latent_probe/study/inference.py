@@ -64,6 +64,8 @@ def cluster_bootstrap(values: Any, clusters: Any, *, n_resamples: int = 4000, co
         raise StudyError("confidence must be in (0, 1) and n_resamples at least 1")
     labels, idx = np.unique(c, return_inverse=True)
     p = len(labels)
+    if p < 2:
+        raise StudyError("cluster_bootstrap needs at least 2 clusters (prompts): one gives no interval")
     sums = np.bincount(idx, weights=v, minlength=p)                    # [P] per-cluster sums
     counts = np.bincount(idx, minlength=p).astype(np.float64)          # [P] clips per cluster
     draw = np.random.default_rng(seed).integers(0, p, size=(n_resamples, p))
@@ -156,8 +158,9 @@ def class_table(table: pd.DataFrame, measure: str, *, by: Sequence[str] = ("sett
         sub = g[ok]
         key = key if isinstance(key, tuple) else (key,)
         rec = dict(zip(by, key))
-        if len(sub) == 0:
-            rec.update(mean=np.nan, low=np.nan, high=np.nan, n_clips=0, n_prompts=0, dropped=int((~ok).sum()))
+        if len(sub) < 2:   # no interval from one clip
+            rec.update(mean=float(sub[measure].mean()) if len(sub) else np.nan, low=np.nan, high=np.nan,
+                       n_clips=len(sub), n_prompts=int(sub[cluster].nunique()), dropped=int((~ok).sum()))
         else:
             clusters = sub[cluster] if sub[cluster].nunique() > 1 else np.arange(len(sub))
             ci = cluster_bootstrap(sub[measure], clusters, **bootstrap)
