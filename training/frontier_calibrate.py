@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--keeps", type=int, nargs="*", default=[3, 5, 7, 11], help="truncated call sizes to time")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     org = load_organism()
@@ -73,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in args.run:
         settings.update(json.loads(Path(r).read_text())["settings"])
     shapes = {"full": (21, None), "first_block": (21, 1)}
-    for s in settings.values():
-        if "keep" in s:
-            shapes[f"k{s['keep']}"] = (s["keep"], None)
+    keeps = {s["keep"] for s in settings.values() if "keep" in s} | set(args.keeps)
+    for k in sorted(keeps):
+        shapes[f"k{k}"] = (k, None)
     for name, (f, b) in shapes.items():   # warm-up
         call(expert, f, text, b)
     times: dict[str, list[float]] = {n: [] for n in shapes}
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     spread = {n: [float(np.percentile(v, 25)), float(np.percentile(v, 75))] for n, v in times.items()}
     priced = {}
     for name, s in settings.items():
-        per = [price_row(r, s, cost) for r in s["rows"]]
+        per = [price_row(r, s, cost) for r in s["rows"]]   # settings of the run files given now
         priced[name] = {k: float(np.mean([x[k] for x in per])) for k in ("dit_s", "host_s", "total_s")}
     base = priced["baseline_s20"]["total_s"]
     for v in priced.values():

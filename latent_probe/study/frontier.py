@@ -41,7 +41,8 @@ def add_saving(table: pd.DataFrame, baseline: str, time_col: str, *, setting: st
 def frontier_summary(table: pd.DataFrame, measures: Sequence[str], *, setting: str = "setting",
                      cluster: str = "prompt", extra: Sequence[str] = ("method",), **bootstrap: Any) -> pd.DataFrame:
     """Per setting: mean, low, high (CI by ``cluster``) of every column in ``measures`` (NaN clips dropped,
-    counted in ``<m>_n``), plus the ``extra`` columns (constant within a setting)."""
+    counted in ``<m>_n``; fewer than 2 clusters left: no interval, NaN), plus the ``extra`` columns (constant
+    within a setting)."""
     rows = []
     for name, g in table.groupby(setting, sort=False):
         rec: dict[str, Any] = {setting: name, **{c: g[c].iloc[0] for c in extra if c in g}}
@@ -49,8 +50,8 @@ def frontier_summary(table: pd.DataFrame, measures: Sequence[str], *, setting: s
             v = g[m].to_numpy(dtype=np.float64)
             ok = np.isfinite(v)
             rec[f"{m}_n"] = int(ok.sum())
-            if ok.sum() == 0:
-                rec.update({m: np.nan, f"{m}_low": np.nan, f"{m}_high": np.nan})
+            if len(set(g[cluster].to_numpy()[ok])) < 2:   # no interval from one prompt (or none)
+                rec.update({m: float(v[ok].mean()) if ok.any() else np.nan, f"{m}_low": np.nan, f"{m}_high": np.nan})
                 continue
             ci = cluster_bootstrap(v[ok], g[cluster].to_numpy()[ok], **bootstrap)
             rec.update({m: ci.mean, f"{m}_low": ci.low, f"{m}_high": ci.high})
