@@ -144,6 +144,10 @@ class DitIO:
         b, _, f, h, w = x.shape
         return CallShape(int(b), int(f), (int(h) // ph) * (int(w) // pw))
 
+    def latent(self, args: tuple, kwargs: dict) -> Any:
+        """The call's latent input: [B, C, F, H, W] (diffusers, modules) or Wan2.2's list of [C, F, H, W]."""
+        return self._latent(_Args(args, kwargs, self.order))
+
     def timestep(self, args: tuple, kwargs: dict) -> Any:
         return _Args(args, kwargs, self.order).get("t" if self.wan else "timestep")
 

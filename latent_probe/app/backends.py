@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .analyze import AnalyzeOptions
 
-__all__ = ["SweepPoint", "WanBackend", "DiffusersBackend", "load_backend", "import_wan", "parse_size", "TASKS",
+__all__ = ["SweepPoint", "WanBackend", "DiffusersBackend", "OrganismBackend", "load_backend", "import_wan", "parse_size", "TASKS",
            "DEFAULT_SIZE", "DEFAULT_STEPS", "DEFAULT_FRAMES"]
 
 TASKS = ("t2v-A14B", "i2v-A14B", "ti2v-5B")
@@ -205,6 +205,34 @@ class DiffusersBackend:
         if self.img is not None:
             kw["image"] = self.img
         self.pipe(**kw)
+
+
+# ----------------------------------------------------------------------------- the packaged organism
+class OrganismBackend:
+    """The packaged model organism (``latent_probe.organism``): a diffusers ``WanPipeline`` with two small trained
+    experts; ``weights`` a safetensors file (default: the packaged one). Prompts must be its training prompts."""
+
+    def __init__(self, weights: str | None = None, device: str | None = None, dtype: str | None = None) -> None:
+        import torch
+
+        from ..organism import load_organism
+
+        if weights is not None and not os.path.isfile(weights):
+            raise FileNotFoundError(f"--model_path {weights}: no such organism weights file")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.organism = load_organism(self.device, getattr(torch, dtype) if dtype else torch.float32, path=weights)
+        self.pipe = self.organism.pipe
+        self.target = self.pipe
+
+    def defaults(self) -> tuple[int, int]:
+        return self.organism.config.num_frames, 20
+
+    def generate(self, prompt: str, seed: int, steps: int, guidance: float | None = None) -> Any:
+        """One clip: the final latent [1, 16, F, h, w]."""
+        from ..organism import DEFAULT_GUIDANCE
+
+        return self.organism.generate(prompt, seed=seed, num_inference_steps=steps,
+                                      guidance_scale=DEFAULT_GUIDANCE if guidance is None else guidance)
 
 
 def load_backend(o: AnalyzeOptions) -> WanBackend | DiffusersBackend:

@@ -477,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_parser(sub)
     from .suite_cmd import register as add_suite_parser  # `latent-probe suite` (app/suite_cmd.py)
     add_suite_parser(sub)
+    from .calibrate_cmd import register as add_calibrate_parser  # `latent-probe calibrate` (app/calibrate_cmd.py)
+    add_calibrate_parser(sub)
     return p
 
 

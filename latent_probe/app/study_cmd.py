@@ -1,7 +1,7 @@
 """``latent-probe study PROMPTS --out DIR --seeds 0-3 --set steps=20,30 --set truncation=none,keep3``.
 
-Expands prompts × seeds × settings into jobs, loads the model once (backend ``demo``, ``diffusers`` or ``wan``,
-as ``analyze`` does) and records every job not yet complete into ``DIR/runs/<job id>.h5``
+Expands prompts × seeds × settings into jobs, loads the model once (backend ``demo``, ``organism``, ``diffusers``
+or ``wan``, as ``analyze`` does) and records every job not yet complete into ``DIR/runs/<job id>.h5``
 (``latent_probe.study.run_study``). Under ``torchrun --nproc_per_node N`` the jobs are split across the ranks,
 one model per GPU; with the wan backend's ``--dit_fsdp`` / ``--t5_fsdp`` / ``--ulysses_size N`` all ranks run
 each job together instead. Registered by ``latent_probe.app.cli`` with ``register(subparsers)``.
@@ -17,10 +17,13 @@ from typing import Any, Callable
 from ..study import Job, Ranks, StudyError, Suite, parse_seeds, parse_setting, read_prompts, run_study
 from .backends import DEFAULT_SIZE, TASKS, SweepPoint, WanBackend, import_wan, wan_config
 
+ORGANISM_STEPS = 20  # the organism's sampling steps unless --set steps / a method says otherwise
+
 __all__ = ["register", "study_command", "check_parallel", "BACKEND_SETTINGS"]
 
 BACKEND_SETTINGS = {  # the --set names each backend can apply to a generation
     "demo": ("frames", "steps"),
+    "organism": ("steps", "guidance", "truncation", "method"),
     "diffusers": ("frames", "steps", "guidance", "truncation"),
     "wan": ("frames", "steps", "guidance", "shift", "truncation"),
 }
@@ -126,6 +129,16 @@ class _Generator:
             self.demo = DemoModel()
             self.target = self.demo.target
             return
+        if args.backend == "organism":
+            from .backends import OrganismBackend
+
+            self.organism = OrganismBackend(args.model_path, args.device or (ranks.device if ranks.world_size > 1
+                                                                             else None), args.dtype)
+            self.target = self.organism.target
+            self.out = args.out
+            self.record_residuals = args.record_residuals
+            self.mag = _mag_configs(args.mag_config)
+            return
         self.options = AnalyzeOptions(
             prompt="", output_dir=args.out, task=args.task, backend=args.backend, model_path=args.model_path,
             size=args.size, seed=0, negative_prompt=args.negative_prompt, wan_repo=args.wan_repo,
@@ -148,6 +161,9 @@ class _Generator:
 
     def __call__(self, job: Job) -> None:
         s = job.settings
+        if self.backend_name == "organism":
+            self._organism(job)
+            return
         if self.backend_name == "demo":
             self.demo.generate(job, int(s.get("frames", DEMO_DEFAULTS["frames"])),
                                int(s.get("steps", DEMO_DEFAULTS["steps"])))
@@ -164,6 +180,84 @@ class _Generator:
                                          int(s.get("steps", self.defaults["steps"]))))
 
 
+    def _organism(self, job: Job) -> None:
+        """One organism clip under the job's method; writes ``methods/<job id>.json`` (what the method skipped,
+        wall time) and, with --record_residuals, ``residuals/<job id>.json`` (baseline and fewer-steps jobs)."""
+        import contextlib
+        import json
+        import time
+
+        import torch
+
+        from ..interventions.caches import experts_of
+        from ..interventions.residuals import ResidualRecorder
+
+        s = job.settings
+        method = method_of(job)
+        steps = method.num_steps(int(s.get("steps", ORGANISM_STEPS)))
+        guidance = float(s["guidance"]) if "guidance" in s else None
+        plain = method.kind in ("baseline", "steps") and s.get("truncation", "none") == "none"
+        recorder = ResidualRecorder(experts_of(self.organism.pipe)) if self.record_residuals and plain else None
+        cuda = str(self.organism.device).startswith("cuda")
+        with method.applied(self.organism.pipe, mag_ratios=self.mag, steps=steps) as counter, \
+                (recorder.attached() if recorder else contextlib.nullcontext()):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            self.organism.generate(job.prompt.text, job.seed, steps, guidance)
+            if cuda:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        who = {"job_id": job.id, "prompt_id": job.prompt.id, "seed": job.seed, "settings": dict(job.settings)}
+        doc = {**who, **method.describe(), "num_inference_steps": steps, "wall_s": wall,
+               "residuals_recorded": recorder is not None,   # its norms and syncs add to wall_s and dit_s
+               "device": str(self.organism.device), "skips": counter.summary(), "calls": counter.per_call()}
+        _write_json(os.path.join(self.out, "methods", f"{job.id}.json"), doc)
+        if recorder is not None:
+            recorder.save(os.path.join(self.out, "residuals", f"{job.id}.json"), **who)
+
+
+def method_of(job: Job) -> Any:
+    """The job's ``Method`` (``--set method``; baseline when not set)."""
+    from ..interventions.caches import Method
+
+    return Method.parse(str(job.settings["method"])) if "method" in job.settings else Method("baseline")
+
+
+def intervention_of(job: Job) -> Any:
+    """The job's intervention: a ``truncation`` setting's FrameTruncation, or a ``method=truncation:…``'s."""
+    from ..study import truncation_of
+
+    return truncation_of(job) or method_of(job).intervention()
+
+
+def _mag_configs(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
+    """--mag_config EXPERT=FILE (what ``latent-probe calibrate`` writes) → {expert: MagCacheConfig kwargs}."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for text in pairs or []:
+        expert, sep, path = text.partition("=")
+        if not sep or expert not in ("transformer", "transformer_2"):
+            raise _usage(f"--mag_config {text!r}: expected transformer=FILE or transformer_2=FILE")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                out[expert] = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise _usage(f"--mag_config {text}: {exc}") from None
+    return out
+
+
+def _write_json(path: str, doc: dict[str, Any]) -> None:
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    os.replace(tmp, path)
+
+
 # ----------------------------------------------------------------------------- the command
 def _grid(args: argparse.Namespace) -> tuple[dict[str, list], list[int]]:
     """The --set grid and the --seeds (a bad one is a usage error)."""
@@ -177,6 +271,19 @@ def _grid(args: argparse.Namespace) -> tuple[dict[str, list], list[int]]:
                 raise StudyError(f"--set {name}: the {args.backend} backend takes "
                                  f"{', '.join(BACKEND_SETTINGS[args.backend])}")
             grid[name] = values
+        if "truncation" in grid and any(str(v).startswith("truncation") for v in grid.get("method", [])):
+            raise StudyError("--set truncation and --set method=truncation:… together would truncate twice; give "
+                             "truncation through one of them")
+        if any(str(v).startswith("mag_cache") for v in grid.get("method", [])):
+            missing = {"transformer", "transformer_2"} - {p.partition("=")[0] for p in args.mag_config or []}
+            if missing:
+                raise StudyError(f"--set method=mag_cache:… needs calibrated ratios: --mag_config "
+                                 f"{sorted(missing)[0]}=FILE (from latent-probe calibrate) for each expert")
+        if args.backend != "organism":
+            used = [n for n, v in (("--set method", "method" in grid), ("--record_residuals", args.record_residuals),
+                                   ("--mag_config", bool(args.mag_config))) if v]
+            if used:
+                raise StudyError(f"{used[0]} is for the organism backend")
         for name, low in (("frames", 2 if args.backend == "demo" else 5), ("steps", 2)):
             if any(v < low for v in grid.get(name, [])):
                 raise StudyError(f"--set {name}: values must be at least {low}")
@@ -193,6 +300,13 @@ def _suite(args: argparse.Namespace) -> Suite:
             if not p.image_file or not os.path.isfile(p.image_file):
                 raise StudyError(f"prompt {p.id}: task i2v-A14B needs an image (column 'image'); "
                                  + ("none given" if not p.image else f"{p.image}: no such file"))
+    if args.backend == "organism":
+        from ..organism.videos import PROMPTS
+
+        for p in prompts:
+            if " ".join(p.text.lower().split()) not in PROMPTS:
+                raise StudyError(f"prompt {p.id}: {p.text!r} is not one of the organism's training prompts: "
+                                 + "; ".join(PROMPTS))
     name = args.name or os.path.basename(os.path.normpath(os.path.abspath(args.out)))
     return Suite(name, prompts, seeds, grid, fixed=_fixed(args))
 
@@ -200,6 +314,10 @@ def _suite(args: argparse.Namespace) -> Suite:
 def _fixed(args: argparse.Namespace) -> dict[str, Any]:
     """What every job shares and a rerun must not change (the manifest keeps it)."""
     out: dict[str, Any] = {"backend": args.backend, **_storage(args)}
+    if args.backend == "organism":
+        out.update(model_path=os.path.abspath(args.model_path) if args.model_path else None, dtype=args.dtype,
+                   record_residuals=bool(args.record_residuals), mag_config=sorted(args.mag_config or []))
+        return out
     if args.backend != "demo":
         out.update(task=args.task, model_path=os.path.abspath(args.model_path) if args.model_path else None,
                    size=args.size or DEFAULT_SIZE[args.task], negative_prompt=args.negative_prompt,
@@ -274,8 +392,10 @@ def study_command(args: argparse.Namespace) -> int:
     try:
         gen = _Generator(args, ranks, mode)
         extra = {"backend": args.backend, **({"simulated": True} if args.backend == "demo" else
+                                             {"model_path": args.model_path or ""} if args.backend == "organism" else
                                              {"task": args.task, "model_path": args.model_path or ""})}
         result = run_study(suite, gen, gen.target, args.out, mode=mode, shard=shard, attrs=extra,
+                           intervene=intervention_of,
                            probe_kwargs=_storage(args),
                            on_error="raise" if args.stop_on_error else "continue", log=say)
     finally:
@@ -321,11 +441,20 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NAME=V1,V2",
                    help="a setting and its values; repeat for a grid (every combination): steps=20,30, frames=17,33, "
                         "guidance=3.5,5, shift=5,8 (wan), truncation=none,keep3,keep3@10 (keep K frames until the "
-                        "expert boundary or step S)")
+                        "expert boundary or step S), method=baseline,steps:12,first_block_cache:0.1,"
+                        "truncation:3:steps=12 (organism; docs/studies.md)")
     p.add_argument("--backend", default="wan", choices=tuple(BACKEND_SETTINGS),
-                   help="wan: the Wan2.2 repository (default); diffusers: a local diffusers-format folder; demo: "
-                        "the simulated denoiser (CPU, no weights)")
-    p.add_argument("--model_path", help="checkpoint folder (wan) or local diffusers-format folder (diffusers)")
+                   help="wan: the Wan2.2 repository (default); diffusers: a local diffusers-format folder; organism: "
+                        "the packaged trained organism (prompts: its training prompts); demo: the simulated "
+                        "denoiser (CPU, no weights)")
+    p.add_argument("--record_residuals", action="store_true",
+                   help="organism backend: also record MagCache's and FirstBlockCache's signals of baseline and "
+                        "fewer-steps jobs into OUT/residuals/ (for latent-probe calibrate)")
+    p.add_argument("--mag_config", action="append", metavar="EXPERT=FILE",
+                   help="organism backend, --set method=mag_cache:T: the calibrated MagCacheConfig of an expert "
+                        "(transformer=FILE, transformer_2=FILE; written by latent-probe calibrate)")
+    p.add_argument("--model_path", help="checkpoint folder (wan), local diffusers-format folder (diffusers) or organism weights file "
+                        "(organism; default: the packaged one)")
     p.add_argument("--task", default="t2v-A14B", choices=TASKS,
                    help="Wan2.2 task: t2v-A14B (default), i2v-A14B (every prompt needs an image) or ti2v-5B")
     p.add_argument("--size", help="WIDTH*HEIGHT as in Wan2.2 (default: the task's)")

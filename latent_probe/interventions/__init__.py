@@ -6,6 +6,7 @@ An intervention has ``describe() -> dict`` (stored as the run attribute ``interv
 """
 
 from .frame_truncation import FrameTruncation, TruncatedCall
+from .caches import Method, MethodError, SkipCounter, frontier_methods
 from .interpolation import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
 
 __all__ = [
@@ -15,5 +16,9 @@ __all__ = [
     "default_keyframes",
     "resolve_keyframes",
     "interpolate_frames",
+    "Method",
+    "MethodError",
+    "SkipCounter",
+    "frontier_methods",
 ]
 

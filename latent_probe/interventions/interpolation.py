@@ -9,7 +9,12 @@ Fills (``values`` holds the K key frames, ``keys`` their true positions):
 * ``linear``  piecewise linear between neighbouring keys; constant beyond the first / last key;
 * ``nearest`` the value of the nearest key (a tie goes to the earlier key);
 * ``slerp``   spherical interpolation of the frame vector's direction between neighbouring keys, its norm
-  interpolated linearly; falls back to ``linear`` for a zero vector or (anti)parallel neighbours.
+  interpolated linearly; falls back to ``linear`` for a zero vector or (anti)parallel neighbours;
+* ``motion``  motion-compensated: the displacement s between neighbouring keys a → b is found by phase
+  correlation (the peak of ifft(Σ_C F_b·conj(F_a) / |…|), whole latent pixels, per batch item, torch FFT on the
+  tensor's device); a frame at weight w blends a moved by w·s and b moved back by (1 − w)·s (Fourier shift:
+  sub-pixel, circular at the borders), weights as ``linear``. One global translation per key interval: it
+  aligns a pan or one moving object, not several objects moving differently (those still cross-fade).
 
 Key frames are copied exactly (bit for bit) in every mode.
 """
@@ -23,7 +28,7 @@ import torch
 
 __all__ = ["FILLS", "default_keyframes", "resolve_keyframes", "fill_plan", "FillPlan", "interpolate_frames"]
 
-FILLS = ("linear", "nearest", "slerp")
+FILLS = ("linear", "nearest", "slerp", "motion")
 FRAME_DIM = -3
 _VECTOR_DIMS = (-4, -2, -1)  # C, H, W of [..., C, F, H, W]
 
@@ -122,7 +127,10 @@ class FillPlan:
         if self.trivial:
             return a.to(values.dtype)
         b = v.index_select(FRAME_DIM, hi)
-        out = torch.lerp(a, b, w) if self.mode == "linear" else _slerp(a, b, w)
+        if self.mode == "motion":
+            out = _motion_blend(a, b, w, key_shifts(v).index_select(-2, lo.clamp(max=max(len(self.keys) - 2, 0))))
+        else:
+            out = torch.lerp(a, b, w) if self.mode == "linear" else _slerp(a, b, w)
         return torch.where(at_key, a, out).to(values.dtype)
 
 
@@ -134,6 +142,46 @@ def interpolate_frames(values: torch.Tensor, keys: Sequence[int], num_frames: in
     copies of ``values``.
     """
     return FillPlan(keys, num_frames, mode)(values)
+
+
+def key_shifts(values: torch.Tensor) -> torch.Tensor:
+    """Displacement (dy, dx) in latent pixels from each key frame to the next, by phase correlation.
+
+    ``values`` [..., C, K, H, W] → [..., K−1, 2] (float, whole pixels in (−H/2, H/2] × (−W/2, W/2]); frame b is
+    frame a moved by (dy, dx) when b(p) = a(p − (dy, dx)). [..., 1, 2] of zeros for K = 1.
+    """
+    *lead, c, k, h, w = values.shape
+    if k < 2:
+        return values.new_zeros((*lead, 1, 2), dtype=torch.float32)
+    spec = torch.fft.fft2(values.to(torch.promote_types(values.dtype, torch.float32)))   # [..., C, K, H, W]
+    cross = (spec[..., :, 1:, :, :] * spec[..., :, :-1, :, :].conj()).sum(dim=-4)        # [..., K−1, H, W]
+    mag = cross.abs()
+    cross = torch.where(mag > 0, cross / mag.clamp_min(torch.finfo(mag.dtype).tiny), torch.zeros_like(cross))
+    corr = torch.fft.ifft2(cross).real.flatten(-2)                                       # [..., K−1, H·W]
+    peak = corr.argmax(dim=-1)
+    dy, dx = (peak // w).float(), (peak % w).float()
+    dy = torch.where(dy > h // 2, dy - h, dy)
+    dx = torch.where(dx > w // 2, dx - w, dx)
+    return torch.stack([dy, dx], dim=-1)
+
+
+def translate(frames: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Move ``frames`` [..., C, F, H, W] by ``shift`` [..., F, 2] (dy, dx; sub-pixel) with the Fourier shift
+    theorem: out(p) = frames(p − shift), circular at the borders. Real in, real out."""
+    h, w = frames.shape[-2:]
+    fy = torch.fft.fftfreq(h, device=frames.device, dtype=shift.dtype).view(h, 1)
+    fx = torch.fft.fftfreq(w, device=frames.device, dtype=shift.dtype).view(1, w)
+    dy = shift[..., 0].unsqueeze(-1).unsqueeze(-1).unsqueeze(-4)       # [..., 1, F, 1, 1]
+    dx = shift[..., 1].unsqueeze(-1).unsqueeze(-1).unsqueeze(-4)
+    phase = torch.exp(-2j * torch.pi * (fy * dy + fx * dx))
+    return torch.fft.ifft2(torch.fft.fft2(frames) * phase).real.to(frames.dtype)
+
+
+def _motion_blend(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(1 − w)·a moved by w·s + w·b moved by −(1 − w)·s; ``a``, ``b`` [..., C, F, H, W], ``w`` [F, 1, 1], ``shift``
+    [..., F, 2] the displacement of each frame's key interval."""
+    wf = w.view(-1, 1).to(shift.dtype)                                   # [F, 1]
+    return torch.lerp(translate(a, wf * shift), translate(b, -(1 - wf) * shift), w)
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,17 @@ def _truncation(text: str) -> str:
     return f"keep{t['keep']}" + ("" if t["until"] == "boundary" else f"@{t['until']}")
 
 
+def _method(text: str) -> str:
+    """An acceleration method (``interventions.caches.Method``), e.g. ``first_block_cache:0.1``, ``steps:12``,
+    ``truncation:3:steps=12``; stored as its canonical name."""
+    from ..interventions.caches import Method, MethodError
+
+    try:
+        return Method.parse(text).name
+    except MethodError as exc:
+        raise StudyError(f"--set method: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Setting:
     """How a known setting's values are parsed and shown in a job id."""
@@ -91,6 +102,7 @@ SETTINGS: dict[str, Setting] = {  # the command line's settings, in job-id order
     "guidance": Setting(_float("guidance"), "cfg{v}"),
     "shift": Setting(_float("shift"), "shift{v}"),
     "truncation": Setting(_truncation, "{v}"),
+    "method": Setting(_method, "{v}"),
 }
 
 
