@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from latent_probe.organism import fidelity as F  # noqa: E402
 from latent_probe.organism import quality, videos  # noqa: E402
 from latent_probe.study.frontier import add_saving, best_at_saving, frontier_summary  # noqa: E402
-from latent_probe.study.inference import cluster_bootstrap, holm, paired_difference_ci  # noqa: E402
+from latent_probe.study.inference import class_table, holm, paired_difference_ci  # noqa: E402
 
 BASELINE = "baseline_s20"
 REPEAT = "baseline_s20_repeat1"
@@ -108,6 +108,24 @@ def _ci(r: dict, m: str, digits: int = 2, scale: float = 1.0) -> str:
     if v is None or not np.isfinite(v):
         return "–"
     return f"{scale * v:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+PER_CLASS = ("fewer_steps_s12", "first_block_cache_s20_t0.1", "truncation_s20_k3uboundary",
+             "truncation_s20_k7uboundary", "truncation+fewer_steps_s12_k7uboundary")
+
+
+def class_markdown(tab: pd.DataFrame) -> str:
+    """Motion error per class (one prompt a class: the CI is over its 3 seeds, within-prompt spread)."""
+    settings = [s for s in PER_CLASS if s in set(tab.setting)]
+    lines = ["", "Motion error (px/frame) per class; one prompt a class, so the interval is over its 3 seeds:", "",
+             "| class | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
+    for c in sorted(tab["class"].unique()):
+        cells = []
+        for st in settings:
+            r = tab[(tab.setting == st) & (tab["class"] == c)].iloc[0]
+            cells.append(f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" if r["n_clips"] else "–")
+        lines.append(f"| {c}: {videos.PROMPTS[c]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _lost(r: dict, n: int) -> str:
@@ -266,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(out, indent=1, default=lambda o: None if o is None else float(o)))
 
     if args.markdown:
-        Path(args.markdown).write_text(markdown(out, summ, saving))
+        per_class = class_table(table[table.setting.isin(PER_CLASS)], "motion_error", n_resamples=2000)
+        Path(args.markdown).write_text(markdown(out, summ, saving) + class_markdown(per_class))
     pd.set_option("display.width", 250)
     cols = ["setting", "saving_thread_cpu_s", "saving_thread_cpu_s_low", "saving_thread_cpu_s_high",
             "saving_wall_s", "saving_token_steps", "psnr", "psnr_low", "psnr_high", "motion_error",
