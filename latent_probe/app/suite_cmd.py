@@ -87,6 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--title", help="page title")
+    p.add_argument("--frontier", metavar="JSON", help="also draw the speed-quality frontier of this file "
+                                                     "(training/frontier_measure.py's --json)")
     p.set_defaults(func=suite_command)
     return p
 
@@ -139,6 +141,9 @@ def suite_command(args: argparse.Namespace) -> int:
     st = suite_stats(rs, on=args.on, metric=args.metric, compare=args.compare, by=args.by,
                      n_resamples=args.resamples, confidence=args.confidence, seed=args.seed)
     figures = suite_figures(rs, st)
+    if args.frontier:
+        from ..views.frontier import frontier_from_json
+        figures.append(frontier_from_json(args.frontier))
     write_suite_dashboard(rs, args.output, stats=st, figures=figures, title=args.title)
     say(f"wrote {terminal(args.output)} ({len(rs)} runs, {len(figures)} figures)")
     if args.json:

@@ -23,7 +23,7 @@ from ..interventions.interpolation import FILLS, default_keyframes, interpolate_
 from .formulas import cosine_from_sums, relative_l2
 from .reductions import diff_norms
 
-__all__ = ["FeasibilityResult", "truncation_feasibility", "frame_errors"]
+__all__ = ["FeasibilityResult", "truncation_feasibility", "frame_errors", "integrated_error"]
 
 
 @dataclass
@@ -110,3 +110,21 @@ def truncation_feasibility(run: Any, keep: int = 3, *, keyframes: Sequence[int] 
         frame_rel_l2=np.asarray(per_frame, dtype=np.float64).reshape(s, num_frames),
         attrs={"boundary_timestep": run.attrs.get("boundary_timestep")},
     )
+
+
+def integrated_error(rel_l2: Any, sigmas: Any, until: int) -> float:
+    """The offline error integrated over the truncated steps in σ: Σ_{s < until} rel_l2[s] · (σ_s − σ_{s+1}).
+
+    ``rel_l2`` [S] per-step interpolation error (``FeasibilityResult.rel_l2``), ``sigmas`` [S] or [S + 1]
+    (σ in [0, 1], decreasing; a final 0 is appended when S values are given). A flow step moves the latent by
+    (σ_{s+1} − σ_s)·v, so an error in the prediction at step s reaches the sample scaled by the step's Δσ:
+    unlike the mean over truncated steps, this grows with ``until`` and weighs large steps more.
+    """
+    err = np.asarray(rel_l2, dtype=np.float64)
+    sig = np.asarray(sigmas, dtype=np.float64)
+    if sig.size == err.size:
+        sig = np.append(sig, 0.0)
+    if sig.size != err.size + 1 or not 0 <= until <= err.size:
+        raise ValueError(f"integrated_error needs S errors, S or S + 1 sigmas and 0 ≤ until ≤ S; got {err.size}, "
+                         f"{sig.size}, {until}")
+    return float((err[:until] * (sig[:until] - sig[1:until + 1])).sum())

@@ -1,0 +1,117 @@
+"""Study inference against hand-worked cases and independent references (issue 19, item 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latent_probe.errors import LatentProbeError
+from latent_probe.study import inference as I
+from latent_probe.study.stats import bootstrap_mean_ci
+
+
+def test_holm_matches_a_hand_worked_case():
+    # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → running max 0.06
+    np.testing.assert_allclose(I.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    np.testing.assert_allclose(I.holm([0.5, 0.9]), [1.0, 1.0])
+    with pytest.raises(LatentProbeError):
+        I.holm([1.2])
+
+
+def test_cluster_bootstrap_reproduces_its_documented_recipe():
+    rng = np.random.default_rng(1)
+    prompts = np.repeat(np.arange(6), 3)
+    v = rng.normal(size=18) + prompts
+    ci = I.cluster_bootstrap(v, prompts, n_resamples=500, seed=7)
+    draw = np.random.default_rng(7).integers(0, 6, size=(500, 6))
+    means = np.array([np.concatenate([v[prompts == p] for p in d]).mean() for d in draw])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert (ci.low, ci.high) == pytest.approx((lo, hi), rel=1e-12)
+    assert ci.mean == pytest.approx(v.mean()) and ci.n_clusters == 6 and ci.n_clips == 18
+
+
+def test_cluster_ci_widens_when_between_prompt_variance_dominates():
+    rng = np.random.default_rng(0)
+    prompts = np.repeat(np.arange(8), 3)
+    within = rng.normal(0, 0.3, size=24)
+    between = np.repeat(rng.normal(0, 3.0, size=8), 3)
+    v = within + between
+    iid = bootstrap_mean_ci(v[:, None])
+    clus = I.cluster_bootstrap(v, prompts)
+    assert clus.high - clus.low > 1.4 * float(iid[2][0] - iid[1][0])
+    # no prompt effect: the two agree to within resampling noise
+    clus0 = I.cluster_bootstrap(within, prompts)
+    iid0 = bootstrap_mean_ci(within[:, None])
+    assert clus0.high - clus0.low == pytest.approx(float(iid0[2][0] - iid0[1][0]), rel=0.35)
+
+
+def clip_table():
+    rng = np.random.default_rng(2)
+    rows = []
+    for p in range(8):
+        pe = rng.normal(0, 3)                                   # a prompt effect both settings share
+        for s in range(3):
+            ce = rng.normal(0, 1)                               # a clip effect both settings share
+            rows.append({"setting": "A", "prompt": p, "seed": s, "q": pe + ce + 0.5 + rng.normal(0, 0.1)})
+            rows.append({"setting": "B", "prompt": p, "seed": s, "q": pe + ce + rng.normal(0, 0.1)})
+    return pd.DataFrame(rows)
+
+
+def test_paired_difference_sees_an_effect_the_unpaired_cis_hide():
+    t = clip_table()
+    cmp = I.paired_difference_ci(t, "A", "B", "q")
+    assert 0.4 < cmp.ci.low < 0.5 < cmp.ci.high < 0.6
+    assert cmp.p_value == pytest.approx(1 / 4001)
+    a = I.cluster_bootstrap(t[t.setting == "A"].q, t[t.setting == "A"].prompt)
+    b = I.cluster_bootstrap(t[t.setting == "B"].q, t[t.setting == "B"].prompt)
+    assert a.low < b.high                                      # unpaired intervals overlap
+    diffs = t[t.setting == "A"].q.to_numpy() - t[t.setting == "B"].q.to_numpy()
+    np.testing.assert_allclose(cmp.diffs["diff"].to_numpy(), diffs, rtol=1e-12)
+
+
+def test_paired_difference_refuses_unmatched_clips():
+    t = clip_table()
+    with pytest.raises(LatentProbeError, match="same clips"):
+        I.paired_difference_ci(t.drop(index=t.index[0]), "A", "B", "q")
+    with pytest.raises(LatentProbeError, match="twice"):
+        I.paired_difference_ci(pd.concat([t, t.iloc[:1]]), "A", "B", "q")
+    with pytest.raises(LatentProbeError, match="non-finite"):
+        bad = t.copy()
+        bad.loc[0, "q"] = np.nan
+        I.paired_difference_ci(bad, "A", "B", "q")
+
+
+def test_rank_correlation_uses_average_ranks_and_tau_b_for_ties():
+    x, y = [1, 1, 2, 3, 3, 4], [1, 2, 3, 4, 6, 5]
+    rx = np.array([1.5, 1.5, 3, 4.5, 4.5, 6])
+    ry = np.array([1, 2, 3, 4, 6, 5], dtype=float)
+    out = I.rank_correlation(x, y)
+    assert out["spearman"] == pytest.approx(np.corrcoef(rx, ry)[0, 1], rel=1e-12)
+    # τ-b by hand: concordant − discordant over √((n0 − n1)(n0 − n2))
+    c = d = 0
+    for i in range(6):
+        for j in range(i + 1, 6):
+            s = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+            c += s > 0
+            d += s < 0
+    n0, n1 = 15, 2                                              # two tied pairs in x, none in y
+    assert out["kendall_tau_b"] == pytest.approx((c - d) / np.sqrt((n0 - n1) * n0), rel=1e-12)
+
+
+def test_class_table_counts_dropped_rows():
+    t = clip_table()
+    t["class"] = t.prompt % 2
+    t.loc[0, "q"] = np.nan
+    tab = I.class_table(t, "q")
+    assert len(tab) == 4 and tab.n_clips.sum() == 47 and tab.dropped.sum() == 1
+    row = tab[(tab.setting == "A") & (tab["class"] == 0)].iloc[0]
+    sub = t[(t.setting == "A") & (t["class"] == 0)].q.dropna()
+    assert row["mean"] == pytest.approx(sub.mean()) and row["low"] <= row["mean"] <= row["high"]
+
+
+def test_cluster_bootstrap_refuses_one_cluster_and_nan():
+    with pytest.raises(LatentProbeError, match="at least 2 clusters"):
+        I.cluster_bootstrap([1.0, 2.0, 3.0], [0, 0, 0])
+    with pytest.raises(LatentProbeError, match="non-finite"):
+        I.cluster_bootstrap([1.0, np.nan], [0, 1])

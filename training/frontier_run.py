@@ -1,0 +1,223 @@
+"""The acceleration frontier on the v1 organism: every method at several strengths, per clip, timed.
+
+For each setting and each (prompt, seed) clip one batch-1 generation (CFG, the baseline's noise) runs and
+is timed three ways: thread CPU time of the whole sampling call (``time.thread_time``; with
+``torch.set_num_threads(1)`` all compute runs on the calling thread, so other processes' load barely moves
+it), thread CPU time inside the DiT experts (forward pre-hook → forward hook), and wall time; token-steps
+(Σ tokens the DiT ran, after truncation, CFG's two calls both counted; cache-skipped tail blocks not
+subtracted) are a
+third, hardware-free column, and ``blocks_run`` (calls of each expert's last block) says what a cache
+really skipped. On a GPU the DiT time comes from CUDA events instead.
+
+Methods (``--quick``: a few only): the 20-step baseline; fewer steps (same scheduler); ``FrameTruncation``
+(keep × until); diffusers' ``apply_first_block_cache`` on both experts (thresholds); truncation + fewer
+steps. The final latents go to ``--latents`` (one ``.pt`` per setting, [N, 16, F, h, w], not for git); the
+rows (setting × clip: times, token-steps, keys) to ``--out`` JSON, rewritten after every setting so a crash
+loses at most one setting. ``training/frontier_measure.py`` scores them.
+
+    nice -n 10 python training/frontier_run.py --out /tmp/frontier/run.json --latents /tmp/frontier/lat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from latent_probe import FrameTruncation, LatentProbe  # noqa: E402
+from latent_probe.organism import DEFAULT_GUIDANCE, load_organism  # noqa: E402
+
+
+class ThreadTimer:
+    """Thread CPU seconds (CPU) or CUDA-event seconds (GPU) spent inside ``modules``' forward calls."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.handles = []
+        self.total = 0.0
+        self._events: list[tuple[Any, Any]] = []
+        self._open: dict[int, Any] = {}
+        for m in modules:
+            self.handles.append(m.register_forward_pre_hook(self._start, prepend=True))
+            self.handles.append(m.register_forward_hook(self._stop))
+
+    def _start(self, module: torch.nn.Module, args: Any) -> None:
+        if next(module.parameters()).is_cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._open[id(module)] = ev
+        else:
+            self._open[id(module)] = time.thread_time()
+
+    def _stop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        start = self._open.pop(id(module))
+        if isinstance(start, float):
+            self.total += time.thread_time() - start
+        else:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((start, end))
+
+    def seconds(self) -> float:
+        if self._events:
+            self._events[-1][1].synchronize()
+        return self.total + sum(a.elapsed_time(b) for a, b in self._events) / 1e3
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class CallCounter:
+    """Tokens the DiT really ran (Σ B·L at its first block, after any truncation), DiT calls, and calls whose
+    last block really computed (its self-attention ran: a cache that reuses the tail skips it)."""
+
+    def __init__(self, experts: dict[str, torch.nn.Module]) -> None:
+        self.tokens = 0
+        self.calls = 0
+        self.blocks_run = 0
+        self.handles = []
+        for m in experts.values():
+            self.handles.append(m.register_forward_pre_hook(self._call))
+            self.handles.append(m.blocks[0].register_forward_pre_hook(self._count, with_kwargs=True))
+            self.handles.append(m.blocks[-1].attn1.register_forward_pre_hook(self._block))
+
+    def _call(self, module: torch.nn.Module, args: Any) -> None:
+        self.calls += 1
+
+    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        x = kwargs.get("hidden_states", args[0] if args else None)      # [B, L, D]
+        self.tokens += x.shape[0] * x.shape[1]
+
+    def _block(self, module: torch.nn.Module, args: Any) -> None:
+        self.blocks_run += 1
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def settings(quick: bool) -> list[dict[str, Any]]:
+    """The grid: method, its strength parameters, steps."""
+    out: list[dict[str, Any]] = [{"method": "baseline", "steps": 20}]
+    for s in ((16, 12, 8) if not quick else (12,)):
+        out.append({"method": "fewer_steps", "steps": s})
+    trunc = [(3, "boundary"), (5, "boundary"), (7, "boundary"), (11, "boundary"), (7, 3), (5, 6)]
+    for keep, until in (trunc if not quick else trunc[:1]):
+        out.append({"method": "truncation", "steps": 20, "keep": keep, "until": until})
+    for thr in ((0.05, 0.1, 0.2, 0.3) if not quick else (0.1,)):
+        out.append({"method": "first_block_cache", "steps": 20, "threshold": thr})
+    for steps, keep, until in (((16, 7, "boundary"), (12, 7, "boundary"), (12, 11, "boundary"))
+                               if not quick else ((12, 7, "boundary"),)):
+        out.append({"method": "truncation+fewer_steps", "steps": steps, "keep": keep, "until": until})
+    out.append({"method": "baseline", "steps": 20, "repeat": 1})   # run-to-run determinism and timing noise
+    return out
+
+
+def setting_name(s: dict[str, Any]) -> str:
+    parts = [s["method"], f"s{s['steps']}"]
+    if "keep" in s:
+        parts.append(f"k{s['keep']}u{s['until']}")
+    if "threshold" in s:
+        parts.append(f"t{s['threshold']}")
+    if "repeat" in s:
+        parts.append(f"repeat{s['repeat']}")
+    return "_".join(parts)
+
+
+def prepare(setting: dict[str, Any], device: str) -> tuple[Any, Callable[[], Any]]:
+    """A fresh organism for the setting (caches are applied to its experts) and an intervention factory."""
+    org = load_organism(device=device)
+    if setting["method"] == "first_block_cache":
+        from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+        for m in (org.pipe.transformer, org.pipe.transformer_2):
+            apply_first_block_cache(m, FirstBlockCacheConfig(threshold=setting["threshold"]))
+    if "keep" in setting:
+        return org, lambda: FrameTruncation(keep=setting["keep"], until=setting["until"])
+    return org, lambda: None
+
+
+def generate_one(org: Any, prompt: int, seed: int, steps: int, intervene: Any) -> dict[str, Any]:
+    """One generation under LatentProbe (no file, x0 not stored): final latent and its costs."""
+    experts = {"high_noise": org.pipe.transformer, "low_noise": org.pipe.transformer_2}
+    counter = CallCounter(experts)
+    timer = ThreadTimer(list(experts.values()))
+    cuda = torch.cuda.is_available()
+    try:
+        with LatentProbe(org.pipe, None, capture=("x0",), store_dtype="float32", intervene=intervene):
+            if cuda:
+                torch.cuda.synchronize()
+            w0, c0 = time.perf_counter(), time.thread_time()
+            out = org.generate(prompt, seed=seed, num_inference_steps=steps, guidance_scale=DEFAULT_GUIDANCE)
+            if cuda:
+                torch.cuda.synchronize()
+            cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+    finally:
+        counter.remove()
+        timer.remove()
+    row = {"thread_cpu_s": cpu, "wall_s": wall, "dit_s": timer.seconds(), "token_steps": counter.tokens,
+           "dit_calls": counter.calls, "blocks_run": counter.blocks_run}
+    if intervene is not None:
+        row["keys"] = list(intervene.keys_used) if intervene.keys_used is not None else None
+        row["token_steps_skipped"] = intervene.token_steps_skipped_fraction
+    return {"final": out.float().cpu()[0], "row": row}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="JSON of rows (rewritten after every setting)")
+    p.add_argument("--latents", required=True, help="folder for the final latents (.pt per setting)")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="one setting per method (a smoke run)")
+    p.add_argument("--only", default=None, help="comma-separated setting names to run, in this order (others skipped)")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lat_dir = Path(args.latents)
+    lat_dir.mkdir(parents=True, exist_ok=True)
+    clips = [(pr, s) for pr in range(args.prompts) for s in range(args.seeds)]
+    out_path = Path(args.out)
+    result = json.loads(out_path.read_text()) if out_path.exists() else {
+        "machine": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "guidance": DEFAULT_GUIDANCE,
+        "clips": [{"prompt_index": pr, "seed": s} for pr, s in clips], "settings": {}}
+    # warm-up (allocator, first-call costs), untimed
+    org, _ = prepare({"method": "baseline", "steps": 20}, device)
+    generate_one(org, 0, 0, 20, None)
+    grid = {setting_name(st): st for st in settings(args.quick)}
+    order = list(grid) if args.only is None else args.only.split(",")
+    unknown = [n for n in order if n not in grid]
+    if unknown:
+        p.error(f"unknown setting(s) {unknown}; known: {list(grid)}")
+    for name in order:
+        setting = grid[name]
+        if name in result["settings"]:
+            continue
+        org, factory = prepare(setting, device)
+        rows, finals = [], []
+        load0 = os.getloadavg()[0]
+        for pr, s in clips:
+            g = generate_one(org, pr, s, setting["steps"], factory())
+            rows.append({"prompt_index": pr, "seed": s, **g["row"]})
+            finals.append(g["final"])
+        torch.save(torch.stack(finals), lat_dir / f"{name}.pt")
+        result["settings"][name] = {**setting, "rows": rows, "loadavg_1min": [load0, os.getloadavg()[0]]}
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(out_path)
+        cpu = sum(r["thread_cpu_s"] for r in rows) / len(rows)
+        print(f"{name:40s} cpu {cpu:6.2f} s/clip  load {load0:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
