@@ -18,6 +18,9 @@ FAMILY_TOKENS = {
     "old_pred_original_sample", "invert_sigmas_unused_marker",
 }
 APPLICATION_LAYER = {"testing.py", "demo.py"}
+# Not a model family's fact: diffusers' MagCacheConfig calls its per-expert call count num_inference_steps, and the
+# calibration export and the cache methods must write that field by its name.
+CACHE_CONFIG_FIELDS = {"interventions/caches.py": {"num_inference_steps"}, "study/calibrate.py": {"num_inference_steps"}}
 
 
 def code_tokens(path: pathlib.Path) -> set[str]:
@@ -48,7 +51,7 @@ def test_family_facts_are_named_only_in_adapters():
         rel = path.relative_to(root).as_posix()
         if rel.startswith(("adapters/", "app/", "organism/")) or rel in APPLICATION_LAYER:  # organism/: a model
             continue
-        hits = code_tokens(path) & FAMILY_TOKENS
+        hits = (code_tokens(path) & FAMILY_TOKENS) - CACHE_CONFIG_FIELDS.get(rel, set())
         if hits:
             offenders[rel] = sorted(hits)
     assert not offenders, f"family facts outside adapters/: {offenders}"

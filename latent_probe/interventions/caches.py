@@ -42,6 +42,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..adapters import TargetParts, UnsupportedTargetError, resolve_target
 from ..errors import LatentProbeError
 
 __all__ = ["Method", "MethodError", "SkipCounter", "CACHE_KINDS", "METHOD_KINDS", "frontier_methods",
@@ -57,16 +58,24 @@ _STRENGTH = {  # what strength means for each kind, and its type
 }
 _UNITS = ("attn1", "attn2", "ffn")
 TAYLORSEER_WAN_MODULES = (r"^blocks\.\d+\.(attn1|attn2|ffn)$",)  # re.fullmatch on module names
-EXPERT_NAMES = ("transformer", "transformer_2")
 
 
 class MethodError(LatentProbeError, ValueError):
     """A method that cannot be applied as described (one line, before anything runs)."""
 
 
+def _parts(pipe: Any) -> TargetParts:
+    """What the adapter knows of ``pipe`` (its experts, which one is high-noise, the boundary): the family facts
+    live there, not here."""
+    try:
+        return resolve_target(pipe)
+    except UnsupportedTargetError as exc:
+        raise MethodError(f"cannot apply a method to {type(pipe).__name__}: {exc}") from None
+
+
 def experts_of(pipe: Any) -> dict[str, torch.nn.Module]:
-    """The DiT experts of a diffusers pipeline: ``transformer`` and, when present, ``transformer_2``."""
-    out = {n: getattr(pipe, n) for n in EXPERT_NAMES if getattr(pipe, n, None) is not None}
+    """The DiT experts of a diffusers pipeline, by attribute name, as its adapter finds them (high-noise first)."""
+    out = dict(_parts(pipe).experts)
     if not out:
         raise MethodError(f"{type(pipe).__name__} has no transformer to apply a cache to")
     return out
@@ -261,18 +270,20 @@ class Method:
 
 
 def expert_steps(pipe: Any, steps: int) -> dict[str, int]:
-    """How many of ``steps`` sampling steps each expert of a diffusers Wan pipeline runs (a copy of its
-    scheduler's timesteps against ``boundary_ratio · num_train_timesteps``, as the pipeline decides)."""
+    """How many of ``steps`` sampling steps each expert of a diffusers pipeline runs: a copy of its scheduler's
+    timesteps against the boundary timestep its adapter reads from the pipeline, as the pipeline decides."""
     import copy
 
-    sched = copy.deepcopy(pipe.scheduler)
+    parts = _parts(pipe)
+    sched = copy.deepcopy(parts.scheduler)
     sched.set_timesteps(steps)
-    ratio = getattr(getattr(pipe, "config", None), "boundary_ratio", None)
-    if ratio is None or getattr(pipe, "transformer_2", None) is None:
-        return {"transformer": len(sched.timesteps)}
-    boundary = float(ratio) * float(sched.config.num_train_timesteps)
-    high = sum(float(t) >= boundary for t in sched.timesteps)
-    return {"transformer": high, "transformer_2": len(sched.timesteps) - high}
+    names = list(parts.experts)
+    boundary, high = parts.attrs.get("boundary_timestep"), parts.high_noise_expert
+    if boundary is None or high is None or len(names) < 2:
+        return {names[0]: len(sched.timesteps)}
+    low = next(n for n in names if n != high)
+    n_high = sum(float(t) >= float(boundary) for t in sched.timesteps)
+    return {high: n_high, low: len(sched.timesteps) - n_high}
 
 
 def _number(text: str, whole: str) -> int | float:

@@ -419,7 +419,7 @@ def _check_x0_space(parts: TargetParts) -> None:
     cfg = getattr(sched, "config", None)
     flow = getattr(cfg, "prediction_type", None) == "flow_prediction" or getattr(cfg, "use_flow_sigmas", False) \
         or type(sched).__name__.startswith("FlowMatch")
-    if sched is None or getattr(sched, "sigmas", None) is None or not flow or parts.dit_calls == "wan_repo":
+    if sched is None or getattr(sched, "sigmas", None) is None or not flow:  # None: created inside generation
         raise ValueError("fill_space='x0' needs the scheduler's σ at each DiT call: a diffusers pipeline with a "
                          "flow-matching scheduler instance (this target's scheduler is "
                          f"{type(sched).__name__ if sched is not None else 'created inside generation'})")
