@@ -10,7 +10,7 @@ import torch
 from conftest import run_pipe
 from latent_probe import LatentProbe
 from latent_probe.interventions import FrameTruncation, interpolate_frames
-from latent_probe.interventions.interpolation import key_shifts, translate
+from latent_probe.frames import key_shifts, translate
 
 F = 5  # latent frames of the tiny pipelines (17 video frames)
 H = W = 16

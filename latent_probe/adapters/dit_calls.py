@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 if TYPE_CHECKING:  # the plan is the intervention's; this module only reads its keys and fills
-    from ..interventions.interpolation import FillPlan
+    from ..frames import FillPlan
 
 
 __all__ = ["CallShape", "DitIO", "patch_size_of", "is_image_conditioned", "frame0_is_conditioning"]

@@ -14,7 +14,7 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import LatentProbeError
-from ..interventions.interpolation import FILLS
+from ..frames import FILLS
 from ..views.safe_text import terminal, terminal_lines
 from .options import add_model_arguments, add_storage_arguments
 from .truncation_cmd import add_truncation_parser

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..interventions.interpolation import FILLS
+from ..frames import FILLS
 
 __all__ = ["add_truncation_parser", "truncation_command"]
 

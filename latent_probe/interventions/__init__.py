@@ -7,7 +7,7 @@ An intervention has ``describe() -> dict`` (stored as the run attribute ``interv
 
 from .frame_truncation import FrameTruncation, TruncatedCall
 from .caches import Method, MethodError, SkipCounter, frontier_methods
-from .interpolation import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
+from ..frames import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
 
 __all__ = [
     "FrameTruncation",

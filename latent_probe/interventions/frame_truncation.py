@@ -30,7 +30,7 @@ from ..adapters import rope
 from ..adapters.base import TargetParts
 from ..hooks import HookRegistry
 from ..adapters.dit_calls import CallShape, DitIO, frame0_is_conditioning, is_image_conditioned
-from .interpolation import FILLS, FillPlan, default_keyframes, resolve_keyframes
+from ..frames import FILLS, FillPlan, default_keyframes, resolve_keyframes
 
 __all__ = ["FrameTruncation", "TruncatedCall", "POSITIONS"]
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..interventions.interpolation import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
+from ..frames import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
 from .formulas import cosine_from_sums, relative_l2
 from .reductions import diff_norms
 
