@@ -9,6 +9,7 @@ import pathlib
 import pkgutil
 
 import numpy as np
+import pytest
 
 import latent_probe
 from latent_probe.errors import LatentProbeError
@@ -191,12 +192,74 @@ def test_metrics_accessor_caches_and_refresh_forgets(tmp_path):
         assert not run.metrics.cache
         a = run.metrics("x0")
         assert run.metrics("x0").l2 is a.l2 and "x0/adjacent" in run.metrics.cache
-        assert run.summary("x0") is not None and run.eps_gap() is run.metrics.eps_gap()  # promoted
+        assert run.metrics.summary("x0") is not None and run.metrics.eps_gap() is run.metrics.eps_gap()
         run.refresh()
         assert not run.metrics.cache
     with open_run(path) as run:  # the file kept the cache (written while it was open r+)
         assert "metrics" in run.file
         np.testing.assert_array_equal(run.metrics("x0").l2, a.l2)
+
+
+def test_run_accessors_are_on_the_class_and_old_spellings_warn(tmp_path):
+    """xarray's accessor pattern (issue 22): ``metrics`` and ``blocks`` are descriptors on Run, so ``dir(run)``
+    shows them; the metric methods once promoted onto Run answer with a DeprecationWarning naming the one
+    spelling and are not in ``dir()``; a misspelling is an AttributeError."""
+    import warnings
+
+    from latent_probe import Run, open_run
+    from latent_probe.demo import run_demo_generation
+    from latent_probe.metrics import RunMetrics
+    from latent_probe.metrics.blocks import RunBlocks
+
+    path = tmp_path / "r.h5"
+    run_demo_generation(path, steps=4, frames=5)[1].close()
+    assert Run.metrics is RunMetrics and Run.blocks is RunBlocks
+    with open_run(path) as run:
+        names = dir(run)
+        assert "metrics" in names and "blocks" in names
+        assert set(RunMetrics.moved_from_run) == {"lag_similarity", "frame_similarity", "step_change", "eps_gap",
+                                                  "noise_floor", "phases", "summary"}
+        assert not set(RunMetrics.moved_from_run) & set(names)
+        assert run.metrics is run.metrics  # built once per run
+        for name in RunMetrics.moved_from_run:
+            with pytest.warns(DeprecationWarning, match=rf"run\.{name}\(\.\.\.\) is deprecated .* use "
+                                                        rf"run\.metrics\.{name}\(\.\.\.\)"):
+                old = getattr(run, name)
+            assert old == getattr(run.metrics, name)  # the accessor's own bound method
+        with pytest.warns(DeprecationWarning):
+            assert run.eps_gap() is run.metrics.eps_gap()  # one cached result either way
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(AttributeError, match="no attribute 'sumary'"):
+                run.sumary("x0")
+
+
+def test_register_run_accessor_warns_on_a_clash_and_keeps_construction_errors_visible(tmp_path):
+    """As xarray: shadowing an attribute of Run warns; an AttributeError raised while building the accessor is
+    re-raised as RuntimeError (else ``run.<name>`` would read as 'Run has no attribute <name>')."""
+    from latent_probe import Run, open_run
+    from latent_probe.demo import run_demo_generation
+    from latent_probe.store.accessors import register_run_accessor
+
+    class Broken:
+        def __init__(self, run):
+            raise AttributeError("needs a field this run lacks")
+
+    path = tmp_path / "r.h5"
+    run_demo_generation(path, steps=2, frames=3)[1].close()
+    saved = Run.__dict__["complete"]
+    try:
+        with pytest.warns(RuntimeWarning, match="'complete' .* overrides an attribute Run already has"):
+            register_run_accessor("complete")(Broken)
+        register_run_accessor("_test_broken")(Broken)
+        with open_run(path) as run, pytest.raises(RuntimeError, match="error initializing the '_test_broken' "
+                                                                       "accessor of Run: needs a field"):
+            run._test_broken
+    finally:
+        Run.complete = saved
+        del Run._test_broken
+    with open_run(path) as run:
+        assert run.complete is True
 
 
 def test_star_import_needs_no_plotly_and_the_package_is_typed():

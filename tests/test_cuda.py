@@ -103,8 +103,9 @@ def test_metrics_computed_on_the_gpu_during_the_run_equal_those_of_the_stored_la
             np.testing.assert_allclose(on.l2, off.l2, rtol=1e-6)  # float32 partial sums in another order
             np.testing.assert_allclose(on.cos, off.cos, rtol=0, atol=1e-6)
             np.testing.assert_array_equal(only.metrics(space).l2, on.l2)
-            np.testing.assert_allclose(run.step_change(space, source="online").rel_l1,
-                                       run.step_change(space, source="latents").rel_l1, rtol=1e-9, equal_nan=True)
+            np.testing.assert_allclose(run.metrics.step_change(space, source="online").rel_l1,
+                                       run.metrics.step_change(space, source="latents").rel_l1, rtol=1e-9,
+                                       equal_nan=True)
         kept = der.latent_steps
         assert 0 < len(kept) < 8
         for q in ("x0", "eps"):

@@ -33,8 +33,8 @@ def same_run(run, ref) -> None:
     for field in ("sigmas", "timesteps", "step_indices", "guidance_scales"):
         np.testing.assert_array_equal(getattr(run, field), getattr(ref, field))
     assert list(run.experts) == list(ref.experts)
-    phases = [(r["kind"], r["name"], r["start"], r["stop"]) for r in run.summary("x0").rows]
-    assert phases == [(r["kind"], r["name"], r["start"], r["stop"]) for r in ref.summary("x0").rows]
+    phases = [(r["kind"], r["name"], r["start"], r["stop"]) for r in run.metrics.summary("x0").rows]
+    assert phases == [(r["kind"], r["name"], r["start"], r["stop"]) for r in ref.metrics.summary("x0").rows]
     assert run.complete and ref.complete and run.planned_steps == ref.planned_steps == ref.num_steps
 
 

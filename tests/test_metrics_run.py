@@ -122,14 +122,14 @@ def test_phases_and_summary(two_expert_pipe):
     with LatentProbe(two_expert_pipe, store_dtype="float32") as probe:
         run_pipe(two_expert_pipe, steps=20)
     run = probe.run
-    thirds = run.phases()
+    thirds = run.metrics.phases()
     assert [(p.start, p.stop) for p in thirds] == [(0, 7), (7, 14), (14, 20)]
-    assert [(p.start, p.stop) for p in run.phases("original")] == [(0, 5), (5, 10), (10, 20)]
-    assert [(p.start, p.stop) for p in run.phases("0-2,3-11,12-19")] == [(0, 3), (3, 12), (12, 20)]
-    assert [(p.start, p.stop) for p in run.phases("1-based:1-3,4-12,13-20")] == [(0, 3), (3, 12), (12, 20)]
+    assert [(p.start, p.stop) for p in run.metrics.phases("original")] == [(0, 5), (5, 10), (10, 20)]
+    assert [(p.start, p.stop) for p in run.metrics.phases("0-2,3-11,12-19")] == [(0, 3), (3, 12), (12, 20)]
+    assert [(p.start, p.stop) for p in run.metrics.phases("1-based:1-3,4-12,13-20")] == [(0, 3), (3, 12), (12, 20)]
     with pytest.raises(ValueError, match="0-based"):
-        run.phases("5-3")
-    s = run.summary("x0", phases="original")
+        run.metrics.phases("5-3")
+    s = run.metrics.summary("x0", phases="original")
     text = s.to_text()
     assert text.startswith("Temporal Continuity Statistics\n========================================\n"
                            "Normalized L2 Distance:\n  Early steps (0-4):  Mean = ")
@@ -141,7 +141,7 @@ def test_phases_and_summary(two_expert_pipe):
     n_high = int((run.experts == "transformer").sum())
     assert experts[0]["stop"] == n_high and f"transformer (0-{n_high - 1})" in text
     with pytest.raises(ValueError, match="FIRST-LAST"):
-        run.phases("early")
+        run.metrics.phases("early")
 
 
 def test_step_change_and_gap_against_numpy(two_expert_pipe):
@@ -149,7 +149,7 @@ def test_step_change_and_gap_against_numpy(two_expert_pipe):
         run_pipe(two_expert_pipe, steps=8, guidance_scale=3.0)
     run = probe.run
     p = run.latents("pred")[:].astype(np.float64)
-    sc = run.step_change("pred")
+    sc = run.metrics.step_change("pred")
     ref = [np.abs(p[s] - p[s - 1]).sum() / np.abs(p[s - 1]).sum() for s in range(1, 8)]
     assert np.isnan(sc.rel_l1[0])
     np.testing.assert_allclose(sc.rel_l1[1:], ref, rtol=1e-10)
@@ -159,7 +159,8 @@ def test_step_change_and_gap_against_numpy(two_expert_pipe):
     s = run.sigmas[:, None, None, None, None, None]
     eps_c = xt + (1 - s) * c
     ref_gap = [np.linalg.norm((1 - s[i]) * (c[i] - u[i])) / np.linalg.norm(eps_c[i]) for i in range(8)]
-    np.testing.assert_allclose(run.eps_gap(), ref_gap, rtol=1e-9)
-    np.testing.assert_allclose(run.noise_floor(), (1 - run.sigmas) ** 2 / ((1 - run.sigmas) ** 2 + run.sigmas ** 2))
+    np.testing.assert_allclose(run.metrics.eps_gap(), ref_gap, rtol=1e-9)
+    np.testing.assert_allclose(run.metrics.noise_floor(),
+                               (1 - run.sigmas) ** 2 / ((1 - run.sigmas) ** 2 + run.sigmas ** 2))
     df = run.to_dataframe("x0")
     assert len(df) == 8 * 1 * 4 * 4 and set(df.metric) == {"l2", "cos", "one_minus_cos", "norm_ratio"}

@@ -97,7 +97,7 @@ def reference(path, space="x0"):
         return dict(l2=m.l2.mean(axis=1), cos=m.cos.mean(axis=1), l2_mean=m.l2_mean.mean(axis=1),
                     cos_mean=m.cos_mean.mean(axis=1), sigma=run.sigmas.copy(), timestep=run.timesteps.copy(),
                     experts=[str(e) for e in run.experts], attrs=dict(run.attrs),
-                    thirds=[(p.name, p.start, p.stop) for p in run.phases("thirds")])
+                    thirds=[(p.name, p.start, p.stop) for p in run.metrics.phases("thirds")])
 
 
 def test_dataset_holds_each_runs_metrics_and_attributes(runset, suite_dir, tmp_path):

@@ -49,7 +49,7 @@ def test_metrics_computed_during_the_run_equal_those_of_the_stored_latents(refer
             l2, cos = numpy_pair_metrics(run.latents(space)[run.num_steps // 2])
             np.testing.assert_allclose(on.l2[run.num_steps // 2], l2, rtol=1e-6)  # float32 rows, float64 sums
             np.testing.assert_allclose(on.cos[run.num_steps // 2], cos, rtol=0, atol=1e-7)
-            a, b = run.step_change(space, source="online"), run.step_change(space, source="latents")
+            a, b = run.metrics.step_change(space, source="online"), run.metrics.step_change(space, source="latents")
             np.testing.assert_allclose(a.rel_l1, b.rel_l1, rtol=1e-12, equal_nan=True)
             np.testing.assert_allclose(a.norm_ratio, b.norm_ratio, rtol=1e-12, equal_nan=True)
             assert np.isnan(a.rel_l1[0]) and np.isfinite(a.rel_l1[1:]).all()
@@ -69,13 +69,14 @@ def test_metrics_only_run_holds_kilobytes_and_the_same_metrics(reference, two_ex
             assert "latents" in f and len(f["latents"]) == 0
         m, r = run.metrics("x0"), ref.metrics("x0", source="latents")
         np.testing.assert_allclose(m.l2, r.l2, rtol=1e-12)
-        np.testing.assert_allclose(run.step_change("pred").rel_l1, ref.step_change("pred", source="latents").rel_l1,
+        np.testing.assert_allclose(run.metrics.step_change("pred").rel_l1,
+                                   ref.metrics.step_change("pred", source="latents").rel_l1,
                                    rtol=1e-12, equal_nan=True)
         with pytest.raises(KeyError, match="no stored latents"):
             run.metrics("x0", source="latents")
         with pytest.raises(KeyError, match="not captured"):
             run.latents("x0")
-        assert run.summary("x0").to_text()
+        assert run.metrics.summary("x0").to_text()
     assert os.path.getsize(path) < 200_000
 
 
@@ -181,10 +182,10 @@ def test_chosen_steps_store_exactly_those_rows(reference, two_expert_pipe, tmp_p
         others = [s for s in range(12) if s not in expected]
         assert np.isnan(m.l2[others]).all()
         with pytest.raises(ValueError, match="needs every step"):
-            run.step_change("pred")
+            run.metrics.step_change("pred")
         with pytest.raises(KeyError, match="no stored latents"):
-            run.frame_similarity("x0", 1)
-        np.testing.assert_array_equal(run.frame_similarity("x0", 5), ref.frame_similarity("x0", 5))
+            run.metrics.frame_similarity("x0", 1)
+        np.testing.assert_array_equal(run.metrics.frame_similarity("x0", 5), ref.metrics.frame_similarity("x0", 5))
         ds = run.to_xarray()
         assert ds["x0"].dims[0] == "latent_step" and ds["latent_step"].values.tolist() == expected
         assert ds.sizes["step"] == 12
@@ -295,7 +296,7 @@ def test_a_live_and_a_killed_metrics_only_run_read_their_committed_steps(tmp_pat
         ref = adjacent_frame_metrics(x * 3)
         np.testing.assert_allclose(run.metrics("x0").l2[2], ref.l2, rtol=1e-12)
         sc = tensor_step_change([(x * k).double() for k in (1, 2, 3)])  # as the run streams them
-        np.testing.assert_allclose(run.step_change("x0").rel_l1, sc.rel_l1, rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(run.metrics.step_change("x0").rel_l1, sc.rel_l1, rtol=1e-12, equal_nan=True)
     w.close({"complete": True})
     with open_run(path) as run:
         assert run.complete and not run.recording and run.num_steps == 3
@@ -379,9 +380,9 @@ def test_eps_gap_and_views_of_chosen_steps_use_the_steps_the_rows_hold(reference
     with open_run(full) as a, open_run(sel) as b:
         kept = b.latent_steps.tolist()
         assert kept == [0, 2, 4, 5]
-        gap = b.eps_gap()
+        gap = b.metrics.eps_gap()
         assert gap.shape == (6,) and np.isnan(gap[[1, 3]]).all()
-        np.testing.assert_allclose(gap[kept], a.eps_gap()[kept], rtol=1e-12)
+        np.testing.assert_allclose(gap[kept], a.metrics.eps_gap()[kept], rtol=1e-12)
         s = collect(b)
         assert s.gap.shape == (6,) and "cover 4 of 6 steps" in s.summary_text
         with pytest.raises(ValueError, match="needs every step"):
@@ -460,7 +461,7 @@ def test_phase_table_of_a_run_set_numbers_steps_from_zero_as_everything_else(ref
 
     rs = open_runs([reference[0]], workers=0)
     with open_run(reference[0]) as run:
-        phases = run.phases("thirds")
+        phases = run.metrics.phases("thirds")
     table = rs.phase_table()
     assert list(table["steps"]) == [f"{p.start}–{p.stop - 1}" for p in phases]
     assert table["steps"].iloc[0].startswith("0–")

@@ -264,7 +264,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         elif args.csv:
             text = metrics_csv(run, args.space)
         else:
-            text = terminal_summary(run.summary(args.space, args.phases))
+            text = terminal_summary(run.metrics.summary(args.space, args.phases))
             note = run.metrics.coverage(args.space)
             if note:
                 text = f"{text}\nNote: {note}"

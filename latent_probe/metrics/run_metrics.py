@@ -23,7 +23,7 @@ from .continuity import AdjacentFrameMetrics, StepChange, _nanmean_last, adjacen
     frame_similarity_matrix, lag_similarity, noise_floor
 from .continuity import step_change as _step_change
 from .online import change_from_sums, from_sums
-from .phases import expert_switch_mask
+from .phases import Phase, Summary, expert_switch_mask, fit_phases, phase_ranges, summarize
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store.reader import Run
@@ -274,12 +274,13 @@ def to_dataframe(run: "Run", space: str = "x0") -> Any:
 @register_run_accessor("metrics")
 class RunMetrics:
     """``run.metrics``: every metric of a run, computed on first use and cached here (and under ``/metrics``
-    in a writable file). ``run.metrics("x0")`` is the adjacent-frame continuity of x̂₀; the methods below are
-    also reachable as ``run.<method>`` (``promoted``). The store knows none of this: the class registers itself.
+    in a writable file). ``run.metrics("x0")`` is the adjacent-frame continuity of x̂₀; ``run.metrics.summary(...)``,
+    ``run.metrics.step_change(...)``, ... the rest. The store knows none of this: the class registers itself.
     """
 
-    promoted = ("lag_similarity", "frame_similarity", "step_change", "eps_gap", "noise_floor",
-                "phases", "summary", "to_dataframe")
+    # once promoted onto Run (``run.summary``): Run still answers them with a DeprecationWarning, for one release
+    moved_from_run = ("lag_similarity", "frame_similarity", "step_change", "eps_gap", "noise_floor", "phases",
+                      "summary")
 
     def __init__(self, run: "Run") -> None:
         self._run = run
@@ -315,21 +316,17 @@ class RunMetrics:
         """Adjacent-frame cosine that x_t would show from noise alone (static content), per step [S]."""
         return run_noise_floor(self._run)
 
-    def phases(self, scheme: Any = "thirds") -> list:
+    def phases(self, scheme: Any = "thirds") -> list[Phase]:
         """Step ranges (steps from 0): "thirds", "original" (0-4, 5-9, 10-19 of 20 steps; scaled to other lengths,
         see ``phases.fit_phases``), "0-4,5-9,10-39" (both ends included; "1-based:1-5,6-10,11-40" for 1-based
         ranges) or [(name, start, stop)] (stop excluded)."""
-        from .phases import fit_phases, phase_ranges
-
         S = self._run.num_steps
         return phase_ranges(S, fit_phases(S, scheme)[0])
 
-    def summary(self, space: str = "x0", phases: Any = "thirds") -> Any:
+    def summary(self, space: str = "x0", phases: Any = "thirds") -> Summary:
         """Phase statistics (``.to_text()`` prints the original analysis's table; ``.to_dict()``). Steps without
         values (latents not stored there) are left out of the means; :meth:`coverage` says how many."""
         import warnings
-
-        from .phases import summarize
 
         m = self(space)
         with warnings.catch_warnings():  # a phase with no stored step has a NaN mean, not a warning

@@ -10,6 +10,7 @@ in one line, in bounded time and memory.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -17,7 +18,6 @@ import h5py
 import numpy as np
 
 from . import schema
-from .accessors import accessor_of
 from .blocks import BLOCKS_GROUP
 from .liveness import writer_alive
 from .superblock import SuperblockError, UnmarkedFile, held_by_another_process, read_superblock
@@ -174,15 +174,18 @@ class RootAttrs(Mapping):
         return sum(1 for _ in self)
 
 
-if TYPE_CHECKING:  # the accessor registered at run time (metrics/run_metrics.py), typed for mypy and IDEs
+if TYPE_CHECKING:  # the accessors latent_probe.metrics registers on Run (store/accessors.py), typed for mypy
+    from ..metrics.blocks import RunBlocks
     from ..metrics.run_metrics import RunMetrics
+    from .cache import RunCache
 
 
 class Run:
     """A recorded run. Per-step arrays have length S (committed steps)."""
 
-    if TYPE_CHECKING:
-        metrics: RunMetrics  # ``run.metrics("x0")`` → AdjacentFrameMetrics; resolved by ``__getattr__`` at run time
+    if TYPE_CHECKING:  # set on the class by ``register_run_accessor`` when latent_probe.metrics is imported
+        metrics: RunMetrics  # ``run.metrics("x0")`` → AdjacentFrameMetrics, ``run.metrics.summary(...)``, ...
+        blocks: RunBlocks
 
     def __init__(self, file: h5py.File, *, owns_file: bool = True, source: str | None = None,
                  verify: bool = True) -> None:
@@ -827,11 +830,17 @@ class Run:
         return [q for q in order if q in have] + sorted(have - set(order))
 
     # -------------------------------------------------------------- extensions (metrics, ...)
-    def __getattr__(self, name: str) -> Any:
-        """Registered extensions (store/accessors.py): ``run.metrics`` and the methods it promotes."""
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return accessor_of(self, name)
+    if not TYPE_CHECKING:  # invisible to mypy: a typo on ``run`` stays a type error
+        def __getattr__(self, name: str) -> Any:
+            """The metric methods once promoted onto Run (``run.summary(...)``): they still answer for one
+            release, with a DeprecationWarning naming their one spelling (``run.metrics.summary(...)``)."""
+            if not name.startswith("_"):
+                for home, desc in vars(type(self)).items():  # the accessors registered on Run (store/accessors.py)
+                    if name in getattr(getattr(desc, "_accessor", None), "moved_from_run", ()):
+                        warnings.warn(f"run.{name}(...) is deprecated and will be removed in the next release: use "
+                                      f"run.{home}.{name}(...)", DeprecationWarning, stacklevel=2)
+                        return getattr(getattr(self, home), name)
+            raise AttributeError(f"'Run' object has no attribute {name!r}")
 
     # -------------------------------------------------------------- tables (pandas, xarray)
     def step_table(self) -> Any:
@@ -849,7 +858,7 @@ class Run:
         """Tidy pandas DataFrame of the adjacent-frame metrics of ``space`` (step, batch, pair, metric, value,
         space; from the ``run.metrics`` extension) with each step's ``timestep``, ``sigma`` and ``expert``. ``step``
         is 0-based: row s is ``scheduler.timesteps[s]`` of a generation that started at the first timestep."""
-        df = accessor_of(self, "to_dataframe")(space)
+        df = self.metrics.to_dataframe(space)
         steps = self.step_table()
         extra = [c for c in ("timestep", "sigma", "expert") if c not in df.columns]
         if not extra or "step" not in df.columns:
@@ -881,7 +890,7 @@ class Run:
         if schema.LATENT_STEP_DIM in ds.dims:  # latents for chosen steps: the committed rows
             ds = ds.isel({schema.LATENT_STEP_DIM: slice(0, self._k)})
         if BLOCKS_GROUP in self._file:  # the block probes' metrics (run.blocks, registered by latent_probe.metrics)
-            blocks = accessor_of(self, "blocks").to_xarray().drop_vars(["sigma", "expert"])
+            blocks = self.blocks.to_xarray().drop_vars(["sigma", "expert"])
             ds = ds.assign(blocks.data_vars).assign_coords(branch=blocks.branch, block=blocks.block)
         return ds
 

@@ -154,7 +154,7 @@ def read_run_metrics(path: str, space: str = "x0", phases: Any = "thirds", cache
 
             run.latents = counting  # type: ignore[method-assign]
             m = run.metrics(space)
-            step_phases = tuple((str(p.name), int(p.start), int(p.stop)) for p in run.phases(phases))
+            step_phases = tuple((str(p.name), int(p.start), int(p.stop)) for p in run.metrics.phases(phases))
             meta, settings = _meta(_study_attrs(run))
             meta["complete"] = bool(run.complete)
             return RunRecord(

@@ -44,7 +44,7 @@ def _per_step(run: Any, space: str) -> dict[str, Any]:
         "step": list(range(run.num_steps)),
         "timestep": run.timesteps, "sigma": run.sigmas, "expert": [str(e) for e in run.experts],
         "l2_mean": np.nanmean(m.l2_mean, axis=1), "cos_mean": np.nanmean(m.cos_mean, axis=1),
-        "noise_floor": run.noise_floor(),
+        "noise_floor": run.metrics.noise_floor(),
     }
 
 
@@ -55,7 +55,8 @@ def metrics_json(run: Any, space: str = "x0", phases: str = "thirds") -> str:
     scheme, note = resolve_phases(run.num_steps, phases)
     doc = {"file": run.source, "space": space, "num_steps": run.num_steps,
            "simulated": bool(run.attrs.get("simulated", False)),
-           "summary": run.summary(space, scheme).to_dict(), "phase_note": note, "per_step": _per_step(run, space)}
+           "summary": run.metrics.summary(space, scheme).to_dict(), "phase_note": note,
+           "per_step": _per_step(run, space)}
     return json.dumps(strict_json(doc), indent=2, allow_nan=False)
 
 

@@ -140,7 +140,7 @@ def default_labels(sources: Sequence[str]) -> list[str]:
 
 
 def _phase_tuples(run: Any, scheme: Any) -> list[tuple[str, int, int]]:
-    return [(str(p.name), int(p.start), int(p.stop)) for p in run.phases(scheme)]
+    return [(str(p.name), int(p.start), int(p.stop)) for p in run.metrics.phases(scheme)]
 
 
 # The original analysis's phases: steps 0-4, 5-9 and 10-19 of a 20-step run (its 1-5, 6-10, 11-20).
@@ -150,7 +150,7 @@ def _step_change(run: Any, quantities: Sequence[str]) -> dict[str, tuple[np.ndar
     every_step = len(run.latent_steps) == run.num_steps
     for branch in PREDICTIONS:
         if branch in run.online_spaces or (branch in quantities and every_step):
-            sc = run.step_change(branch)
+            sc = run.metrics.step_change(branch)
             out[branch] = (np.asarray(sc.rel_l1, dtype=np.float64), np.asarray(sc.norm_ratio, dtype=np.float64))
     return out
 
@@ -175,12 +175,12 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     xt_cos = None
     if "x_t" in spaces:
         xt_cos = _batch_mean(run.metrics("x_t").cos_mean) if space != "x_t" else _batch_mean(m.cos_mean)
-    gap = run.eps_gap()
+    gap = run.metrics.eps_gap()
     experts = np.asarray([str(e) for e in run.experts], dtype=object)
     if similarity_steps is None:
         similarity_steps = sorted({0, S // 2, S - 1})
     scheme, phase_note = resolve_phases(S, phases)
-    summary = run.summary(space, scheme)
+    summary = run.metrics.summary(space, scheme)
     switch = np.zeros(S, dtype=bool)
     switch[1:] = experts[1:] != experts[:-1]
     # F×F matrices and feasibility need latents: the steps stored (or derivable) only
@@ -188,7 +188,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
     shown = [int(s) for s in similarity_steps if int(s) in kept]
     if kept and not shown:
         shown = [kept[i] for i in sorted({0, len(kept) // 2, len(kept) - 1})]
-    sim = {s: np.asarray(run.frame_similarity(space, s), dtype=np.float64)[0] for s in shown}
+    sim = {s: np.asarray(run.metrics.frame_similarity(space, s), dtype=np.float64)[0] for s in shown}
     feasibility = None
     every_step = len(run.latent_steps) == S
     if every_step and ("x0" in quantities or "x0" in run.derivable) and frames > feasibility_keep > 0:
@@ -207,7 +207,7 @@ def collect(run: Any, label: str | None = None, space: str = "x0", phases: str =
         sigmas=np.asarray(run.sigmas, dtype=np.float64),
         experts=experts,
         pairs=m.batch_mean(),
-        noise_floor=np.asarray(run.noise_floor(), dtype=np.float64),
+        noise_floor=np.asarray(run.metrics.noise_floor(), dtype=np.float64),
         xt_cos_mean=xt_cos,
         step_change=_step_change(run, quantities),
         expert_switch=switch,
