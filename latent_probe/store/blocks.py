@@ -24,11 +24,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import schema
 from .validate import RunFileError, check_dataset, check_link
 
 __all__ = ["BLOCKS_GROUP", "BRANCHES", "block_info", "read_block_sums"]
 
-BLOCKS_GROUP = "blocks"
+BLOCKS_GROUP = schema.BLOCKS_GROUP
 BRANCHES = ("cond", "uncond")
 _TAIL = {"sq": 2, "dot": 2, "dd": 2, "upd": 2, "change": 2, "mag": 0, "reach": 3}
 

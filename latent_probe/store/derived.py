@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..parameterization import Parameterization, estimate_x0_eps, recorded_level
-from .reader import RowView
+from ..parameterization import NOISE_CONVENTIONS, Parameterization, estimate_x0_eps, recorded_level
+from .lazy import RowView
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reader import Run
 
-__all__ = ["DerivedView"]
+__all__ = ["DerivedView", "derive_refusal"]
 
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                  "float64": torch.float64}
@@ -91,3 +91,20 @@ class DerivedView(RowView):
 
     def __repr__(self) -> str:
         return f"DerivedView({self.name!r}, shape={self.shape}, dtype={self.dtype}, from x_t and pred)"
+
+
+def derive_refusal(run: "Run") -> str | None:
+    """Why x̂₀ / ε̂ cannot be derived on read from ``run``'s stored x_t and prediction; None when they can."""
+    if not {"x_t", "pred"} <= set(run._latents):
+        return "x_t and pred were not both stored"
+    if "noise_convention" not in run._root_attrs or "parameterization" not in run._root_attrs:
+        return "the file does not record its noise convention (written before latent_probe 0.3's schema 3)"
+    if run._root_attrs.get("noise_convention") not in NOISE_CONVENTIONS or \
+            run._root_attrs.get("parameterization") not in {p.value for p in Parameterization}:
+        return (f"unknown noise convention {run._root_attrs.get('noise_convention')!r} or parameterization "
+                f"{run._root_attrs.get('parameterization')!r}")
+    src = run._root_attrs.get("source_dtypes")
+    if src is not None and (not isinstance(src, dict) or any(
+            v not in ("float16", "bfloat16", "float32", "float64") for v in src.values())):
+        return f"unreadable source_dtypes {src!r}"
+    return None

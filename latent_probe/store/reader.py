@@ -4,175 +4,26 @@ Latents are read lazily: ``run.latents("x0")`` is a view of shape [S, B, C, F, H
 what is indexed. S counts committed steps (``/run_state``'s counter, written after each step's data), so a
 file from a killed process, one that ran out of space, or one still being written, reads consistently.
 Opening checks the file against the bytes present (store/validate.py): a damaged or crafted file is refused
-in one line, in bounded time and memory.
+in one line, in bounded time and memory. The lazy row views are in store/lazy.py, the pandas and xarray
+exports in store/export.py.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
-from . import schema
-from .blocks import BLOCKS_GROUP
+from . import export, schema
+from .lazy import LatentView
 from .liveness import writer_alive
 from .superblock import SuperblockError, UnmarkedFile, held_by_another_process, read_superblock
-from .validate import MAX_ATTR_BYTES, RunFileError, check_dataset, check_link, check_netcdf_view, chunk_within
+from .validate import RootAttrs, RunFileError, check_run, count_steps, read_trusted_arrays, verify_rows
 
 __all__ = ["Run", "LatentView", "open_run", "RunFileError"]
-
-
-class RowView:
-    """Numpy-style indexing over the rows of a lazy [K, ...] view: an int, a slice, an index or boolean array, then
-    any further axes. Subclasses read one row (``_one``) and a selection of rows (``_some``)."""
-
-    derived = False
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def _one(self, i: int, rest: tuple) -> np.ndarray:
-        raise NotImplementedError
-
-    def _some(self, rows: slice | np.ndarray, rest: tuple) -> np.ndarray:
-        raise NotImplementedError
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        n = len(self)
-        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        if isinstance(first, (int, np.integer)):
-            i = int(first) + n if first < 0 else int(first)
-            if not 0 <= i < n:
-                raise IndexError(f"row {first} out of range for {n} stored steps")
-            return self._one(i, rest)
-        if isinstance(first, slice):
-            return self._some(slice(*first.indices(n)), rest)
-        idx = np.asarray(first)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        idx = np.where(idx < 0, idx + n, idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"row index out of range for {n} stored steps")
-        return self._some(idx, rest)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        """One row at a time: [B, C, F, H, W] each; memory stays at one step."""
-        for i in range(len(self)):
-            yield self._one(i, ())
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        arr = self[:]
-        return arr if dtype is None else arr.astype(dtype)
-
-    def numpy(self) -> np.ndarray:
-        return self[:]
-
-
-class LatentView(RowView):
-    """Lazy [K, B, C, F, H, W] view of one stored quantity; index it like a numpy array. Row k is step
-    ``view.steps[k]``: K = S and row s = step s unless the run stored latents for chosen steps only
-    (``latent_steps=``)."""
-
-    def __init__(self, run: "Run", name: str) -> None:
-        self._run = run
-        self.name = name
-        self._ds = run._latents[name]
-
-    @property
-    def _rows(self) -> int:
-        return self._run._k
-
-    @property
-    def steps(self) -> np.ndarray:
-        """[K] the step (0-based) of each row."""
-        return self._run.latent_steps
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self._rows, *self._ds.shape[1:])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._ds.dtype
-
-    @property
-    def step_nbytes(self) -> int:
-        return int(np.prod(self._ds.shape[1:])) * self._ds.dtype.itemsize
-
-    def _one(self, i: int, rest: tuple) -> np.ndarray:
-        data = self._ds[(i, *rest)]  # h5py reads only what ``rest`` selects
-        if not rest:  # a whole row was read: it is checked against the checksum written with it
-            self._run._verify(self.name, np.asarray([i]), data[None])
-        return data
-
-    def _some(self, rows: slice | np.ndarray, rest: tuple) -> np.ndarray:
-        if isinstance(rows, slice):
-            data = self._ds[(rows, *rest)]
-            if not rest:
-                self._run._verify(self.name, np.arange(rows.start, rows.stop, rows.step), data)
-            return data
-        order = np.argsort(rows)  # h5py takes increasing indices
-        data = self._ds[(np.sort(rows).tolist(), *rest)] if rows.size else self._ds[(slice(0, 0), *rest)]
-        if not rest:
-            self._run._verify(self.name, np.sort(rows), data)
-        return data[np.argsort(order)]
-
-    def __repr__(self) -> str:
-        return f"LatentView({self.name!r}, shape={self.shape}, dtype={self.dtype})"
-
-
-class RootAttrs(Mapping):
-    """The root attributes of a run file, read and decoded one at a time, on first use (each is checked to fit in
-    the file before it is read: a crafted size is refused in one line, not allocated)."""
-
-    def __init__(self, f: h5py.File, where: str, size: int) -> None:
-        self._am, self._where, self._size = f.attrs, where, size  # File.attrs builds a new manager each time
-        self._names: list[str] | None = None
-        self._values: dict[str, Any] = {}
-        self._json: set[str] | None = None
-
-    def _raw(self, name: str) -> Any:
-        try:
-            if self._am.get_id(name).get_storage_size() > min(MAX_ATTR_BYTES, self._size):
-                raise RunFileError(f"{self._where}: root attribute {name!r} claims more bytes than a run file holds")
-            value = self._am[name]
-        except RunFileError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever a damaged attribute makes h5py raise: one line
-            raise RunFileError(f"{self._where}: root attribute {name!r} cannot be read ({type(exc).__name__}: "
-                               f"{(str(exc).splitlines() or [''])[0][:200]})") from None
-        if isinstance(value, (str, bytes)) and len(value) > MAX_ATTR_BYTES:  # variable-length: stored elsewhere
-            raise RunFileError(f"{self._where}: root attribute {name!r} holds {len(value)} characters, more than a "
-                               "run file's attributes ever do")
-        return value
-
-    def __getitem__(self, name: str) -> Any:
-        if name in self._values:
-            return self._values[name]
-        if name == schema.JSON_KEYS_ATTR or name not in self._am:
-            raise KeyError(name)
-        if self._json is None:
-            self._json = schema.json_keys_of(self._raw(schema.JSON_KEYS_ATTR)) \
-                if schema.JSON_KEYS_ATTR in self._am else set()
-        value = self._values[name] = schema.decode_value(name, self._raw(name), self._json)
-        return value
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name != schema.JSON_KEYS_ATTR and (
-            name in self._values or name in self._am)
-
-    def __iter__(self) -> Iterator[str]:
-        if self._names is None:
-            self._names = [n for n in self._am if n != schema.JSON_KEYS_ATTR]
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
 
 if TYPE_CHECKING:  # the accessors latent_probe.metrics registers on Run (store/accessors.py), typed for mypy
     from ..metrics.blocks import RunBlocks
@@ -187,6 +38,26 @@ class Run:
         metrics: RunMetrics  # ``run.metrics("x0")`` → AdjacentFrameMetrics, ``run.metrics.summary(...)``, ...
         blocks: RunBlocks
 
+    # the file's handles and counts: set by store/validate.py (check_run at open, count_steps on refresh)
+    _version: int
+    _root_attrs: RootAttrs
+    _state_ds: h5py.Dataset | None
+    _steps_ds: h5py.Dataset
+    _latents: dict[str, h5py.Dataset]
+    _checksums: dict[str, h5py.Dataset]
+    _checksum_algorithm: str | None
+    _checksum_rows: dict[str, np.ndarray]
+    _online: dict[str, dict[str, h5py.Dataset]]
+    _online_bf: tuple[int, int] | None  # (B, F) of the metric sums
+    _latent_step_ds: h5py.Dataset | None
+    _shape: tuple[int, ...] | None  # [B, C, F, H, W]
+    _quantity_bits: list[str]
+    _expert_names: list[str]
+    _table_cache: np.ndarray | None
+    _n: int  # committed steps S
+    _k: int  # stored latent rows K
+    _kept: np.ndarray  # [K] the step of each stored latent row
+
     def __init__(self, file: h5py.File, *, owns_file: bool = True, source: str | None = None,
                  verify: bool = True) -> None:
         self._file = file
@@ -196,7 +67,7 @@ class Run:
         self._accessors: dict[str, Any] = {}
         self._where = source or "in-memory run"
         try:
-            self._check()
+            check_run(self)  # store/validate.py: the layout, against the bytes present; sets the handles
         except RunFileError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes h5py or numpy raise
@@ -209,148 +80,9 @@ class Run:
             return os.path.getsize(self.source)
         return int(self._file.id.get_filesize())
 
-    def _check(self) -> None:
-        f, where = self._file, self._where
-        size = self._file_size()
-        count = h5py.h5o.get_info(f.id).num_attrs  # from the object header, before any attribute is read
-        if count > schema.MAX_ROOT_ATTRS:
-            raise RunFileError(f"{where} holds {count} root attributes; a run has at most {schema.MAX_ROOT_ATTRS}")
-        attrs = RootAttrs(f, where, size)
-        if attrs.get("schema") != schema.SCHEMA_NAME:
-            raise RunFileError(f"{where} is an HDF5 file but not a latent_probe run (no schema attribute)")
-        try:
-            version = int(attrs.get("schema_version"))
-        except (TypeError, ValueError, OverflowError):
-            raise RunFileError(f"{where} has an unreadable schema_version") from None
-        if version > schema.SCHEMA_VERSION:
-            raise RunFileError(f"{where} has schema version {version}; this latent_probe reads up to "
-                               f"{schema.SCHEMA_VERSION}: upgrade latent_probe")
-        if version < 1:
-            raise RunFileError(f"{where} has an invalid schema version {version}")
-        self._version = version
-        self._root_attrs = attrs  # read on demand: a run has dozens (configurations), a reader needs a few
-        self._state_ds = None
-        if version >= 2:
-            check_link(f, schema.STATE_DATASET, where)
-            ds = f[schema.STATE_DATASET]
-            check_dataset(ds, where, size)
-            if ds.shape != (1,) or ds.dtype.names is None or not set(schema.STATE_FIELDS) <= set(ds.dtype.names):
-                raise RunFileError(f"{where}: /{schema.STATE_DATASET} is not a run state")
-            self._state_ds = ds
-        if schema.LATENTS_GROUP not in f:
-            error = self._state().get("error") if version >= 2 else self._root_attrs.get("error")
-            raise RunFileError(f"{where} holds no recorded step (it was closed before the first step"
-                               + (f": {error})" if error else ")"))
-        check_link(f, schema.STEPS_DATASET, where)
-        check_link(f, schema.LATENTS_GROUP, where)
-        steps = self._steps_ds = f[schema.STEPS_DATASET]
-        check_dataset(steps, where, size, chunked_rows=True)
-        expected = schema.STEP_DTYPE if version >= 2 else schema.STEP_DTYPE_V1
-        names = steps.dtype.names or ()
-        if steps.ndim != 1 or any(n not in names or steps.dtype[n].kind != expected[n].kind
-                                  for n in expected.names):
-            raise RunFileError(f"{where}: /{schema.STEPS_DATASET} is not a table of steps")
-        group = f[schema.LATENTS_GROUP]
-        if not isinstance(group, h5py.Group):
-            raise RunFileError(f"{where}: /{schema.LATENTS_GROUP} is not a group")
-        if len(group) > schema.MAX_QUANTITIES:  # counted from the group's header, before any member is opened
-            raise RunFileError(f"{where}: /{schema.LATENTS_GROUP} holds {len(group)} members; a run stores at most "
-                               f"{schema.MAX_QUANTITIES} quantities")
-        shape = None
-        self._latents: dict[str, h5py.Dataset] = {}
-        for name in group:
-            check_link(group, name, where)
-            ds = group[name]
-            check_dataset(ds, where, size, chunked_rows=True)
-            if ds.ndim != 6 or ds.dtype.kind != "f" or ds.dtype.itemsize not in (2, 4):
-                raise RunFileError(f"{where}: {ds.name} is not a [S, B, C, F, H, W] float16/float32 latent")
-            if shape is not None and ds.shape[1:] != shape:
-                raise RunFileError(f"{where}: latents of different shapes ({ds.name}: {ds.shape[1:]}, {shape})")
-            if ds.chunks != (1, *ds.shape[1:]):
-                raise RunFileError(f"{where}: {ds.name} is not stored one step per chunk")
-            shape = ds.shape[1:]
-            self._latents[name] = ds
-        self._checksums = self._check_checksums(size)
-        self._online = self._check_online(size)
-        self._latent_step_ds = None
-        if schema.LATENT_STEP_DIM in f and self._latents:
-            check_link(f, schema.LATENT_STEP_DIM, where)
-            ls = f[schema.LATENT_STEP_DIM]
-            check_dataset(ls, where, size, chunked_rows=True)
-            if ls.ndim != 1 or ls.dtype.kind not in "iu":
-                raise RunFileError(f"{where}: /{schema.LATENT_STEP_DIM} is not a list of step numbers")
-            self._latent_step_ds = ls
-        if not self._latents and not self._online and BLOCKS_GROUP not in f:
-            raise RunFileError(f"{where} holds no latent dataset and no metrics recorded during the run")
-        if shape is None:
-            stated = self._root_attrs.get("latent_shape")
-            if isinstance(stated, list) and len(stated) == 5 and all(isinstance(v, int) and v >= 0 for v in stated):
-                shape = tuple(stated)
-        if shape is not None and self._online_bf is not None and (shape[0], shape[2]) != self._online_bf:
-            raise RunFileError(f"{where}: the latent shape {list(shape)} disagrees with the metric sums "
-                               f"(batch, frames) = {self._online_bf}")
-        self._shape = shape
-        try:
-            self._quantity_bits = [q.decode() if isinstance(q, bytes) else str(q)
-                                   for q in steps.attrs.get("quantities", [])]
-        except (TypeError, ValueError, AttributeError):
-            raise RunFileError(f"{where}: /{schema.STEPS_DATASET} lists unreadable quantities") from None
-        experts = self._root_attrs.get("experts", [])
-        if version >= 2 and (not isinstance(experts, list) or not all(isinstance(e, str) for e in experts)):
-            raise RunFileError(f"{where}: the attribute 'experts' is not a list of names")
-        self._expert_names = list(experts) if version >= 2 else []
-        self._n = 0
-        self._k = 0
-        self._kept: np.ndarray = np.zeros(0, np.int64)
-        self._count()
-
-    def _check_checksums(self, size: int) -> dict[str, h5py.Dataset]:
-        """``/checksums/<quantity>``: uint32, one row a latent row, for every stored quantity — present exactly when
-        the file says which algorithm wrote them (root attribute ``checksum``); a file from before them has none."""
-        f, where = self._file, self._where
-        algorithm = self._root_attrs.get("checksum")
-        self._checksum_algorithm = algorithm if isinstance(algorithm, str) else None
-        if schema.CHECKSUMS_GROUP not in f:
-            if algorithm is not None:
-                raise RunFileError(f"{where} records {algorithm} checksums, but /{schema.CHECKSUMS_GROUP} is missing")
-            return {}
-        check_link(f, schema.CHECKSUMS_GROUP, where)
-        group = f[schema.CHECKSUMS_GROUP]
-        if not isinstance(group, h5py.Group) or algorithm is None or len(group) > schema.MAX_QUANTITIES:
-            raise RunFileError(f"{where}: /{schema.CHECKSUMS_GROUP} is not the checksums of the latents")
-        out = {}
-        for name in group:
-            check_link(group, name, where)
-            ds = group[name]
-            check_dataset(ds, where, size, chunked_rows=True)
-            if ds.ndim != 1 or ds.dtype != np.uint32:
-                raise RunFileError(f"{where}: {ds.name} is not a list of uint32 checksums")
-            out[name] = ds
-        if set(out) != set(self._latents):
-            raise RunFileError(f"{where}: checksums of {sorted(out)} for latents of {sorted(self._latents)}")
-        return out
-
     def _verify(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
-        """Check whole latent rows just read against the checksums written with them (``run.verify``); one
-        RunFileError naming the first row that differs."""
-        if not self.verify or not self._checksums or not len(rows):
-            return
-        from .checksum import checksum, checksum_function
-
-        algorithm = self._checksum_algorithm
-        if checksum_function(algorithm) is None:
-            raise RunFileError(f"{self._where} records {algorithm} checksums, which this installation cannot compute "
-                               "(pip install google-crc32c), or open it with verify=False")
-        table = self._checksum_rows[name]  # read (and checked) when the steps were counted
-        if int(rows[-1]) >= len(table):
-            raise RunFileError(f"{self._where}: the checksum of {name} row {int(rows[-1])} is missing (corrupt)")
-        stored = table[rows]
-        for k, row in enumerate(data):
-            if checksum(row, algorithm) != int(stored[k]):
-                step = int(self._kept[rows[k]]) if rows[k] < len(self._kept) else int(rows[k])
-                raise RunFileError(f"{self._where}: {name} at step {step} does not match the {algorithm} checksum "
-                                   "written with it: the stored data changed after they were written (verify=False "
-                                   "reads them anyway)")
+        """Check whole latent rows just read against the checksums written with them (``run.verify``)."""
+        verify_rows(self, name, rows, data)
 
     def checksums(self, name: str) -> np.ndarray | None:
         """[K] uint32: the checksum of each stored latent row of ``name`` (None for a file written without them)."""
@@ -373,61 +105,6 @@ class Run:
             c = self.__dict__["_cache"] = RunCache(self)
         return c
 
-    def _check_online(self, size: int) -> dict[str, dict[str, h5py.Dataset]]:
-        """``/online/<space>/<sum>`` datasets: float64, one row a step, chunked along steps, inside the file."""
-        f, where = self._file, self._where
-        self._online_bf = None
-        if schema.ONLINE_GROUP not in f:
-            return {}
-        check_link(f, schema.ONLINE_GROUP, where)
-        group = f[schema.ONLINE_GROUP]
-        if not isinstance(group, h5py.Group):
-            raise RunFileError(f"{where}: /{schema.ONLINE_GROUP} is not a group")
-        out: dict[str, dict[str, h5py.Dataset]] = {}
-        if len(group) > schema.MAX_QUANTITIES:
-            raise RunFileError(f"{where}: /{schema.ONLINE_GROUP} holds {len(group)} members; a run computes metrics "
-                               f"of at most {schema.MAX_QUANTITIES} spaces")
-        for space in group:
-            check_link(group, space, where)
-            sub = group[space]
-            if not isinstance(sub, h5py.Group):
-                raise RunFileError(f"{where}: /{schema.ONLINE_GROUP}/{space} is not a group")
-            if len(sub) > schema.MAX_QUANTITIES:
-                raise RunFileError(f"{where}: /{schema.ONLINE_GROUP}/{space} holds {len(sub)} members; a space has "
-                                   f"at most {schema.MAX_QUANTITIES} sums")
-            fields: dict[str, h5py.Dataset] = {}
-            for name in sub:
-                check_link(sub, name, where)
-                ds = sub[name]
-                check_dataset(ds, where, size, chunked_rows=True)
-                if ds.dtype != np.float64 or ds.ndim < 2 or ds.chunks is None or ds.chunks[1:] != ds.shape[1:]:
-                    raise RunFileError(f"{where}: {ds.name} is not a float64 table of per-step sums")
-                fields[name] = ds
-            if fields:
-                self._check_sums(f"/{schema.ONLINE_GROUP}/{space}", fields)
-                out[space] = fields
-        frames = {(ds.shape[1], ds.shape[2]) for fields in out.values() for n, ds in fields.items() if n == "sq"}
-        if len(frames) > 1:
-            raise RunFileError(f"{where}: the metric sums of different spaces disagree on batch and frames")
-        self._online_bf = next(iter(frames), None)  # (B, F) of the sums
-        return out
-
-    def _check_sums(self, where_in: str, fields: dict[str, h5py.Dataset]) -> None:
-        """The sums of one space fit together: change [S, 4]; sq [S, B, F], dot and dd [S, B, F−1] (all three, or
-        none for a one-frame latent)."""
-        where = self._where
-        change = fields.get("change")
-        if change is None or change.shape[1:] != (4,):
-            raise RunFileError(f"{where}: {where_in}/change is missing or is not [S, 4]")
-        pair = [n for n in ("sq", "dot", "dd") if n in fields]
-        if not pair:
-            return
-        if len(pair) != 3:
-            raise RunFileError(f"{where}: {where_in} holds {pair} of the pair sums sq, dot, dd")
-        sq = fields["sq"].shape
-        if len(sq) != 3 or sq[2] < 2 or any(fields[n].shape != (sq[0], sq[1], sq[2] - 1) for n in ("dot", "dd")):
-            raise RunFileError(f"{where}: {where_in}: sq, dot and dd are not [S, B, F], [S, B, F−1], [S, B, F−1]")
-
     def _state(self) -> dict[str, Any]:
         """/run_state as a dict; read once for a file no writer holds (SWMR: every time)."""
         if self._state_ds is None:
@@ -449,68 +126,7 @@ class Run:
         return cached
 
     def _count(self) -> None:
-        """Committed steps, each checked to be present in the file (bounded: no step is read)."""
-        where, size = self._where, self._file_size()
-        steps = self._steps_ds
-        claimed = None
-        if self._state_ds is not None:  # the counter first: a live writer writes it after the data
-            row = self._state_ds[0]
-            claimed = int(row["steps"])
-            self.__dict__.pop("_state_cache", None)
-            if not self._file.swmr_mode:  # nothing changes it: keep what was read
-                self.__dict__["_state_cache"] = schema.state_dict(row)
-            if self._file.swmr_mode:
-                steps.refresh()
-                for ds in self._datasets():
-                    ds.refresh()
-        online = [ds for fields in self._online.values() for ds in fields.values()]
-        rows_per_step = [] if self._latent_step_ds is not None else [ds.shape[0] for ds in self._latents.values()]
-        present = min([steps.shape[0], *rows_per_step, *(ds.shape[0] for ds in online)])
-        if claimed is not None:
-            if not 0 <= claimed <= present:
-                raise RunFileError(f"{where} claims {claimed} committed steps but holds {present}")
-        else:
-            claimed = present
-        # every claim is checked against the file's real size before anything proportional to it is allocated
-        step_bytes = sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in self._latents.values())
-        row_bytes = steps.dtype.itemsize + sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in online)
-        if self._latent_step_ds is None:
-            row_bytes += step_bytes
-        if claimed * row_bytes > size:
-            raise RunFileError(f"{where} claims {claimed} steps of {row_bytes} bytes each; the file has {size}")
-        kept = self._kept_steps(claimed, size)
-        if len(kept) * step_bytes > size:
-            raise RunFileError(f"{where} claims {len(kept)} stored latent rows of {step_bytes} bytes; the file has "
-                               f"{size}")
-        latent_rows = [(name, ds, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize) for name, ds in self._latents.items()]
-        for i in range(self._k, len(kept)):
-            for name, ds, nbytes in latent_rows:
-                if not chunk_within(ds, (i, 0, 0, 0, 0, 0), nbytes, size):
-                    raise RunFileError(f"{where}: step {int(kept[i])} of {name} is missing from the file (corrupt)")
-        tables = [(steps, "the metadata"), *((ds, f"the sums in {ds.name}") for ds in online)]
-        for ds, what in tables:  # one check a chunk of rows: each holds ``per`` steps
-            per = ds.chunks[0] if ds.chunks else None
-            if not per:
-                continue
-            nbytes, zeros = per * int(np.prod(ds.shape[1:])) * ds.dtype.itemsize, (0,) * (ds.ndim - 1)
-            for i in range(-(-self._n // per) * per, claimed, per):
-                if not chunk_within(ds, (i, *zeros), nbytes, size):
-                    raise RunFileError(f"{where}: {what} of step {i} is missing from the file (corrupt)")
-        self._table_cache = None
-        if claimed and self._expert_names is not None and self._version >= 2:
-            idx = self._table(claimed)["expert"]
-            if idx.min() < -1 or idx.max() >= len(self._expert_names):
-                raise RunFileError(f"{where}: a step names an expert that the run does not list")
-        rows = {}
-        for name, ds in self._checksums.items():  # K × 4 bytes each, read now: a damaged one is refused at open
-            if ds.shape[0] < len(kept):
-                raise RunFileError(f"{where}: /{schema.CHECKSUMS_GROUP}/{name} holds {ds.shape[0]} of the "
-                                   f"{len(kept)} rows' checksums (corrupt)")
-            rows[name] = np.asarray(ds[: len(kept)], dtype=np.uint32)
-        self._checksum_rows = rows
-        self._n = claimed
-        self._k = len(kept)
-        self._kept = kept
+        count_steps(self)  # store/validate.py: committed steps, each checked to be present in the file
 
     def _datasets(self) -> list[h5py.Dataset]:
         """Every per-step dataset besides /steps (for SWMR refreshes)."""
@@ -518,47 +134,13 @@ class Run:
         out += list(self._checksums.values())
         return out + ([self._latent_step_ds] if self._latent_step_ds is not None else [])
 
-    def _kept_steps(self, claimed: int, size: int) -> np.ndarray:
-        """The steps (< ``claimed``) whose latents are stored, in row order: every step, or /latent_step's rows
-        that are present in every latent dataset, committed, and strictly increasing."""
-        if not self._latents:
-            return np.zeros(0, np.int64)
-        if self._latent_step_ds is None:
-            return np.arange(claimed, dtype=np.int64)
-        ls = self._latent_step_ds
-        rows = min([ls.shape[0], claimed, *(ds.shape[0] for ds in self._latents.values())])
-        per = ls.chunks[0] if ls.chunks else None
-        for i in range(0, rows, per or max(rows, 1)):
-            if per and not chunk_within(ls, (i,), per * ls.dtype.itemsize, size):
-                raise RunFileError(f"{self._where}: /{schema.LATENT_STEP_DIM} row {i} is missing from the file (corrupt)")
-        values = np.asarray(ls[:rows], dtype=np.int64)
-        if values.size and (values[0] < 0 or np.any(np.diff(values) <= 0)):
-            raise RunFileError(f"{self._where}: /{schema.LATENT_STEP_DIM} is not a strictly increasing list of steps")
-        return values[values < claimed]
-
     @property
     def file(self) -> h5py.File:
         return self._file
 
     def read_arrays(self, group: str, rows: int | None = None) -> dict[str, np.ndarray] | None:
-        """Every dataset of ``group`` as an array, or None when the group is absent or not plainly stored
-        (a link, external or filtered storage, a size beyond the file, a first dimension other than
-        ``rows``): a cache that cannot be trusted is a miss, never an answer."""
-        g = self._file.get(group)
-        if not isinstance(g, h5py.Group):
-            return None
-        size, out = self._file_size(), {}
-        try:
-            for name in g:
-                check_link(g, name, self._where)
-                ds = g[name]
-                check_dataset(ds, self._where, size)
-                if ds.dtype.kind not in "fiub" or (rows is not None and (ds.ndim == 0 or ds.shape[0] != rows)):
-                    return None
-                out[name] = ds[()]
-        except (RunFileError, OSError, KeyError, ValueError, TypeError):
-            return None
-        return out
+        """Every dataset of ``group`` as an array, or None when it cannot be trusted (store/validate.py)."""
+        return read_trusted_arrays(self, group, rows)
 
     @property
     def schema_version(self) -> int:
@@ -776,21 +358,10 @@ class Run:
         return [q for q in ("x0", "eps") if q not in self._latents]
 
     def _derive_refusal(self) -> str | None:
-        if not {"x_t", "pred"} <= set(self._latents):
-            return "x_t and pred were not both stored"
-        if "noise_convention" not in self._root_attrs or "parameterization" not in self._root_attrs:
-            return "the file does not record its noise convention (written before latent_probe 0.3's schema 3)"
-        from ..parameterization import NOISE_CONVENTIONS, Parameterization
+        """Why x̂₀ / ε̂ cannot be derived on read (store/derived.py), None when they can."""
+        from .derived import derive_refusal
 
-        if self._root_attrs.get("noise_convention") not in NOISE_CONVENTIONS or \
-                self._root_attrs.get("parameterization") not in {p.value for p in Parameterization}:
-            return (f"unknown noise convention {self._root_attrs.get('noise_convention')!r} or parameterization "
-                    f"{self._root_attrs.get('parameterization')!r}")
-        src = self._root_attrs.get("source_dtypes")
-        if src is not None and (not isinstance(src, dict) or any(
-                v not in ("float16", "bfloat16", "float32", "float64") for v in src.values())):
-            return f"unreadable source_dtypes {src!r}"
-        return None
+        return derive_refusal(self)
 
     @property
     def latent_steps(self) -> np.ndarray:
@@ -842,57 +413,21 @@ class Run:
                         return getattr(getattr(self, home), name)
             raise AttributeError(f"'Run' object has no attribute {name!r}")
 
-    # -------------------------------------------------------------- tables (pandas, xarray)
+    # -------------------------------------------------------------- tables (pandas, xarray): store/export.py
     def step_table(self) -> Any:
-        """pandas DataFrame, one row per committed step: ``step`` (0-based, the row; the convention everywhere in
-        latent_probe), ``index`` (the scheduler's own step index), ``timestep``, ``sigma``, ``alpha``, ``expert``."""
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover
-            raise ImportError("step_table needs pandas: pip install pandas") from None
-        return pd.DataFrame({"step": np.arange(self._n), "index": self.step_indices, "timestep": self.timesteps,
-                             "sigma": self.sigmas, "alpha": self.alphas,
-                             "expert": np.asarray([str(e) for e in self.experts], dtype=object)})
+        """pandas DataFrame, one row per committed step: ``step`` (0-based), ``index``, ``timestep``, ``sigma``,
+        ``alpha``, ``expert`` (:func:`~latent_probe.store.export.step_table`)."""
+        return export.step_table(self)
 
     def to_dataframe(self, space: str = "x0") -> Any:
-        """Tidy pandas DataFrame of the adjacent-frame metrics of ``space`` (step, batch, pair, metric, value,
-        space; from the ``run.metrics`` extension) with each step's ``timestep``, ``sigma`` and ``expert``. ``step``
-        is 0-based: row s is ``scheduler.timesteps[s]`` of a generation that started at the first timestep."""
-        df = self.metrics.to_dataframe(space)
-        steps = self.step_table()
-        extra = [c for c in ("timestep", "sigma", "expert") if c not in df.columns]
-        if not extra or "step" not in df.columns:
-            return df
-        return df.merge(steps[["step", *extra]], on="step", how="left", sort=False)
+        """Tidy pandas DataFrame of the adjacent-frame metrics of ``space`` with each step's ``timestep``,
+        ``sigma`` and ``expert`` (:func:`~latent_probe.store.export.to_dataframe`)."""
+        return export.to_dataframe(self, space)
 
     def to_xarray(self) -> Any:
-        """The committed steps as an ``xarray.Dataset`` (needs xarray and h5netcdf): every quantity on dimensions
-        (step, batch, channel, frame, height, width), coordinates step (0-based), timestep, sigma, alpha and
-        expert. Read lazily from this run's open file, so it works for a file being recorded or left by a killed
-        writer too (``xarray.open_dataset(path, engine="h5netcdf")`` needs a cleanly closed one); load it
-        (``.load()``) before closing the run. Files written before dimension scales were added are refused."""
-        try:
-            import h5netcdf
-            import xarray as xr
-        except ImportError:
-            raise ImportError("to_xarray needs xarray and h5netcdf: pip install xarray h5netcdf") from None
-        if schema.STEP_DIM not in self._file:
-            raise RunFileError(f"{self._where} was written without HDF5 dimension scales (by latent_probe "
-                               f"{self._root_attrs.get('library_version', '?')}): xarray cannot name its axes")
-        check_netcdf_view(self._file, self._where, self._file_size())
-        if self._file.swmr_mode:  # a live run: let the step scale and coordinates show what was committed since
-            for name in (schema.STEP_DIM, *schema.STEP_COORDS):
-                obj = self._file.get(name)
-                if isinstance(obj, h5py.Dataset):
-                    obj.refresh()
-        store = xr.backends.H5NetCDFStore(h5netcdf.File(self._file, "r"))
-        ds = xr.open_dataset(store).isel({schema.STEP_DIM: slice(0, self._n)})
-        if schema.LATENT_STEP_DIM in ds.dims:  # latents for chosen steps: the committed rows
-            ds = ds.isel({schema.LATENT_STEP_DIM: slice(0, self._k)})
-        if BLOCKS_GROUP in self._file:  # the block probes' metrics (run.blocks, registered by latent_probe.metrics)
-            blocks = self.blocks.to_xarray().drop_vars(["sigma", "expert"])
-            ds = ds.assign(blocks.data_vars).assign_coords(branch=blocks.branch, block=blocks.block)
-        return ds
+        """The committed steps as an ``xarray.Dataset``, read lazily from this run's open file
+        (:func:`~latent_probe.store.export.to_xarray`)."""
+        return export.to_xarray(self)
 
     def __repr__(self) -> str:
         gen = ""

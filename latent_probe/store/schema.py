@@ -42,6 +42,7 @@ LATENTS_GROUP = "latents"
 METRICS_GROUP = "metrics"
 ONLINE_GROUP = "online"
 CHECKSUMS_GROUP = "checksums"  # /checksums/<quantity>: uint32 [K], the checksum of each stored latent row
+BLOCKS_GROUP = "blocks"  # /blocks: the block probes' per-step sums (store/blocks.py)
 LATENT_STEP_DIM = "latent_step"
 STORE_DTYPES = ("float16", "float32")
 MAX_ROOT_ATTRS = 4096  # root attributes a reader accepts (a run writes about 40, plus the caller's attrs=)
