@@ -43,11 +43,19 @@ class OrganismInputError(LatentProbeError, ValueError):
 def build_pipeline(config: OrganismConfig, experts: dict[str, Any]) -> Any:
     """A diffusers ``WanPipeline``: the two experts, a flow UniPC scheduler (Wan's shift) and a tiny random
     ``AutoencoderKLWan`` that only supplies the VAE strides (4 in time, 8 in space); no text encoder."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+    from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(base_dim=8, z_dim=config.channels, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True]).eval()
+    return wan_pipeline(config, experts, vae)
+
+
+def wan_pipeline(config: Any, experts: dict[str, Any], vae: Any) -> Any:
+    """``WanPipeline(vae, scheduler=UniPC flow with config.flow_shift, transformer=high_noise,
+    transformer_2=low_noise, boundary_ratio=config.boundary_ratio)``, no text encoder, progress bar off."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         num_train_timesteps=config.num_train_timesteps,
                                         flow_shift=config.flow_shift)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import Organism, OrganismInputError, videos_v2
+from . import Organism, OrganismInputError, videos_v2, wan_pipeline
 from .model import EXPERTS, OrganismWeightsError, build_transformer
 from .model_v2 import (OrganismV2Config, config_for, expected_sha256, null_embedding_v2, prompt_embeddings_v2,
                        read_organism_v2, weights_path)
@@ -27,16 +27,7 @@ __all__ = ["OrganismV2", "build_pipeline_v2", "load_organism_v2", "random_organi
 def build_pipeline_v2(config: OrganismV2Config, experts: dict[str, Any], vae: Any) -> Any:
     """``WanPipeline(vae=<learned AutoencoderKLWan>, scheduler=UniPC flow, shift config.flow_shift,
     transformer=high_noise, transformer_2=low_noise, boundary_ratio=config.boundary_ratio)``; no text encoder."""
-    from diffusers import UniPCMultistepScheduler, WanPipeline
-
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                        num_train_timesteps=config.num_train_timesteps,
-                                        flow_shift=config.flow_shift)
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler,
-                       transformer=experts["high_noise"], transformer_2=experts["low_noise"],
-                       boundary_ratio=config.boundary_ratio)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return wan_pipeline(config, experts, vae)
 
 
 @dataclass
