@@ -11,7 +11,13 @@ really skipped. On a GPU the DiT time comes from CUDA events instead.
 
 Methods (``--quick``: a few only): the 20-step baseline; fewer steps (same scheduler); ``FrameTruncation``
 (keep × until); diffusers' ``apply_first_block_cache`` on both experts (thresholds); truncation + fewer
-steps. The final latents go to ``--latents`` (one ``.pt`` per setting, [N, 16, F, h, w], not for git); the
+steps; and, through ``latent_probe.interventions.Method`` (``spec``): diffusers' MagCache (ratios from
+``training/frontier_magcache.py``, calibrated on seeds the evaluation clips do not use), TaylorSeer and Pyramid
+Attention Broadcast on both experts, and FrameTruncation's variants (re-noising, motion fill, x̂₀ fill, growing
+schedules). A ``spec`` setting also runs the baseline on every ``PAIRED_EVERY``-th clip just before it, in the
+same process (``paired_baseline``: its time under the same load), and counts per clip the compute units
+(attn1 / attn2 / ffn) called and really computed (``SkipCounter``): a cache that never skips shows 0 skipped.
+The final latents go to ``--latents`` (one ``.pt`` per setting, [N, 16, F, h, w], not for git); the
 rows (setting × clip: times, token-steps, keys) to ``--out`` JSON, rewritten after every setting so a crash
 loses at most one setting. ``training/frontier_measure.py`` scores them.
 
