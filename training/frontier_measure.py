@@ -110,6 +110,8 @@ def _ci(r: dict, m: str, digits: int = 2, scale: float = 1.0) -> str:
     return f"{scale * v:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
 
 
+VARIANT_METHOD = {"renoise": "truncation+renoise", "motion": "truncation+motion_fill", "x0": "truncation+x0_fill",
+                  "grow3": "truncation_growing", "grow5": "truncation_growing"}
 PER_CLASS = ("fewer_steps_s12", "first_block_cache_s20_t0.1", "truncation_s20_k3uboundary",
              "truncation_s20_k7uboundary", "truncation+fewer_steps_s12_k7uboundary")
 
@@ -141,17 +143,24 @@ def _identical(r: dict, n: int) -> str:
 def markdown(out: dict, summ: pd.DataFrame, saving: str) -> str:
     """The tables of docs/frame-truncation.md."""
     n = out["n_clips"]
-    lines = ["| setting | time saved % (priced at equal load) | thread CPU saved % (as run) | wall saved % | "
-             "token-steps saved % | DiT calls whose last block ran | "
+    lines = ["| setting | time saved % (priced at equal load¹) | thread CPU saved % (as run) | wall saved % | "
+             "token-steps saved % | DiT calls whose last block ran | units skipped % | "
              "PSNR dB | motion error px/frame | own residual px | visible | jitter px | latent NN dist. | "
-             "Fréchet motion | Fréchet latent |", "|---|" + "---:|" * 13]
+             "Fréchet motion | Fréchet latent |", "|---|" + "---:|" * 14]
     for r in summ.to_dict("records"):
-        lines.append(f"| {r['setting']} | {_ci(r, saving, 1, 100)} | {_ci(r, 'saving_thread_cpu_s', 1, 100)} | "
+        mark = "²" if r.get("timed") == "interleaved" else ""
+        skipped = "–" if not np.isfinite(r.get("units_skipped", np.nan)) else f"{100 * r['units_skipped']:.1f}"
+        lines.append(f"| {r['setting']} | {_ci(r, saving, 1, 100)}{mark} | {_ci(r, 'saving_thread_cpu_s', 1, 100)} | "
                      f"{100 * r['saving_wall_s']:.1f} | "
-                     f"{100 * r['saving_token_steps']:.1f} | {r['blocks_run']:.1f} of {2 * r['steps']} | {_ci(r, 'psnr')}{_identical(r, n)} | "
+                     f"{100 * r['saving_token_steps']:.1f} | {r['blocks_run']:.1f} of {2 * r['steps']} | {skipped} | {_ci(r, 'psnr')}{_identical(r, n)} | "
                      f"{_ci(r, 'motion_error', 3)}{_lost(r, n)} | {_ci(r, 'residual', 3)} | {r['visible']:.3f} | "
                      f"{_ci(r, 'jitter', 3)} | {_ci(r, 'nn_latent', 3)} | {r['frechet_motion']:.3f} | "
                      f"{r['frechet_latent']:.3f} |")
+    lines += ["", "¹ DiT calls priced from call-shape costs timed interleaved (docs/data/frontier_calls.json). "
+              "² Caches and truncation variants: thread CPU time against baseline generations interleaved in the "
+              "same process (every 6th clip), scaled to the priced baseline; the interval is over clips only, the "
+              "interleaved baseline's spread is in docs/data/frontier_organism.json (paired_baseline_thread_cpu_s). "
+              "Units skipped: a block's attn1 / attn2 / ffn called but not computed (SkipCounter)."]
     rep = out.get("baseline_repeat")
     if rep:
         lines += ["", f"Baseline run again (all 24 clips): bit-identical final latents: {rep['bit_identical']}; its "
@@ -180,6 +189,24 @@ def markdown(out: dict, summ: pd.DataFrame, saving: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_figure(json_path: str, png: str) -> None:
+    """docs/frontier_organism.png: ``views.frontier.frontier_from_json``, one colour per method (Dark24: more
+    methods than the default palette's ten)."""
+    from plotly.colors import qualitative
+
+    from latent_probe.views.frontier import frontier_from_json
+
+    fig = frontier_from_json(json_path)
+    groups = [g for g in dict.fromkeys(tr.legendgroup for tr in fig.data) if g != "baseline"]
+    for tr in fig.data:
+        if tr.legendgroup != "baseline":
+            c = qualitative.Dark24[groups.index(tr.legendgroup) % len(qualitative.Dark24)]
+            tr.marker.color = c
+            tr.line.color = c
+    fig.update_layout(height=520)
+    fig.write_image(png, scale=1.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, nargs="+", help="run JSON file(s) of one clip list (settings merged)")
@@ -188,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True)
     p.add_argument("--train-per-class", type=int, default=48)
     p.add_argument("--markdown", help="also write the doc's tables here")
+    p.add_argument("--figure", help="also write the frontier figure (PNG via kaleido) here")
     p.add_argument("--calls", help="frontier_calibrate.py's JSON: price every clip's DiT calls at equal load")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -201,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         if twice:
             raise SystemExit(f"settings {sorted(twice)} are in more than one run file")
         run["settings"].update(other["settings"])
+    for s in run["settings"].values():   # each truncation variant is its own method in the tables
+        if "variant" in s:
+            s["method"] = VARIANT_METHOD[s["variant"].split("-")[0]]
     clips = run["clips"]
     labels = [c["prompt_index"] for c in clips]
     train = training_reference(args.train_per_class, seed=11)
@@ -228,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                          "prompt": r["prompt_index"], "seed": r["seed"], "class": labels[i],
                          **{k: r[k] for k in ("thread_cpu_s", "dit_s", "wall_s", "token_steps", "dit_calls",
                                               "blocks_run")},
+                         "units_skipped": (1 - r["units_computed"] / r["units_called"]) if r.get("units_called")
+                         else np.nan,
                          **m, "nn_latent": nn_lat[i]})
         feats[name] = np.stack(f_rows)
         nn_m = nn_by_class(feats[name], labels, train)
@@ -243,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         table["priced_s"] = [price_row(r, run["settings"][r["setting"]], cost)["total_s"]
                              for r in table.to_dict("records")]
         time_cols.append("priced_s")
+        # settings timed against baseline generations interleaved in their own process (training/frontier_run.py
+        # ``paired_baseline``): their thread CPU time, scaled by (priced baseline / their interleaved baseline)
+        base_priced = float(table.loc[table.setting == BASELINE, "priced_s"].mean())
+        for name, s in run["settings"].items():
+            if "paired_baseline" in s:
+                paired = float(np.mean([b["thread_cpu_s"] for b in s["paired_baseline"]]))
+                sel = table.setting == name
+                table.loc[sel, "priced_s"] = table.loc[sel, "thread_cpu_s"] * base_priced / paired
     for col in time_cols:
         table = add_saving(table, BASELINE, col)
     table.to_csv(args.csv, index=False, float_format="%.6g")
@@ -260,10 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     fd_floor = {"frechet_motion": F.frechet_distance(tr2_m, train_motion),
                 "frechet_latent": F.frechet_distance(basis.scores(train2.rgb), train_scores)}
 
-    summ = frontier_summary(table, [*MEASURES, *[f"saving_{c}" for c in time_cols], "blocks_run"],
+    summ = frontier_summary(table, [*MEASURES, *[f"saving_{c}" for c in time_cols], "blocks_run", "units_skipped"],
                             extra=("method", "steps"))
     summ["frechet_motion"] = summ.setting.map(lambda n: fd[n]["frechet_motion"])
     summ["frechet_latent"] = summ.setting.map(lambda n: fd[n]["frechet_latent"])
+    summ["timed"] = summ.setting.map(lambda n: "interleaved" if "paired_baseline" in run["settings"][n] else
+                                     ("priced" if args.calls else "as run"))
+    summ["paired_baseline_thread_cpu_s"] = summ.setting.map(
+        lambda n: [b["thread_cpu_s"] for b in run["settings"][n].get("paired_baseline", [])] or None)
     primary = []
     for tag, measure, a, b in PRIMARY:
         if a in run["settings"] and b in run["settings"]:
@@ -283,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
            "baseline_repeat": repeat}
     Path(args.json).write_text(json.dumps(out, indent=1, default=lambda o: None if o is None else float(o)))
 
+    if args.figure:
+        write_figure(args.json, args.figure)
     if args.markdown:
         per_class = class_table(table[table.setting.isin(PER_CLASS)], "motion_error", n_resamples=2000)
         Path(args.markdown).write_text(markdown(out, summ, saving) + class_markdown(per_class))

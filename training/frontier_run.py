@@ -11,7 +11,13 @@ really skipped. On a GPU the DiT time comes from CUDA events instead.
 
 Methods (``--quick``: a few only): the 20-step baseline; fewer steps (same scheduler); ``FrameTruncation``
 (keep × until); diffusers' ``apply_first_block_cache`` on both experts (thresholds); truncation + fewer
-steps. The final latents go to ``--latents`` (one ``.pt`` per setting, [N, 16, F, h, w], not for git); the
+steps; and, through ``latent_probe.interventions.Method`` (``spec``): diffusers' MagCache (ratios from
+``training/frontier_magcache.py``, calibrated on seeds the evaluation clips do not use), TaylorSeer and Pyramid
+Attention Broadcast on both experts, and FrameTruncation's variants (re-noising, motion fill, x̂₀ fill, growing
+schedules). A ``spec`` setting also runs the baseline on every ``PAIRED_EVERY``-th clip just before it, in the
+same process (``paired_baseline``: its time under the same load), and counts per clip the compute units
+(attn1 / attn2 / ffn) called and really computed (``SkipCounter``): a cache that never skips shows 0 skipped.
+The final latents go to ``--latents`` (one ``.pt`` per setting, [N, 16, F, h, w], not for git); the
 rows (setting × clip: times, token-steps, keys) to ``--out`` JSON, rewritten after every setting so a crash
 loses at most one setting. ``training/frontier_measure.py`` scores them.
 
@@ -21,6 +27,7 @@ loses at most one setting. ``training/frontier_measure.py`` scores them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -33,7 +40,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latent_probe import FrameTruncation, LatentProbe  # noqa: E402
+from latent_probe.interventions.caches import Method  # noqa: E402
 from latent_probe.organism import DEFAULT_GUIDANCE, load_organism  # noqa: E402
+
+PAIRED_EVERY = 6   # a ``spec`` setting runs a baseline generation before every 6th clip (same process, same load)
 
 
 class ThreadTimer:
@@ -118,6 +128,20 @@ def settings(quick: bool) -> list[dict[str, Any]]:
                                if not quick else ((12, 7, "boundary"),)):
         out.append({"method": "truncation+fewer_steps", "steps": steps, "keep": keep, "until": until})
     out.append({"method": "baseline", "steps": 20, "repeat": 1})   # run-to-run determinism and timing noise
+    # issue 19's remaining methods through ``Method`` (diffusers' caches, FrameTruncation's variants), timed
+    # against baseline generations interleaved in the same process (``paired_baseline``)
+    for thr in ((0.02, 0.06, 0.12, 0.25) if not quick else (0.06,)):
+        out.append({"method": "mag_cache", "steps": 20, "threshold": thr, "spec": f"mag_cache:{thr}"})
+    for n in ((2, 3, 4) if not quick else (2,)):
+        out.append({"method": "taylorseer", "steps": 20, "interval": n,
+                    "spec": f"taylorseer:{n}:disable_cache_before_step=2"})
+    for n in ((2, 3, 4) if not quick else (2,)):
+        out.append({"method": "pab", "steps": 20, "interval": n, "spec": f"pab:{n}"})
+    for tag, spec in (("renoise", "truncation:3:renoise=true"), ("motion", "truncation:3:fill=motion"),
+                      ("x0", "truncation:3:fill_space=x0"), ("grow3-7-11", "truncation:3:schedule=3@3/7@6/11@9"),
+                      ("grow5-11", "truncation:5:schedule=5@5/11@9")):
+        out.append({"method": "truncation_variant", "steps": 20, "keep": int(spec.split(":")[1]),
+                    "until": "boundary", "variant": tag, "spec": spec})
     return out
 
 
@@ -127,6 +151,10 @@ def setting_name(s: dict[str, Any]) -> str:
         parts.append(f"k{s['keep']}u{s['until']}")
     if "threshold" in s:
         parts.append(f"t{s['threshold']}")
+    if "interval" in s:
+        parts.append(f"n{s['interval']}")
+    if "variant" in s:
+        parts.append(s["variant"])
     if "repeat" in s:
         parts.append(f"repeat{s['repeat']}")
     return "_".join(parts)
@@ -139,6 +167,9 @@ def prepare(setting: dict[str, Any], device: str) -> tuple[Any, Callable[[], Any
         from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
         for m in (org.pipe.transformer, org.pipe.transformer_2):
             apply_first_block_cache(m, FirstBlockCacheConfig(threshold=setting["threshold"]))
+    if "spec" in setting:
+        method = Method.parse(setting["spec"])
+        return org, method.intervention
     if "keep" in setting:
         return org, lambda: FrameTruncation(keep=setting["keep"], until=setting["until"])
     return org, lambda: None
@@ -177,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="one setting per method (a smoke run)")
+    p.add_argument("--mag-ratios", default="docs/data/frontier_magcache.json",
+                   help="training/frontier_magcache.py's JSON (MagCache settings only)")
     p.add_argument("--only", default=None, help="comma-separated setting names to run, in this order (others skipped)")
     args = p.parse_args(argv)
 
@@ -190,32 +223,60 @@ def main(argv: list[str] | None = None) -> int:
         "machine": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "guidance": DEFAULT_GUIDANCE,
         "clips": [{"prompt_index": pr, "seed": s} for pr, s in clips], "settings": {}}
-    # warm-up (allocator, first-call costs), untimed
-    org, _ = prepare({"method": "baseline", "steps": 20}, device)
-    generate_one(org, 0, 0, 20, None)
     grid = {setting_name(st): st for st in settings(args.quick)}
     order = list(grid) if args.only is None else args.only.split(",")
     unknown = [n for n in order if n not in grid]
     if unknown:
         p.error(f"unknown setting(s) {unknown}; known: {list(grid)}")
+    mag = [n for n in order if grid[n].get("method") == "mag_cache"]
+    if mag and not Path(args.mag_ratios).is_file():
+        p.error(f"{mag} need MagCache ratios: {args.mag_ratios} is missing (training/frontier_magcache.py writes it)")
+    # warm-up (allocator, first-call costs), untimed
+    base_org, _ = prepare({"method": "baseline", "steps": 20}, device)
+    generate_one(base_org, 0, 0, 20, None)
     for name in order:
         setting = grid[name]
         if name in result["settings"]:
             continue
         org, factory = prepare(setting, device)
-        rows, finals = [], []
+        rows, finals, paired = [], [], []
         load0 = os.getloadavg()[0]
-        for pr, s in clips:
-            g = generate_one(org, pr, s, setting["steps"], factory())
-            rows.append({"prompt_index": pr, "seed": s, **g["row"]})
-            finals.append(g["final"])
+        with contextlib.ExitStack() as stack:
+            counter = None
+            if "spec" in setting:
+                method = Method.parse(setting["spec"])
+                ratios = json.loads(Path(args.mag_ratios).read_text())["mag_ratios"] if method.kind == "mag_cache" \
+                    else None
+                counter = stack.enter_context(method.applied(org.pipe, mag_ratios=ratios, steps=setting["steps"]))
+            for i, (pr, s) in enumerate(clips):
+                if counter is not None and i % PAIRED_EVERY == 0:
+                    b = generate_one(base_org, pr, s, 20, None)["row"]
+                    paired.append({"prompt_index": pr, "seed": s, "thread_cpu_s": b["thread_cpu_s"],
+                                   "wall_s": b["wall_s"], "dit_s": b["dit_s"]})
+                n0 = len(counter.calls) if counter is not None else 0
+                g = generate_one(org, pr, s, setting["steps"], factory())
+                row = {"prompt_index": pr, "seed": s, **g["row"]}
+                if counter is not None:   # what the cache really skipped in this clip (0: never skipped)
+                    new = counter.calls[n0:]
+                    row["units_called"] = sum(c.called for c in new)
+                    row["units_computed"] = sum(c.computed for c in new)
+                rows.append(row)
+                finals.append(g["final"])
         torch.save(torch.stack(finals), lat_dir / f"{name}.pt")
         result["settings"][name] = {**setting, "rows": rows, "loadavg_1min": [load0, os.getloadavg()[0]]}
+        if paired:
+            result["settings"][name]["paired_baseline"] = paired
         tmp = out_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
         tmp.replace(out_path)
         cpu = sum(r["thread_cpu_s"] for r in rows) / len(rows)
-        print(f"{name:40s} cpu {cpu:6.2f} s/clip  load {load0:.2f}", flush=True)
+        extra = ""
+        if paired:
+            extra = f"  paired baseline {sum(b['thread_cpu_s'] for b in paired) / len(paired):6.2f} s"
+        if rows and "units_called" in rows[0]:
+            called = sum(r["units_called"] for r in rows)
+            extra += f"  units skipped {1 - sum(r['units_computed'] for r in rows) / max(called, 1):.3f}"
+        print(f"{name:40s} cpu {cpu:6.2f} s/clip  load {load0:.2f}{extra}", flush=True)
     return 0
 
 
