@@ -213,6 +213,14 @@ class RunSet:
         """Prompts by deviation of their mean curve from the mean over prompts (``stats.rank_prompts``)."""
         return stats.rank_prompts(self.dataset, metric, on, **kw)
 
+    def blocks(self) -> xr.Dataset:
+        """Block-probe metrics of the runs recorded with ``LatentProbe(blocks=...)``: dims run × step × branch × block
+        [× frame_pair] (``blockset.build_block_dataset``); the others are left out and counted in
+        ``attrs["without_blocks"]``. Statistics: ``blockset.block_curves(rs.blocks(), "block_update")``."""
+        from .blockset import build_block_dataset
+
+        return build_block_dataset(self.records, self.runs, stats.prompt_keys(self.dataset))
+
     def boundaries(self) -> pd.DataFrame:
         """Each run's own expert boundary: step (0-based; −1: one expert), σ and progress there."""
         ds = self.dataset
