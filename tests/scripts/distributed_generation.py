@@ -38,3 +38,9 @@ assert not torch.equal(truncated, out)
 dist.barrier()
 dist.destroy_process_group()
 print(f"rank {rank} ok", flush=True)
+# Everything this test checks is done. Leave without interpreter teardown: once in a dozen runs on the 2-core CI
+# machine a rank aborted there ("terminate called without an active exception", SIGABRT) after both had printed ok
+# and after destroy_process_group — torch/gloo's threads at exit, not the probe (that rank attaches nothing).
+import os  # noqa: E402
+
+os._exit(0)
