@@ -97,3 +97,30 @@ def test_method_names_parse_back_and_bad_ones_are_refused():
     kinds = {m.kind for m in frontier_methods(20)}
     assert kinds == {"baseline", "steps", "truncation", *CACHE_KINDS}
     assert all(sum(m.kind == k for m in frontier_methods(20)) >= 3 for k in kinds - {"baseline"})
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"mag_ratios": "no", "num_inference_steps": 4}, "mag_ratios"),
+    ({"mag_ratios": [1.0, float("nan")], "num_inference_steps": 2}, "mag_ratios"),
+    ({"mag_ratios": [], "num_inference_steps": 2}, "mag_ratios"),
+    ({"mag_ratios": [1.0, 0.9], "num_inference_steps": "2"}, "num_inference_steps"),
+    ([1.0, 0.9], "JSON object"),
+])
+def test_a_crafted_magcache_config_is_refused_before_any_job(tmp_path, doc, match):
+    """A --mag_config file that diffusers would reject only at the first DiT call is refused in one line at entry."""
+    import json
+
+    from latent_probe.app.cli import main
+    from latent_probe.interventions.caches import check_mag_config
+
+    with pytest.raises(MethodError, match=match):
+        check_mag_config(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red square moving right\n")
+    code = main(["study", str(prompts), "--out", str(tmp_path / "out"), "--backend", "organism", "--seeds", "0",
+                 "--set", "method=mag_cache:0.1", "--mag_config", f"transformer={bad}",
+                 "--mag_config", f"transformer_2={bad}"])
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert check_mag_config({"mag_ratios": [1.0, 0.95], "num_inference_steps": 2})["num_inference_steps"] == 2

@@ -233,8 +233,11 @@ def intervention_of(job: Job) -> Any:
 
 
 def _mag_configs(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
-    """--mag_config EXPERT=FILE (what ``latent-probe calibrate`` writes) → {expert: MagCacheConfig kwargs}."""
+    """--mag_config EXPERT=FILE (what ``latent-probe calibrate`` writes) → {expert: MagCacheConfig kwargs}, each
+    checked here, before the manifest is written or any job runs."""
     import json
+
+    from ..interventions.caches import check_mag_config
 
     out: dict[str, dict[str, Any]] = {}
     for text in pairs or []:
@@ -243,7 +246,7 @@ def _mag_configs(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
             raise _usage(f"--mag_config {text!r}: expected transformer=FILE or transformer_2=FILE")
         try:
             with open(path, encoding="utf-8") as fh:
-                out[expert] = json.load(fh)
+                out[expert] = check_mag_config(json.load(fh), path)
         except (OSError, ValueError) as exc:
             raise _usage(f"--mag_config {text}: {exc}") from None
     return out

@@ -81,6 +81,21 @@ def experts_of(pipe: Any) -> dict[str, torch.nn.Module]:
     return out
 
 
+def check_mag_config(doc: Any, where: str = "MagCache config") -> dict[str, Any]:
+    """A ``MagCacheConfig`` keyword dict as ``latent-probe calibrate`` writes it, checked before anything runs:
+    ``mag_ratios`` a non-empty list of finite positive numbers, ``num_inference_steps`` an int ≥ 1 (one
+    ``MethodError`` line otherwise; diffusers would fail only at the first call, with a tensor-constructor error)."""
+    if not isinstance(doc, dict):
+        raise MethodError(f"{where}: expected a JSON object with mag_ratios and num_inference_steps")
+    ratios, n = doc.get("mag_ratios"), doc.get("num_inference_steps")
+    if not isinstance(ratios, list) or not ratios or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0 for r in ratios):
+        raise MethodError(f"{where}: mag_ratios must be a non-empty list of finite positive numbers")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MethodError(f"{where}: num_inference_steps must be an int >= 1, got {n!r}")
+    return doc
+
+
 @dataclass(frozen=True)
 class Method:
     """One acceleration setting: ``kind`` (``METHOD_KINDS``), its ``strength``, and options.
@@ -219,7 +234,8 @@ class Method:
                 if cal is None:
                     raise MethodError(f"mag_cache needs calibrated mag_ratios for {expert} (latent-probe calibrate "
                                       f"STUDY --method magcache --expert {expert}); got none")
-                kw = dict(vars(cal)) if isinstance(cal, MagCacheConfig) else dict(cal)
+                kw = dict(vars(cal)) if isinstance(cal, MagCacheConfig) else \
+                    dict(check_mag_config(cal, f"mag_ratios of {expert}"))
                 kw.update(threshold=float(self.strength), **opts)
                 return MagCacheConfig(**kw)
         except TypeError as exc:
