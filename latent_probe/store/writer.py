@@ -680,7 +680,7 @@ class RunWriter:
         self._coords["expert"] = expert
         if shapes:
             self._scales(shapes)
-        self._online_spaces = sorted({name.split("/")[0] for name in sums})
+        self._online_spaces = sorted({name.split("/")[0] for name in sums if not name.startswith("/")})
         if sums:
             # non-finite values of a space whose sums were computed are flagged at bit ONLINE_BIT0 + j of "nonfinite"
             self._steps_ds.attrs["online_bits"] = self._online_spaces
