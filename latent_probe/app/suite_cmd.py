@@ -130,6 +130,10 @@ def suite_command(args: argparse.Namespace) -> int:
 
     if not 0 < args.confidence < 1 or args.resamples < 1:
         raise ValueError("--confidence must be in (0, 1) and --resamples at least 1")
+    frontier = None
+    if args.frontier:  # a bad frontier file is refused before any run is read
+        from ..views.frontier import frontier_from_json
+        frontier = frontier_from_json(args.frontier)
     rs = open_runs(args.runs, space=args.space, phases=args.phases, workers=args.workers, scheduler=args.scheduler,
                    memory_limit=args.memory_limit, cache=args.cache, incomplete=args.incomplete, strict=args.strict,
                    progress=progress)
@@ -141,9 +145,8 @@ def suite_command(args: argparse.Namespace) -> int:
     st = suite_stats(rs, on=args.on, metric=args.metric, compare=args.compare, by=args.by,
                      n_resamples=args.resamples, confidence=args.confidence, seed=args.seed)
     figures = suite_figures(rs, st)
-    if args.frontier:
-        from ..views.frontier import frontier_from_json
-        figures.append(frontier_from_json(args.frontier))
+    if frontier is not None:
+        figures.append(frontier)
     write_suite_dashboard(rs, args.output, stats=st, figures=figures, title=args.title)
     say(f"wrote {terminal(args.output)} ({len(rs)} runs, {len(figures)} figures)")
     if args.json:
