@@ -68,8 +68,9 @@ def judge(rgb: torch.Tensor, label: int) -> dict:
 
 
 def nearest(z: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-    """RMS distance [N] of each latent [N, …] to its nearest neighbour in ``pool`` [M, …] (float64)."""
-    a, b = z.flatten(1).double(), pool.flatten(1).double()
+    """RMS distance [N] of each latent [N, …] to its nearest neighbour in ``pool`` [M, …] (float64, on pool's
+    device)."""
+    a, b = z.flatten(1).to(pool.device).double(), pool.flatten(1).double()
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
     return (d2.clamp(min=0).min(1).values / a.shape[1]).sqrt()
 
@@ -104,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"pass": sum(j["pass"] for j in judged), "of": len(judged), "samples": judged}
             if pool is not None:
                 z = torch.cat(latents)
-                own = pool["latents"][pool["labels"] == k].float()
-                other = pool["latents"][pool["labels"] != k][:4096].float()
+                own = pool["latents"][pool["labels"] == k].to(args.device)
+                other = pool["latents"][pool["labels"] != k][:4096].to(args.device)
                 fresh = org.encode(train.rgb[labels == k].to(args.device)).float().cpu()
                 entry["nn_distance"] = {"generated": round(float(nearest(z, own).mean()), 4),
                                         "fresh_training_clips": round(float(nearest(fresh, own).mean()), 4),
                                         "generated_to_other_classes": round(float(nearest(z, other).mean()), 4)}
+                del own, other
             result["samples"][prompt] = entry
             print(prompt, entry["pass"], "/", entry["of"], entry.get("nn_distance", ""), flush=True)
     for prompt, entry in result["training"].items():

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latents", required=True, help="cached latents (.pt); written first when absent")
     ap.add_argument("--encode", type=int, default=32768, help="clips to encode when --latents is absent")
     ap.add_argument("--encode-batch", type=int, default=64)
+    ap.add_argument("--encode-budget-s", type=float, default=0.0,
+                    help="stop encoding after this many seconds, at a whole number of class rounds (0: no limit)")
     ap.add_argument("--encode-only", action="store_true", help="write --latents and stop (no training)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--checksums", default=None, help="checksum registry to update (default <out>/checksums_v2.json)")
@@ -58,10 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def encode_dataset(vae, n: int, batch: int, device: torch.device, seed: int = 40_000) -> dict[str, torch.Tensor]:
-    """n class-balanced clips (labels 0, 1, …, 9, 0, …) rendered and encoded.
+def encode_dataset(vae, n: int, batch: int, device: torch.device, seed: int = 40_000,
+                   budget_s: float = 0.0) -> dict[str, torch.Tensor]:
+    """n class-balanced clips (labels 0, 1, …, 9, 0, …) rendered and encoded; with ``budget_s`` > 0 fewer when
+    that many seconds have passed (cut to a whole number of rounds of the ten classes, so classes stay balanced).
 
-    Returns {latents float16 [n, 16, 21, 16, 16], labels [n]} on the CPU."""
+    Returns {latents float16 [n', 16, 21, 16, 16], labels [n']} on the CPU."""
     gen = torch.Generator(device).manual_seed(seed)
     labels = torch.arange(n) % len(videos_v2.PROMPTS)
     out = []
@@ -73,7 +77,13 @@ def encode_dataset(vae, n: int, batch: int, device: torch.device, seed: int = 40
         out.append(z.to("cpu", torch.float16))
         if (start // batch) % 50 == 0:
             print(f"encoded {start + lab.shape[0]}/{n} clips in {time.perf_counter() - t0:.0f}s", flush=True)
-    return {"latents": torch.cat(out), "labels": labels, "seed": torch.tensor(seed)}
+        if budget_s and time.perf_counter() - t0 >= budget_s:
+            break
+    latents = torch.cat(out)
+    keep = latents.shape[0] - latents.shape[0] % len(videos_v2.PROMPTS)
+    if keep == 0:
+        raise SystemExit(f"--encode-budget-s {budget_s} encoded fewer than one clip per class")
+    return {"latents": latents[:keep], "labels": labels[:keep], "seed": torch.tensor(seed)}
 
 
 class LatentTrainer(v1.Trainer):
@@ -116,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latents from {latents_path}: {tuple(data['latents'].shape)}", flush=True)
     else:
         t0 = time.perf_counter()
-        data = encode_dataset(vae, args.encode, args.encode_batch, device)
+        data = encode_dataset(vae, args.encode, args.encode_batch, device, budget_s=args.encode_budget_s)
         data["vae_sha256"] = sha256(args.vae)
         latents_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, latents_path)
-        print(f"encoded {args.encode} clips in {time.perf_counter() - t0:.0f}s → {latents_path}", flush=True)
+        print(f"encoded {data['latents'].shape[0]} clips in {time.perf_counter() - t0:.0f}s → {latents_path}",
+              flush=True)
     if data.get("vae_sha256", sha256(args.vae)) != sha256(args.vae):
         raise SystemExit(f"{latents_path} was encoded by another VAE than {args.vae}; delete it to re-encode")
     if args.encode_only:
