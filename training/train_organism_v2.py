@@ -77,12 +77,14 @@ def encode_dataset(vae, n: int, batch: int, device: torch.device, seed: int = 40
         out.append(z.to("cpu", torch.float16))
         if (start // batch) % 50 == 0:
             print(f"encoded {start + lab.shape[0]}/{n} clips in {time.perf_counter() - t0:.0f}s", flush=True)
-        if budget_s and time.perf_counter() - t0 >= budget_s:
+        if budget_s and start + batch < n and time.perf_counter() - t0 >= budget_s:
             break
     latents = torch.cat(out)
-    keep = latents.shape[0] - latents.shape[0] % len(videos_v2.PROMPTS)
-    if keep == 0:
-        raise SystemExit(f"--encode-budget-s {budget_s} encoded fewer than one clip per class")
+    keep = latents.shape[0]
+    if keep < n:                                            # cut by the budget: whole rounds of the classes
+        keep -= keep % len(videos_v2.PROMPTS)
+        if keep == 0:
+            raise SystemExit(f"--encode-budget-s {budget_s} encoded fewer than one clip per class")
     return {"latents": latents[:keep], "labels": labels[:keep], "seed": torch.tensor(seed)}
 
 
