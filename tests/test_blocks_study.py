@@ -76,8 +76,43 @@ def test_block_study_refusals(study, one_expert_pipe, tmp_path):
     with pytest.raises(StudyError, match="none of the 1 runs"):
         open_runs(study[2], workers=0).blocks()
     longer = record(one_expert_pipe, tmp_path / "d.h5", "a red ball", 3, steps=4)
-    with pytest.raises(StudyError, match="3, 4 steps: block curves need equal step counts"):
+    with pytest.raises(StudyError, match="3, 4 steps: block curves need equal step counts on step"):
         block_curves(open_runs([*study[:2], longer], workers=0).blocks(), "block_update")
+    with pytest.raises(StudyError, match="on must be step, sigma or progress"):
+        block_curves(bs, "block_update", on="timestep")
     other = record(one_expert_pipe, tmp_path / "e.h5", "a blue cube", 4, blocks=[0])
     with pytest.raises(StudyError, match="probed blocks"):
         open_runs([study[0], other], workers=0).blocks()
+
+
+@pytest.mark.parametrize("on", ["sigma", "progress"])
+def test_block_curves_on_sigma_put_runs_of_different_step_counts_on_one_axis(study, one_expert_pipe, tmp_path, on):
+    """3- and 5-step runs: each run's curve equals numpy's np.interp of its own per-step values at the grid (float64,
+    σ descending handled by reversing), and each cell's CI equals cluster_bootstrap of those interpolated values."""
+    longer = [record(one_expert_pipe, tmp_path / f"l{i}.h5", p, 10 + i, steps=5)
+              for i, p in enumerate(("a red ball", "a blue cube"))]
+    bs = open_runs([*study[:2], *longer], workers=0).blocks()
+    c = block_curves(bs, "block_update", on=on, points=7, n_resamples=300, seed=3)
+    assert c["mean"].dims == (on, "block") and c.attrs["on"] == on
+    grid = c[on].values
+    sig = bs["sigma"].values
+    if on == "sigma":   # the σ range every run covers, noisiest first
+        assert grid[0] == np.nanmin(np.nanmax(sig, 1)) and grid[-1] == np.nanmax(np.nanmin(sig, 1))
+        assert np.all(np.diff(grid) < 0)
+    vals = bs["block_update"].sel(branch="cond").values
+    interp = np.empty((len(longer) + 2, grid.size, bs.sizes["block"]))
+    for r in range(interp.shape[0]):
+        n = int(bs["num_steps"].values[r])
+        x = sig[r, :n] if on == "sigma" else np.linspace(0, 1, n)
+        order = np.argsort(x)
+        for k in range(bs.sizes["block"]):
+            interp[r, :, k] = np.interp(grid, x[order], vals[r, :n, k][order])
+    np.testing.assert_allclose(c["mean"].values, interp.mean(0), rtol=1e-12)
+    for g in range(grid.size):
+        for k in range(bs.sizes["block"]):
+            ref = cluster_bootstrap(interp[:, g, k], bs["prompt_key"].values, n_resamples=300, seed=3)
+            np.testing.assert_allclose([c["ci_low"].values[g, k], c["ci_high"].values[g, k]], [ref.low, ref.high],
+                                       rtol=1e-12)
+    # block_change is NaN at every run's step 0: on σ the first grid interval is NaN, never a mean of fewer runs
+    ch = block_curves(bs, "block_change", on=on, points=7, n_resamples=50)
+    assert np.isnan(ch["mean"].values[0]).all() and np.isfinite(ch["mean"].values[-1]).all()
