@@ -22,6 +22,16 @@ rows (setting × clip: times, token-steps, keys) to ``--out`` JSON, rewritten af
 loses at most one setting. ``training/frontier_measure.py`` scores them.
 
     nice -n 10 python training/frontier_run.py --out /tmp/frontier/run.json --latents /tmp/frontier/lat
+
+``--organism small|large`` runs the same methods on organism v2 (``settings_v2``: a 40-step baseline, the 10 v2
+prompts × 3 seeds, keeps of its 21 latent frames, boundary at step 26 of 40), from ``--weights`` checked
+against ``--sha256`` (or ``--random-weights``: the untrained architecture, for development). Its final
+latents are stored float16; its MagCache settings are skipped, with a printed line, when the ratios file
+(``training/frontier_magcache.py --organism SIZE``) is absent. ``--max-seconds S`` stops after the setting
+that crosses S seconds (finished settings are saved; a later call with the same ``--out`` resumes).
+
+    python training/frontier_run.py --organism small --weights W --sha256 D --out run.json --latents lat \
+        --max-seconds 540
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latent_probe import FrameTruncation, LatentProbe  # noqa: E402
 from latent_probe.interventions.caches import Method  # noqa: E402
-from latent_probe.organism import DEFAULT_GUIDANCE, load_organism  # noqa: E402
+from latent_probe.organism import DEFAULT_GUIDANCE, load_organism, random_organism_v2  # noqa: E402
 
 PAIRED_EVERY = 6   # a ``spec`` setting runs a baseline generation before every 6th clip (same process, same load)
 
@@ -160,9 +170,61 @@ def setting_name(s: dict[str, Any]) -> str:
     return "_".join(parts)
 
 
-def prepare(setting: dict[str, Any], device: str) -> tuple[Any, Callable[[], Any]]:
-    """A fresh organism for the setting (caches are applied to its experts) and an intervention factory."""
-    org = load_organism(device=device)
+V2_BASE_STEPS = 40   # organism v2's default sampling (UniPC, CFG 4.0): 26 of 40 steps are high-noise (shift 12)
+
+
+def settings_v2(quick: bool, base: int = V2_BASE_STEPS) -> list[dict[str, Any]]:
+    """Organism v2's grid (names as declared in docs/frame-truncation.md for ``base`` = 40): the v1 methods
+    scaled to 40 steps and 21 latent frames. ``base`` other than 40 (tests) scales every step count and
+    integer ``until``."""
+    def st(n: int) -> int:
+        return max(1, round(n * base / V2_BASE_STEPS))
+
+    out: list[dict[str, Any]] = [{"method": "baseline", "steps": base}]
+    for n in ((30, 24, 16, 12) if not quick else (24, 16)):
+        out.append({"method": "fewer_steps", "steps": st(n)})
+    trunc = [(3, "boundary"), (7, "boundary"), (11, "boundary"), (15, "boundary"), (3, st(13)), (7, st(20))]
+    for keep, until in (trunc if not quick else trunc[1:2]):
+        out.append({"method": "truncation", "steps": base, "keep": keep, "until": until})
+    for thr in ((0.05, 0.1, 0.2, 0.3) if not quick else (0.1,)):
+        out.append({"method": "first_block_cache", "steps": base, "threshold": thr})
+    for n, keep, until in (((30, 7, "boundary"), (24, 7, "boundary"), (24, 11, "boundary"), (16, 11, "boundary"))
+                           if not quick else ((24, 11, "boundary"),)):
+        out.append({"method": "truncation+fewer_steps", "steps": st(n), "keep": keep, "until": until})
+    out.append({"method": "baseline", "steps": base, "repeat": 1})
+    for thr in ((0.02, 0.06, 0.12, 0.25) if not quick else (0.06,)):
+        out.append({"method": "mag_cache", "steps": base, "threshold": thr, "spec": f"mag_cache:{thr}"})
+    for n in ((2, 3, 4) if not quick else (2,)):
+        out.append({"method": "taylorseer", "steps": base, "interval": n,
+                    "spec": f"taylorseer:{n}:disable_cache_before_step={st(4)}"})
+    for n in ((2, 3, 4) if not quick else (2,)):
+        out.append({"method": "pab", "steps": base, "interval": n, "spec": f"pab:{n}"})
+    variants = (("renoise", "truncation:7:renoise=true"), ("motion", "truncation:7:fill=motion"),
+                ("x0", "truncation:7:fill_space=x0"),
+                ("grow7-11-15", f"truncation:7:schedule=7@{st(9)}/11@{st(18)}/15@{st(26)}"),
+                ("grow7-15", f"truncation:7:schedule=7@{st(13)}/15@{st(26)}"))
+    for tag, spec in (variants if not quick else variants[:1] + variants[3:4]):
+        out.append({"method": "truncation_variant", "steps": base, "keep": int(spec.split(":")[1]),
+                    "until": "boundary", "variant": tag, "spec": spec})
+    return out
+
+
+def build_organism(organism: str, device: str, weights: str | None = None, sha256: str | None = None,
+                   random_weights: bool = False) -> Any:
+    """v1 (the packaged weights, as before), or organism v2 of a size: its trained ``weights`` checked against
+    ``sha256``, or with ``random_weights`` the untrained architecture (development only)."""
+    if organism == "v1":
+        return load_organism(device=device)
+    if random_weights:
+        return random_organism_v2(organism, device=device)
+    return load_organism(device=device, size=organism, path=weights, sha256=sha256)
+
+
+def prepare(setting: dict[str, Any], device: str, build: Callable[[], Any] | None = None
+            ) -> tuple[Any, Callable[[], Any]]:
+    """A fresh organism for the setting (caches are applied to its experts) and an intervention factory.
+    ``build`` makes the organism (default: v1's ``load_organism``)."""
+    org = load_organism(device=device) if build is None else build()
     if setting["method"] == "first_block_cache":
         from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
         for m in (org.pipe.transformer, org.pipe.transformer_2):
@@ -205,52 +267,85 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="JSON of rows (rewritten after every setting)")
     p.add_argument("--latents", required=True, help="folder for the final latents (.pt per setting)")
-    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--organism", choices=("v1", "small", "large"), default="v1",
+                   help="v1 (default, the packaged organism) or an organism v2 size")
+    p.add_argument("--weights", default=None, help="v2: the weights file (default: the packaged one)")
+    p.add_argument("--sha256", default=None, help="v2: its SHA-256 (default: weights/checksums_v2.json)")
+    p.add_argument("--random-weights", action="store_true", help="v2: untrained weights (development only)")
+    p.add_argument("--base-steps", type=int, default=V2_BASE_STEPS,
+                   help="v2: the baseline's steps (40; other values scale the grid, for tests)")
+    p.add_argument("--prompts", type=int, default=None, help="first N prompts (default: v1 8, v2 all 10)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="one setting per method (a smoke run)")
-    p.add_argument("--mag-ratios", default="docs/data/frontier_magcache.json",
-                   help="training/frontier_magcache.py's JSON (MagCache settings only)")
+    p.add_argument("--mag-ratios", default=None,
+                   help="training/frontier_magcache.py's JSON (MagCache settings only; default "
+                        "docs/data/frontier_magcache.json for v1, docs/data/frontier_magcache_v2_SIZE.json for v2)")
     p.add_argument("--only", default=None, help="comma-separated setting names to run, in this order (others skipped)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after the setting during which this many seconds (since start) pass")
     args = p.parse_args(argv)
+    v2 = args.organism != "v1"
+    if not v2 and (args.weights or args.sha256 or args.random_weights or args.base_steps != V2_BASE_STEPS):
+        p.error("--weights, --sha256, --random-weights and --base-steps are for an organism v2 size")
+    if v2 and args.random_weights and (args.weights or args.sha256):
+        p.error("--random-weights takes no --weights / --sha256")
+    mag_path = Path(args.mag_ratios or ("docs/data/frontier_magcache.json" if not v2
+                                        else f"docs/data/frontier_magcache_v2_{args.organism}.json"))
+    t_start = time.perf_counter()
 
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    base_steps = args.base_steps if v2 else 20
+    n_prompts = args.prompts if args.prompts is not None else (10 if v2 else 8)
+
+    def build() -> Any:
+        return build_organism(args.organism, device, args.weights, args.sha256, args.random_weights)
+
     lat_dir = Path(args.latents)
     lat_dir.mkdir(parents=True, exist_ok=True)
-    clips = [(pr, s) for pr in range(args.prompts) for s in range(args.seeds)]
+    clips = [(pr, s) for pr in range(n_prompts) for s in range(args.seeds)]
     out_path = Path(args.out)
     result = json.loads(out_path.read_text()) if out_path.exists() else {
         "machine": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "guidance": DEFAULT_GUIDANCE,
         "clips": [{"prompt_index": pr, "seed": s} for pr, s in clips], "settings": {}}
-    grid = {setting_name(st): st for st in settings(args.quick)}
+    if v2:
+        who = {"size": args.organism, "weights": args.weights, "sha256": args.sha256,
+               "random_weights": args.random_weights, "base_steps": base_steps}
+        if result.setdefault("organism", who) != who:
+            p.error(f"{out_path} holds a run of another organism ({result['organism']}); use a new --out")
+        if result["clips"] != [{"prompt_index": pr, "seed": s} for pr, s in clips]:
+            p.error(f"{out_path} holds other clips; use a new --out")
+    grid = {setting_name(st): st for st in (settings_v2(args.quick, base_steps) if v2 else settings(args.quick))}
     order = list(grid) if args.only is None else args.only.split(",")
     unknown = [n for n in order if n not in grid]
     if unknown:
         p.error(f"unknown setting(s) {unknown}; known: {list(grid)}")
     mag = [n for n in order if grid[n].get("method") == "mag_cache"]
-    if mag and not Path(args.mag_ratios).is_file():
-        p.error(f"{mag} need MagCache ratios: {args.mag_ratios} is missing (training/frontier_magcache.py writes it)")
+    if mag and not mag_path.is_file():
+        if not v2:
+            p.error(f"{mag} need MagCache ratios: {mag_path} is missing (training/frontier_magcache.py writes it)")
+        print(f"skipping {mag}: no MagCache ratios at {mag_path} (training/frontier_magcache.py --organism "
+              f"{args.organism} writes them)", flush=True)
+        order = [n for n in order if n not in mag]
     # warm-up (allocator, first-call costs), untimed
-    base_org, _ = prepare({"method": "baseline", "steps": 20}, device)
-    generate_one(base_org, 0, 0, 20, None)
-    for name in order:
+    base_org, _ = prepare({"method": "baseline", "steps": base_steps}, device, build)
+    generate_one(base_org, 0, 0, base_steps, None)
+    todo = [n for n in order if n not in result["settings"]]
+    for k, name in enumerate(todo):
         setting = grid[name]
-        if name in result["settings"]:
-            continue
-        org, factory = prepare(setting, device)
+        org, factory = prepare(setting, device, build)
         rows, finals, paired = [], [], []
         load0 = os.getloadavg()[0]
         with contextlib.ExitStack() as stack:
             counter = None
             if "spec" in setting:
                 method = Method.parse(setting["spec"])
-                ratios = json.loads(Path(args.mag_ratios).read_text())["mag_ratios"] if method.kind == "mag_cache" \
-                    else None
+                ratios = json.loads(mag_path.read_text())["mag_ratios"] if method.kind == "mag_cache" else None
                 counter = stack.enter_context(method.applied(org.pipe, mag_ratios=ratios, steps=setting["steps"]))
             for i, (pr, s) in enumerate(clips):
                 if counter is not None and i % PAIRED_EVERY == 0:
-                    b = generate_one(base_org, pr, s, 20, None)["row"]
+                    b = generate_one(base_org, pr, s, base_steps, None)["row"]
                     paired.append({"prompt_index": pr, "seed": s, "thread_cpu_s": b["thread_cpu_s"],
                                    "wall_s": b["wall_s"], "dit_s": b["dit_s"]})
                 n0 = len(counter.calls) if counter is not None else 0
@@ -262,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["units_computed"] = sum(c.computed for c in new)
                 rows.append(row)
                 finals.append(g["final"])
-        torch.save(torch.stack(finals), lat_dir / f"{name}.pt")
+        stacked = torch.stack(finals)
+        torch.save(stacked.half() if v2 else stacked, lat_dir / f"{name}.pt")
         result["settings"][name] = {**setting, "rows": rows, "loadavg_1min": [load0, os.getloadavg()[0]]}
         if paired:
             result["settings"][name]["paired_baseline"] = paired
@@ -271,12 +367,20 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(out_path)
         cpu = sum(r["thread_cpu_s"] for r in rows) / len(rows)
         extra = ""
+        if v2:
+            extra = (f"  wall {sum(r['wall_s'] for r in rows) / len(rows):6.2f} s  "
+                     f"DiT {sum(r['dit_s'] for r in rows) / len(rows):6.2f} s")
         if paired:
-            extra = f"  paired baseline {sum(b['thread_cpu_s'] for b in paired) / len(paired):6.2f} s"
+            extra += f"  paired baseline {sum(b['thread_cpu_s'] for b in paired) / len(paired):6.2f} s"
         if rows and "units_called" in rows[0]:
             called = sum(r["units_called"] for r in rows)
             extra += f"  units skipped {1 - sum(r['units_computed'] for r in rows) / max(called, 1):.3f}"
         print(f"{name:40s} cpu {cpu:6.2f} s/clip  load {load0:.2f}{extra}", flush=True)
+        elapsed = time.perf_counter() - t_start
+        if args.max_seconds is not None and elapsed > args.max_seconds and k + 1 < len(todo):
+            print(f"stopping after {name}: {elapsed:.0f} s > --max-seconds {args.max_seconds:g}; "
+                  f"{len(todo) - k - 1} setting(s) left (run again with the same --out to resume)", flush=True)
+            return 0
     return 0
 
 
