@@ -2,7 +2,8 @@
 # Organism v2 on a lent GPU machine (the `device` tool): one call of a few stages under one deadline, every
 # result packed into $OUT as it is made (so a call cut at its limit still returns what it finished).
 #   bash training/device_v2.sh DEADLINE_S STAGE...
-# Stages: vae, encode, small, large, samples_small, samples_large, bench_writer, bench_blocks.
+# Stages: vae, encode, small, large, samples_small, samples_large, frontier_small, frontier_large, bench_writer,
+# bench_blocks.
 # Budgets come from the environment (VAE_S, ENCODE_S, SMALL_S, LARGE_S; see train_organism_v2.sh); a stage
 # that cannot finish before DEADLINE_S (seconds from the start) is skipped with a line saying so.
 # Wheels the machine lacks travel in .whl (carry it); the work folder WORK (default .orgv2, git-ignored) keeps
@@ -72,6 +73,13 @@ for stage in "$@"; do
       wflag=$([ $size = large ] && echo "--weights $WORK/organism_v2_large.safetensors" || echo "")
       run 60 $stage python3 training/organism_v2_samples.py --size $size $wflag --seeds 8 --latents "$LAT" \
         --png "$WORK/organism_v2_$size.png" --json "$WORK/organism_v2_${size}_samples.json" ;;
+    frontier_small|frontier_large)  # the v2 frontier (training/frontier_v2.sh) in what is left, scored here
+      size=${stage#frontier_}; fd=$WORK/$stage
+      wflag=$([ $size = large ] && echo "$WORK/organism_v2_large.safetensors $(python3 -c "import json;print(json.load(open('$W/checksums_v2.json'))['organism_v2_large.safetensors'])")" || echo "")
+      run 150 $stage env RUN_S=$(( $(left) - ${SCORE_S:-90} )) bash training/frontier_v2.sh $size "$fd" $wflag
+      [ -f "$fd/run.json" ] && run 40 ${stage}_score python3 training/frontier_measure_v2.py --run "$fd/run.json" \
+        --latents "$fd/lat" --csv "$fd/scored.csv" --json "$fd/scored.json" --markdown "$fd/scored.md"
+      tar czf "$OUT/$stage.tgz" -C "$fd" $(cd "$fd" && ls run.json run.log magcache.json scored.* 2>/dev/null) ;;
     bench_writer)  # the writer before issue 18 (.old4ff: `git archive 4ff566a latent_probe`) and now, alternating
       for i in 1 2 3; do
         run 40 writer_old_$i env PYTHONPATH=/tmp/site:$PWD/.old4ff python3 .old4ff/benchmarks/bench_capture.py --writer-only \
