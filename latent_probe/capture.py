@@ -200,8 +200,9 @@ class StepCapture(GenerationListener):
     def step_ends(self, frame: tuple) -> None:
         """After the ``step`` call ``frame`` came from returned: its record."""
         calls, self._calls = self._calls, []
+        scheduler, param, model_output, timestep, sample = frame
         try:
-            self._record(*frame, calls)
+            self._record(scheduler, param, model_output, timestep, sample, calls)
         except (LayoutError, UnknownParameterizationError) as exc:
             self._stop(exc)
 
@@ -303,7 +304,7 @@ class StepCapture(GenerationListener):
             model_calls=len(calls),
         )
         rec.step_recorded()
-        writer = rec.writer
+        writer: Any = rec.writer  # store.writer.RunWriter
         if writer is not None:
             attrs = None
             if first:  # what is known only once the generation runs (the rest was written at creation)

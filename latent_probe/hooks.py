@@ -105,6 +105,10 @@ class _ModuleSite:
                 output = changed = out
         return changed
 
+    def __deepcopy__(self, memo: dict) -> "_ModuleSite":
+        """A deep copy of a hooked module keeps calling these hooks, as torch copies plain hook functions."""
+        return self
+
     def discard(self, hook: ModelHook) -> None:
         """Remove ``hook`` (by identity, once)."""
         for where in (self.hooks, self.outer):

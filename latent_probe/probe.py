@@ -191,6 +191,7 @@ class LatentProbe:
             attrs["intervention"] = self.intervene.describe()
         if self._block_probe is not None:
             attrs["block_probe"] = self._block_probe.describe()
+        rec: GenerationRecorder | None = None
         if writes:
             self._writer_args = dict(attrs=attrs, experts=list(parts.experts), on_error=self.on_write_error,
                                      probe_id=self._probe_id,
@@ -200,11 +201,10 @@ class LatentProbe:
                 if taken:
                     raise FileExistsError(f"{taken[0]} exists (a later generation of an earlier run at {self.path});"
                                           " pass overwrite=True to replace it")
-            self.recorder = GenerationRecorder(self._open_generation)
-            if self.recorder.open_first() is None:
+            rec = GenerationRecorder(self._open_generation)
+            if rec.open_first() is None:
                 writes = False
-        if not writes:
-            self.recorder = None
+        if not writes or rec is None:
             if self.intervene is not None:  # every rank must run the same (changed) computation
                 with _HOOKS_LOCK:
                     try:
@@ -214,22 +214,23 @@ class LatentProbe:
                         raise
             self._active = True
             return self
-        self.capture_state = StepCapture(parts, self.recorder, self.capture, self.cfg_branches,
+        self.recorder = rec
+        self.capture_state = StepCapture(parts, rec, self.capture, self.cfg_branches,
                                          self.parameterization, attrs,
                                          online=OnlineSums(self.metrics) if self.metrics else None,
                                          latent_steps=None if self.latent_steps.all or self.latent_steps.none
                                          else self.latent_steps, blocks=self._block_probe)
         if self._block_probe is not None:
-            self.recorder.subscribe(self._block_probe)
+            rec.subscribe(self._block_probe)
         try:
             with _HOOKS_LOCK:
                 try:
-                    self._attach(parts, self.recorder, self.capture_state)
+                    self._attach(parts, rec, self.capture_state)
                 except BaseException:
                     self._registry.remove_all()
                     raise
         except BaseException:
-            rec, self.recorder = self.recorder, None
+            self.recorder = None
             if rec.writer is not None:
                 rec.writer.close()
             raise
