@@ -76,31 +76,61 @@ class FnHook(ModelHook):
         return None if self._post is None else self._post(site, args, kwargs, output)
 
 
+def _pre_of(hook: ModelHook) -> Callable[..., Any] | None:
+    """What runs before the call for ``hook`` (None: nothing — not overridden)."""
+    if isinstance(hook, FnHook):
+        return hook._pre
+    return None if type(hook).pre_forward is ModelHook.pre_forward else hook.pre_forward
+
+
+def _post_of(hook: ModelHook) -> Callable[..., Any] | None:
+    if isinstance(hook, FnHook):
+        return hook._post
+    return None if type(hook).post_forward is ModelHook.post_forward else hook.post_forward
+
+
 class _ModuleSite:
-    """The hooks of one module: one torch forward pre-hook and one forward hook run them all. ``hooks`` run in the
-    order added (pre and post alike, torch's order); ``outer`` hooks wrap them (pre first, post last: a timer)."""
+    """The hooks of one module: one torch forward pre-hook and one forward hook run them all (each registered when
+    the first hook that needs it arrives). ``hooks`` run in the order added (pre and post alike, torch's order);
+    ``outer`` hooks wrap them (pre first, post last: a timer)."""
 
     def __init__(self, module: torch.nn.Module, outermost: bool) -> None:
+        self.module = weakref.ref(module)
         self.hooks: list[ModelHook] = []
         self.outer: list[ModelHook] = []
-        self._pre = module.register_forward_pre_hook(self._run_pre, with_kwargs=True, prepend=outermost)
-        self._post = module.register_forward_hook(self._run_post, with_kwargs=True)
+        self._prepend = outermost
+        self._pres: tuple[Callable[..., Any], ...] = ()
+        self._posts: tuple[Callable[..., Any], ...] = ()
+        self._pre: torch.utils.hooks.RemovableHandle | None = None
+        self._post: torch.utils.hooks.RemovableHandle | None = None
 
     def __len__(self) -> int:
         return len(self.hooks) + len(self.outer)
 
+    def refresh(self) -> None:
+        """Recompute what runs before and after the call; register torch's handles the first time they are needed."""
+        self._pres = tuple(f for f in map(_pre_of, (*self.outer, *self.hooks)) if f is not None)
+        self._posts = tuple(f for f in map(_post_of, (*self.hooks, *reversed(self.outer))) if f is not None)
+        module = self.module()
+        if module is None:  # pragma: no cover - the module is gone
+            return
+        if self._pres and self._pre is None:
+            self._pre = module.register_forward_pre_hook(self._run_pre, with_kwargs=True, prepend=self._prepend)
+        if self._posts and self._post is None:
+            self._post = module.register_forward_hook(self._run_post, with_kwargs=True)
+
     def _run_pre(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         changed = None
-        for hook in (*self.outer, *self.hooks):
-            out = hook.pre_forward(module, args, kwargs)
+        for fn in self._pres:
+            out = fn(module, args, kwargs)
             if out is not None:
                 args, kwargs = changed = out
         return changed
 
     def _run_post(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         changed = None
-        for hook in (*self.hooks, *reversed(self.outer)):
-            out = hook.post_forward(module, args, kwargs, output)
+        for fn in self._posts:
+            out = fn(module, args, kwargs, output)
             if out is not None:
                 output = changed = out
         return changed
@@ -115,11 +145,14 @@ class _ModuleSite:
             for i, h in enumerate(where):
                 if h is hook:
                     del where[i]
+                    self.refresh()
                     return
 
     def remove(self) -> None:
-        self._pre.remove()
-        self._post.remove()
+        for handle in (self._pre, self._post):
+            if handle is not None:
+                handle.remove()
+        self._pre = self._post = None
 
 
 _MODULE_SITES: "weakref.WeakKeyDictionary[torch.nn.Module, _ModuleSite]" = weakref.WeakKeyDictionary()
@@ -133,16 +166,20 @@ def module_hooks(module: torch.nn.Module) -> tuple[ModelHook, ...]:
 
 def _as_listener(hook: ModelHook, site: "Dispatcher") -> Listener:
     """A ModelHook as one link of a dispatcher's chain: pre, the inner chain, post; on_error when it raises."""
+    pre, post = _pre_of(hook), _post_of(hook)
+    on_error = None if type(hook).on_error is ModelHook.on_error else hook.on_error
 
     def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-        new = hook.pre_forward(site, args, kwargs)
-        if new is not None:
-            args, kwargs = new
+        if pre is not None:
+            new = pre(site, args, kwargs)
+            if new is not None:
+                args, kwargs = new
         try:
             output = call_next(*args, **kwargs)
-            new_out = hook.post_forward(site, args, kwargs, output)
+            new_out = None if post is None else post(site, args, kwargs, output)
         except BaseException as exc:
-            hook.on_error(site, exc)
+            if on_error is not None:
+                on_error(site, exc)
             raise
         return output if new_out is None else new_out
 
@@ -233,6 +270,7 @@ class HookRegistry:
                 site.outer.insert(0, hook)
             else:
                 site.hooks.append(hook)
+            site.refresh()
         self._modules.append((module, hook))
         return hook
 

@@ -229,3 +229,14 @@ def test_truncation_step_index_equals_the_old_derivation_on_the_wan_standin():
     steps = [c.step for c in ft.calls]
     assert steps == old.seen and len(probe.runs) == 2
     assert steps == [k for n in STEPS for k in range(n) for _ in range(2)]
+
+
+def test_a_module_gets_only_the_torch_hooks_its_model_hooks_need():
+    """A post-only hook (capture's on each expert) costs one torch forward hook per call, no pre-hook."""
+    module, reg = torch.nn.Linear(2, 2), HookRegistry()
+    reg.add(module, FnHook(post=lambda *a: None))
+    assert len(module._forward_hooks) == 1 and not module._forward_pre_hooks
+    reg.add(module, FnHook(pre=lambda *a: None))
+    assert len(module._forward_hooks) == 1 and len(module._forward_pre_hooks) == 1
+    reg.remove_all()
+    assert not module._forward_hooks and not module._forward_pre_hooks and module_hooks(module) == ()
