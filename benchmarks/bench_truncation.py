@@ -23,7 +23,6 @@ import argparse
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = HookRegistry()
     ft = FrameTruncation(keep=args.keep, until=1)
     ft.attach(registry, TargetParts(family="diffusers", experts={"transformer": model}, dit_calls="diffusers_wan",
-                                    rope="diffusers_wan"), SimpleNamespace(steps=0))
+                                    rope="diffusers_wan"), None)
     try:
         hooked_ms = bench(forward(latent), device, warmup, reps)
         out = forward(latent)()

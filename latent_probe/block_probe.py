@@ -1,4 +1,5 @@
-"""Block probes: listeners on each expert's transformer blocks, on the probe's one ``HookRegistry``.
+"""Block probes: hooks on each expert's transformer blocks, on the probe's one ``HookRegistry``; a subscriber of
+the probe's generation recorder (a generation begins: no previous step).
 
 ``LatentProbe(..., blocks="all" | "every:4" | [0, 5, 39], attention_reach=64)`` adds, per expert: a forward
 pre-hook on the expert (the call's token grid from its input's shape), a pre- and a forward hook on each chosen
@@ -22,7 +23,8 @@ import torch
 from .adapters.base import TargetParts, UnsupportedTargetError
 from .adapters.blocks import BlockSite, block_input, block_site, install_qk, parse_blocks, token_grid
 from .capture import LayoutError
-from .hooks import HookRegistry
+from .hooks import FnHook, HookRegistry
+from .recorder import GenerationListener, GenerationRecorder
 from .metrics.blocks import (block_call_sums, magnitude_ratio, residual_norms, sample_queries, temporal_reach,
                              update_change)
 
@@ -55,7 +57,7 @@ class _Call:
         self.mag: torch.Tensor | None = None
 
 
-class BlockProbe:
+class BlockProbe(GenerationListener):
     """The block listeners of one probe. ``spec``: "all", "every:k" or indices (valid for every expert);
     ``reach``: queries sampled a frame for attention's temporal reach (0: none); ``change``: keep each block's
     previous update (float32, on the device: blocks × branches × F'·T·D values) for the step-to-step change."""
@@ -111,14 +113,14 @@ class BlockProbe:
     def attach(self, reg: HookRegistry) -> None:
         namespaces: set[str] = set()  # rotary functions already intercepted
         for name, site in self.sites.items():
-            reg.forward_pre(site.expert, self._guard(self._call_hook(name, site)))
+            reg.add(site.expert, FnHook(pre=self._guard(self._call_hook(name, site))))
             chosen = set(self.indices)
             for i, block in enumerate(site.blocks):
                 first, last = i == 0, i == self.count - 1
-                if i in chosen or first:
-                    reg.forward_pre(block, self._guard(self._block_pre(i, first)))
-                if i in chosen or last:
-                    reg.forward(block, self._guard(self._block_post(i, i in chosen, last)))
+                pre = self._guard(self._block_pre(i, first)) if i in chosen or first else None
+                post = self._guard(self._block_post(i, i in chosen, last)) if i in chosen or last else None
+                if pre is not None or post is not None:
+                    reg.add(block, FnHook(pre, post))
             if self.reach:
                 for i in self.indices:
                     install_qk(reg, site, i, self._rows, self._deliver(i), self._guard, self._attn, namespaces)
@@ -221,6 +223,10 @@ class BlockProbe:
         call.sums.setdefault(i, {})["reach"] = temporal_reach(qs, k, call.frames, call.tokens, scale)
 
     # ---------------------------------------------------------------- per step
+    def on_begin(self, recorder: GenerationRecorder, explicit: bool) -> None:
+        """The probe's recorder begins a generation: no previous step."""
+        self.reset()
+
     def reset(self) -> None:
         """A generation begins: no previous step."""
         with self._lock:

@@ -11,28 +11,23 @@ the scheduler's ``step`` is called; the intercepted ``step`` then builds one rec
 
 σ is read at the index the scheduler used for this step (``step_index − 1`` once ``step`` returned).
 
-Each generation is its own run (its own writer): a generation call (Wan2.2's ``generate``, a diffusers
-pipeline's ``__call__``; ``generation_listener``) begins one when it is entered (outermost call) and ends it when
-it returns or raises. Steps made outside any generation call (``(modules, scheduler)`` targets, a hand-written
-loop) form one generation until the scheduler's ``set_timesteps`` is called again after a recorded step
-(``schedule_listener``): that begins the next one. Nothing is inferred from σ or the timesteps.
+Each generation is its own run (its own writer): the generation recorder (recorder.py) owns them — when one begins
+and ends, its writer, its end state; capture subscribes to it and tells it of each step.
 """
 
 from __future__ import annotations
 
-import contextvars
-import functools
 import inspect
 import threading
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from einops import rearrange
 
 from .adapters.base import TargetParts
 from .adapters._util import jsonable
-from .hooks import static_lookup
+from .hooks import ModelHook, static_lookup
 from .latent_steps import LatentSteps, boundary_step
 from .parameterization import (
     Parameterization,
@@ -42,7 +37,8 @@ from .parameterization import (
     noise_level_at,
     parameterization_of,
 )
-from .store.writer import RunWriter, StepMeta
+from .recorder import GenerationListener, GenerationRecorder
+from .store.writer import StepMeta
 from .errors import LatentProbeError
 
 __all__ = ["StepCapture", "LayoutError", "CAPTURABLE", "check_step_signature"]
@@ -50,10 +46,6 @@ __all__ = ["StepCapture", "LayoutError", "CAPTURABLE", "check_step_signature"]
 CAPTURABLE = ("x_t", "pred", "x0", "eps")
 BRANCHES = ("pred_cond", "pred_uncond")
 STORED_LAYOUT = "b c f h w"
-
-
-# the captures whose generation call is running in this context (thread): routes class-level step calls
-_ACTIVE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("latent_probe_active", default=frozenset())
 
 
 class LayoutError(LatentProbeError, ValueError):
@@ -128,177 +120,58 @@ def _shares_storage(t: torch.Tensor, *others: torch.Tensor) -> bool:
     return any(o.untyped_storage().data_ptr() == ptr for o in others)
 
 
-class StepCapture:
-    """Turns hook events and ``step`` calls into records, one :class:`RunWriter` per generation.
+class StepCapture(GenerationListener):
+    """Turns hook events and ``step`` calls into records, handed to the writer of the recorder's generation.
 
-    ``first_writer`` records generation 1 (made when the block is entered, so that a path that cannot be written
-    fails before anything runs); ``open_writer(n)`` makes the writer of generation n ≥ 2 when it begins (None:
-    that generation is not recorded). Writers are closed when their generation ends; ``closed`` lists them.
-    ``online`` (metrics.online.OnlineSums) computes each step's metric sums on the tensors' device; ``latent_steps``
-    chooses the steps whose latents are stored (None: every step).
+    ``recorder`` (recorder.GenerationRecorder) owns the generations and their writers; capture subscribes to it
+    (a generation begins: per-generation state is reset) and reports each step to it. ``online``
+    (metrics.online.OnlineSums) computes each step's metric sums on the tensors' device; ``latent_steps`` chooses
+    the steps whose latents are stored (None: every step); ``blocks`` (block_probe.BlockProbe, a subscriber of the
+    recorder too): its sums travel with the step.
     """
 
-    def __init__(self, parts: TargetParts, first_writer: RunWriter | None, capture: tuple[str, ...],
+    def __init__(self, parts: TargetParts, recorder: GenerationRecorder, capture: tuple[str, ...],
                  cfg_branches: bool, parameterization: Parameterization | None, attrs: dict[str, Any],
-                 open_writer: Callable[[int], RunWriter | None] | None = None, online: Any = None,
-                 latent_steps: LatentSteps | None = None, blocks: Any = None) -> None:
+                 online: Any = None, latent_steps: LatentSteps | None = None, blocks: Any = None) -> None:
         self.parts = parts
-        self.writer = first_writer  # the current (or next) generation's writer
-        self._writer_generation = 1  # the generation self.writer records
-        self._open_writer = open_writer
-        self.closed: list[tuple[int, RunWriter]] = []  # (generation, writer), in the order they ended
+        self.recorder = recorder
         self.capture = capture
         self.cfg_branches = cfg_branches
         self._fixed_param = parameterization
         self.online = online
-        self.blocks = blocks  # block_probe.BlockProbe: its sums travel with the step
+        self.blocks = blocks
         self.latent_steps = None if latent_steps is None or latent_steps.all else latent_steps
         self._chosen: Any = None  # the current generation's resolved latent_steps
         self._params: dict[int, Parameterization] = {}
         self._attrs = attrs
         self._calls: list[tuple[str, torch.Tensor | None]] = []
         self._local = threading.local()
-        self._lock = threading.RLock()
-        self.generation = 0  # the current (or last) generation, 1-based; 0 before the first
-        self.steps = 0  # steps recorded since the probe attached, all generations together
-        self.generation_steps = 0  # steps recorded in the current generation
-        self.generation_seen = 0  # step calls seen in the current generation
-        self.planned_steps: int | None = None  # len(scheduler.timesteps) from the generation's first step on
-        self.stopped: str | None = None  # why recording of the current generation stopped
-        self._in_generation = False  # a generation has begun and not ended
-        self._new_schedule = False  # set_timesteps was called outside a generation call since the last step
+        recorder.subscribe(self)
 
-    # ------------------------------------------------------------------ generations
-    def begin_generation(self, explicit: bool = False) -> None:
-        """Start the next generation (a generation that has recorded no step yet simply goes on). ``explicit``: at
-        the start of a generation call (DiT calls made before it belong to no step); otherwise at a step, whose
-        DiT calls were already made."""
-        with self._lock:
-            if self._in_generation:
-                if self.generation_steps == 0:
-                    return
-                self.end_generation()
-            if self.writer is None and self._open_writer is not None and self.generation >= 1:
-                self._writer_generation = self.generation + 1
-                self.writer = self._open_writer(self._writer_generation)
-            elif self.writer is None:
-                self._writer_generation = self.generation + 1
-            self.generation = self._writer_generation
-            self._in_generation = True
-            self.generation_steps = self.generation_seen = 0
-            self.planned_steps = None
-            self.stopped = None
-            self._chosen = None
-            if self.online is not None:
-                self.online.reset()
-            if self.blocks is not None:
-                self.blocks.reset()
-            if explicit:
-                self._calls = []
+    @property
+    def steps(self) -> int:
+        """Steps recorded since the probe attached, all generations together."""
+        return self.recorder.steps
 
-    def end_generation(self, exc_type: Any = None, exc: Any = None, *, final: bool = False) -> None:
-        """End the current generation: close its writer with its end state. A generation that recorded no step
-        keeps its writer for the next one, unless ``final`` (the block ends): then it is closed too (a later
-        generation's empty file is discarded; generation 1's follows the writer's rules). Raises the writer's
-        error (on_write_error="raise") unless ``exc_type`` is set."""
-        with self._lock:
-            if not self._in_generation and not final:
-                return
-            self._in_generation = False
-            writer = self.writer
-            if writer is None or (self.generation_steps == 0 and not final):
-                return
-            self.writer = None
-            state: dict[str, Any] = {"complete": exc_type is None, "steps_seen": self.generation_seen}
-            if exc_type is not None:
-                state["error"] = (f"{exc_type.__name__}: {exc}".splitlines() or [exc_type.__name__])[0]
-            elif self.stopped:
-                state.update(complete=False, error=self.stopped)
-            elif self.planned_steps is not None and self.generation_seen < self.planned_steps:
-                state.update(complete=False, error=f"interrupted: stopped after {self.generation_seen} of "
-                                                   f"{self.planned_steps} planned steps")
-            if self.generation_steps == 0 and self._writer_generation > 1:
-                state["complete"] = False  # a later generation that recorded nothing leaves no file
-            self.closed.append((self._writer_generation, writer))
-            try:
-                writer.close(state)
-            except Exception:
-                if exc_type is None:
-                    raise
+    def on_begin(self, recorder: GenerationRecorder, explicit: bool) -> None:
+        """A generation begins: no step chosen yet, the online sums start over; ``explicit`` (a generation call
+        was entered): DiT calls made before it belong to no step."""
+        self._chosen = None
+        if self.online is not None:
+            self.online.reset()
+        if explicit:
+            self._calls = []
 
-    def generation_listener(self, owner: Any = None, scoped: bool = False) -> Callable:
-        """Listener for the call that runs one generation (Wan2.2's ``generate``; a pipeline class's ``__call__``,
-        then ``owner`` is the instance whose calls count). ``scoped``: also mark this context, so that class-level
-        ``step`` patches record only the steps of this target's generation."""
+    # ------------------------------------------------------------------ hooks on experts and on step
+    def expert_hook(self, expert: str) -> ModelHook:
+        """The hook after each DiT call of ``expert``: which expert ran (and its output, with cfg_branches)."""
+        return _ExpertCall(self, expert)
 
-        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-            if owner is not None and not (args and args[0] is owner):
-                return call_next(*args, **kwargs)
-            if getattr(self._local, "generating", 0):  # a nested call is part of the outer generation
-                return call_next(*args, **kwargs)
-            self.begin_generation(explicit=True)
-            self._local.generating = 1
-            token = _ACTIVE.set(_ACTIVE.get() | {id(self)}) if scoped else None
-            try:
-                result = call_next(*args, **kwargs)
-            except BaseException as exc:
-                self._local.generating = 0
-                self.end_generation(type(exc), exc)
-                raise
-            finally:
-                self._local.generating = 0
-                if token is not None:
-                    _ACTIVE.reset(token)
-            self.end_generation()
-            return result
-
-        return listener
-
-    def scope_listener(self) -> Callable:
-        """The generation listener of a target whose generation call also scopes class-level ``step`` patches."""
-        return self.generation_listener(scoped=True)
-
-    def schedule_listener(self) -> Callable:
-        """Listener for ``scheduler.set_timesteps``: outside a generation call, a new schedule after recorded steps
-        begins the next generation (at its first step)."""
-
-        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-            if not getattr(self._local, "generating", 0):
-                self._new_schedule = True
-            return call_next(*args, **kwargs)
-
-        return listener
-
-    # ------------------------------------------------------------------ hooks on experts
-    def forward_hook(self, expert: str) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            keep = self.parts.dit_output(output) if self.cfg_branches else None
-            self._calls.append((expert, keep))
-
-        return hook
-
-    # ------------------------------------------------------------------ step interception (hooks.py listeners)
-    def step_listener(self, scheduler: Any) -> Callable:
-        """Listener for ``scheduler.step`` replaced on that instance."""
-
-        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-            return self.on_step(scheduler, call_next, args, kwargs)
-
-        return listener
-
-    def class_step_listener(self, scoped: bool) -> Callable:
-        """Listener for ``SchedulerClass.step`` (called with the scheduler first). ``scoped``: record only
-        calls made inside this probe's own generation call (two targets in two threads share the class)."""
-
-        def listener(call_next: Callable, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
-            if scoped and not self.in_scope():
-                return call_next(scheduler, *args, **kwargs)
-            return self.on_step(scheduler, functools.partial(call_next, scheduler), args, kwargs)
-
-        return listener
-
-    def in_scope(self) -> bool:
-        return id(self) in _ACTIVE.get()
+    def step_hook(self, scheduler: Any = None, scoped: bool = False) -> ModelHook:
+        """The hook on ``scheduler.step`` (an instance's); ``scheduler=None``: on ``SchedulerClass.step``, called
+        with the scheduler first; ``scoped``: record only calls made inside this probe's own generation call (two
+        targets in two threads share the class)."""
+        return _Step(self, scheduler, scoped)
 
     def parameterization_for(self, scheduler: Any) -> Parameterization:
         if self._fixed_param is not None:
@@ -308,40 +181,37 @@ class StepCapture:
             self._params[key] = parameterization_of(scheduler)
         return self._params[key]
 
-    def on_step(self, scheduler: Any, call: Callable, args: tuple, kwargs: dict) -> Any:
-        if getattr(self._local, "depth", 0):  # a step that calls step: record the outer one only
-            return call(*args, **kwargs)
-        if not self._in_generation or (self._new_schedule and not getattr(self._local, "generating", 0)):
-            self.begin_generation()
-        self._new_schedule = False
-        self.generation_seen += 1
-        if self.stopped:
+    def step_begins(self, scheduler: Any, args: tuple, kwargs: dict) -> tuple | None:
+        """Before a ``step`` call (the outermost): what its record needs, or None when it is not recorded."""
+        rec = self.recorder
+        rec.step_called()
+        if rec.stopped:
             if self.blocks is not None:
                 self.blocks.discard()
-            return call(*args, **kwargs)
+            return None
         try:
             model_output, timestep, sample = _step_args(scheduler, args, kwargs)
             param = self.parameterization_for(scheduler)
         except LayoutError as exc:
-            return self._stop(exc, call, args, kwargs)
-        self._local.depth = 1
-        try:
-            result = call(*args, **kwargs)
-        finally:
-            self._local.depth = 0
+            self._stop(exc)
+            return None
+        return scheduler, param, model_output, timestep, sample
+
+    def step_ends(self, frame: tuple) -> None:
+        """After the ``step`` call ``frame`` came from returned: its record."""
         calls, self._calls = self._calls, []
+        scheduler, param, model_output, timestep, sample = frame
         try:
             self._record(scheduler, param, model_output, timestep, sample, calls)
         except (LayoutError, UnknownParameterizationError) as exc:
             self._stop(exc)
-        return result
 
-    def _stop(self, exc: Exception, call: Callable | None = None, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def _stop(self, exc: Exception) -> None:
         """Stop recording (never the generation) when a step cannot be recorded exactly; the run says why."""
-        if not self.stopped:
-            self.stopped = f"recording stopped at step {self.generation_steps}: {exc}"
-            warnings.warn(f"latent_probe: {self.stopped}; the generation goes on", RuntimeWarning, stacklevel=4)
-        return None if call is None else call(*args, **(kwargs or {}))
+        rec = self.recorder
+        if not rec.stopped:
+            rec.stopped = f"recording stopped at step {rec.generation_steps}: {exc}"
+            warnings.warn(f"latent_probe: {rec.stopped}; the generation goes on", RuntimeWarning, stacklevel=6)
 
     # ------------------------------------------------------------------ one record
     def _to_stored(self, t: torch.Tensor, what: str) -> torch.Tensor:
@@ -376,23 +246,24 @@ class StepCapture:
 
     def _record(self, scheduler: Any, param: Parameterization, model_output: torch.Tensor, timestep: Any,
                 sample: torch.Tensor, calls: list[tuple[str, torch.Tensor | None]]) -> None:
+        rec = self.recorder
         after = getattr(scheduler, "step_index", None)
         idx = None if after is None else int(after) - 1
-        first = self.generation_steps == 0
+        first = rec.generation_steps == 0
         if first:
-            self.planned_steps = _planned_steps(scheduler, idx)
+            rec.planned_steps = _planned_steps(scheduler, idx)
             if self.latent_steps is not None:
                 switch = boundary_step(getattr(scheduler, "timesteps", None), idx or 0,
                                        self._attrs.get("boundary_timestep"))
-                if self.latent_steps.needs_plan and self.planned_steps is None:
+                if self.latent_steps.needs_plan and rec.planned_steps is None:
                     raise LayoutError(f"latent_steps={self.latent_steps.spec!r} counts from the planned end, but "
                                       f"{type(scheduler).__name__} has no timesteps to plan with")
-                self._chosen = self.latent_steps.resolve(self.planned_steps, switch)
-                outside = self.latent_steps.outside(self.planned_steps, switch)
+                self._chosen = self.latent_steps.resolve(rec.planned_steps, switch)
+                outside = self.latent_steps.outside(rec.planned_steps, switch)
                 if outside:
                     warnings.warn(f"latent_probe: latent_steps {outside} select no step of this generation of "
-                                  f"{self.planned_steps} planned steps", RuntimeWarning, stacklevel=5)
-        keep = self._chosen is None or self.generation_steps in self._chosen
+                                  f"{rec.planned_steps} planned steps", RuntimeWarning, stacklevel=5)
+        keep = self._chosen is None or rec.generation_steps in self._chosen
         level = noise_level_at(scheduler, idx, timestep)
         sigma_tensor = None
         if level.flow and idx is not None and isinstance(getattr(scheduler, "sigmas", None), torch.Tensor):
@@ -423,27 +294,82 @@ class StepCapture:
                 tensors[name] = self._to_stored(t, f"an expert output ({name})")
         expert = calls[-1][0] if calls else "unknown"
         meta = StepMeta(
-            index=idx if idx is not None else self.generation_steps,
+            index=idx if idx is not None else rec.generation_steps,
             timestep=timestep,
             sigma=level.sigma,
             alpha=level.alpha,
             expert=expert,
             guidance_scale=self.parts.guidance_scale(expert),
-            generation=self.generation - 1,
+            generation=rec.generation - 1,
             model_calls=len(calls),
         )
-        self.steps += 1
-        self.generation_steps += 1
-        if self.writer is not None:
+        rec.step_recorded()
+        writer: Any = rec.writer  # store.writer.RunWriter
+        if writer is not None:
             attrs = None
             if first:  # what is known only once the generation runs (the rest was written at creation)
                 call = jsonable(dict(self.parts.call_args))
                 attrs = {k: v for k, v in call.items() if k not in self._attrs}
                 attrs.update(parameterization=param.value, capture=list(self.capture),
                              cfg_branches=self.cfg_branches, step_layout=self.parts.step_layout,
-                             call_args=call, planned_steps=self.planned_steps,
+                             call_args=call, planned_steps=rec.planned_steps,
                              noise_convention=noise_convention(level), latent_shape=list(x_t.shape),
                              source_dtypes=_source_dtypes(x_t, pred, sigma_tensor))
                 if self.latent_steps is not None:
                     attrs["latent_steps"] = self.latent_steps.spec
-            self.writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums, keep_latents=keep)
+            writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums, keep_latents=keep)
+
+
+class _ExpertCall(ModelHook):
+    """After a DiT call of one expert: note it (and keep its output with cfg_branches) until ``step``."""
+
+    def __init__(self, cap: StepCapture, expert: str) -> None:
+        self.cap, self.expert = cap, expert
+
+    def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        cap = self.cap
+        cap._calls.append((self.expert, cap.parts.dit_output(output) if cap.cfg_branches else None))
+        return None
+
+
+class _Step(ModelHook):
+    """Around ``step``: the generation's bookkeeping before it, the record after it. A step that calls ``step``
+    is recorded once (the outer call); per thread, a stack of the calls in flight (None: not recorded)."""
+
+    def __init__(self, cap: StepCapture, scheduler: Any, scoped: bool) -> None:
+        self.cap, self.scheduler, self.scoped = cap, scheduler, scoped
+        self._local = threading.local()
+
+    def _stack(self) -> list[tuple | None]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
+        stack = self._stack()
+        scheduler = self.scheduler
+        if scheduler is None:  # class-level: the scheduler comes first
+            scheduler, args = args[0], args[1:]
+            if self.scoped and not self.cap.recorder.in_scope():
+                stack.append(None)
+                return None
+        if any(frame is not None for frame in stack):  # a step inside a recorded step: the outer one only
+            stack.append(None)
+            return None
+        stack.append(self.cap.step_begins(scheduler, args, kwargs))  # may raise: nothing pushed, step not called
+        return None
+
+    def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        frame = self._stack().pop()
+        if frame is not None:
+            self._local.ending = True  # the record may raise the writer's error: on_error must not pop again
+            self.cap.step_ends(frame)
+            self._local.ending = False
+        return None
+
+    def on_error(self, site: Any, exc: BaseException) -> None:
+        if getattr(self._local, "ending", False):
+            self._local.ending = False
+            return
+        self._stack().pop()

@@ -1,29 +1,190 @@
-"""Own every hook handle and attribute interception; remove exactly those, in any order of several probes.
+"""One hook shape for the package, one owner of every handle and patch; removed exactly, in any order of probes.
 
-Modelled on diffusers' ``HookRegistry`` (one registry per patched object, hooks removed by identity) and
-TransformerLens' ``HookPoint`` bookkeeping (own your handles). Forward hooks are torch's own handles. An
-attribute (a scheduler's ``step``, Wan2.2's class-level ``step``, a pipeline's ``generate``) gets **one**
-dispatcher however many probes listen: each probe adds a listener and removes that listener by identity;
-the original comes back when the last listener leaves — unless someone else replaced the attribute in the
-meantime, which is then left as it is (with a warning). Hooks a user registered are never touched.
+Modelled on diffusers' ``hooks/hooks.py`` (a ``ModelHook`` with ``pre_forward`` / ``post_forward`` /
+``reset_state``, one registry per hooked object, hooks removed by identity) and TransformerLens' ``HookPoint``
+bookkeeping (own your handles, remove exactly those).
 
-A listener is ``listener(call_next, *args, **kwargs)``: it may look at the arguments, must call
-``call_next(*args, **kwargs)`` exactly once (or the original is skipped) and return its result.
+The shape — :class:`ModelHook`, on any call site:
+
+* a **module** (its forward): ``pre_forward(module, args, kwargs) -> None | (args, kwargs)`` before it,
+  ``post_forward(module, args, kwargs, output) -> None | output`` after it, in registration order (torch's order);
+  one torch forward pre-hook and one forward hook per module carry them all (:class:`_ModuleSite`, the only place
+  in the package that calls ``register_forward_*hook`` for a probe), installed with the module's first hook and
+  removed with its last, so ``module._forward_hooks`` is as it was;
+* an **attribute** (a scheduler's ``step``, Wan2.2's class-level ``step``, a pipeline's ``generate`` or
+  ``__call__``, a module-level function): the same two methods with ``site`` = the :class:`Dispatcher`, nested as
+  before (first added outermost: ``pre_forward`` in order, ``post_forward`` in reverse) and ``on_error(site, exc)``
+  for a hook whose ``pre_forward`` ran when the call (or an inner hook) raised. **One** dispatcher replaces the
+  attribute however many probes listen; the original comes back when the last hook leaves — unless someone else
+  replaced the attribute in the meantime, which is then left as it is (with a warning).
+
+``reset_state()`` is called by the owner of the hook (a generation begins). Hooks a user registered are never
+touched. ``HookRegistry.intercept(owner, name, listener)`` keeps the dispatcher's own bottom shape,
+``listener(call_next, *args, **kwargs)`` (it must call ``call_next`` exactly once and return its result), for
+code outside the package; the package itself adds ModelHooks.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import types
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["HookRegistry", "Dispatcher", "static_lookup", "dispatcher_of"]
+__all__ = ["ModelHook", "FnHook", "HookRegistry", "Dispatcher", "static_lookup", "dispatcher_of", "module_hooks"]
 
 _MISSING = object()
 Listener = Callable[..., Any]
+_SITES_LOCK = threading.RLock()  # installing / removing a site's one handle or dispatcher
+
+
+class ModelHook:
+    """One hook on one call site (diffusers' ``ModelHook``). Override what you need; the defaults do nothing.
+
+    ``pre_forward`` may return new ``(args, kwargs)``; ``post_forward`` may return a new output (None keeps it).
+    ``on_error`` (attribute sites only): the call raised after this hook's ``pre_forward`` ran.
+    ``reset_state``: forget per-generation state (called by the hook's owner when a generation begins)."""
+
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        return None
+
+    def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        return None
+
+    def on_error(self, site: Any, exc: BaseException) -> None:
+        return None
+
+    def reset_state(self) -> None:
+        return None
+
+
+class FnHook(ModelHook):
+    """A ModelHook made of functions: ``pre(site, args, kwargs)``, ``post(site, args, kwargs, output)`` (either
+    may be None), with the meaning of ``pre_forward`` / ``post_forward``."""
+
+    def __init__(self, pre: Callable[..., Any] | None = None, post: Callable[..., Any] | None = None) -> None:
+        self._pre, self._post = pre, post
+
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        return None if self._pre is None else self._pre(site, args, kwargs)
+
+    def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        return None if self._post is None else self._post(site, args, kwargs, output)
+
+
+def _pre_of(hook: ModelHook) -> Callable[..., Any] | None:
+    """What runs before the call for ``hook`` (None: nothing — not overridden)."""
+    if isinstance(hook, FnHook):
+        return hook._pre
+    return None if type(hook).pre_forward is ModelHook.pre_forward else hook.pre_forward
+
+
+def _post_of(hook: ModelHook) -> Callable[..., Any] | None:
+    if isinstance(hook, FnHook):
+        return hook._post
+    return None if type(hook).post_forward is ModelHook.post_forward else hook.post_forward
+
+
+class _ModuleSite:
+    """The hooks of one module: one torch forward pre-hook and one forward hook run them all (each registered when
+    the first hook that needs it arrives). ``hooks`` run in the order added (pre and post alike, torch's order);
+    ``outer`` hooks wrap them (pre first, post last: a timer)."""
+
+    def __init__(self, module: torch.nn.Module, outermost: bool) -> None:
+        self.module = weakref.ref(module)
+        self.hooks: list[ModelHook] = []
+        self.outer: list[ModelHook] = []
+        self._prepend = outermost
+        self._pres: tuple[Callable[..., Any], ...] = ()
+        self._posts: tuple[Callable[..., Any], ...] = ()
+        self._pre: torch.utils.hooks.RemovableHandle | None = None
+        self._post: torch.utils.hooks.RemovableHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self.hooks) + len(self.outer)
+
+    def refresh(self) -> None:
+        """Recompute what runs before and after the call; register torch's handles the first time they are needed."""
+        self._pres = tuple(f for f in map(_pre_of, (*self.outer, *self.hooks)) if f is not None)
+        self._posts = tuple(f for f in map(_post_of, (*self.hooks, *reversed(self.outer))) if f is not None)
+        module = self.module()
+        if module is None:  # pragma: no cover - the module is gone
+            return
+        if self._pres and self._pre is None:
+            self._pre = module.register_forward_pre_hook(self._run_pre, with_kwargs=True, prepend=self._prepend)
+        if self._posts and self._post is None:
+            self._post = module.register_forward_hook(self._run_post, with_kwargs=True)
+
+    def _run_pre(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        changed = None
+        for fn in self._pres:
+            out = fn(module, args, kwargs)
+            if out is not None:
+                args, kwargs = changed = out
+        return changed
+
+    def _run_post(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        changed = None
+        for fn in self._posts:
+            out = fn(module, args, kwargs, output)
+            if out is not None:
+                output = changed = out
+        return changed
+
+    def __deepcopy__(self, memo: dict) -> "_ModuleSite":
+        """A deep copy of a hooked module keeps calling these hooks, as torch copies plain hook functions."""
+        return self
+
+    def discard(self, hook: ModelHook) -> None:
+        """Remove ``hook`` (by identity, once)."""
+        for where in (self.hooks, self.outer):
+            for i, h in enumerate(where):
+                if h is hook:
+                    del where[i]
+                    self.refresh()
+                    return
+
+    def remove(self) -> None:
+        for handle in (self._pre, self._post):
+            if handle is not None:
+                handle.remove()
+        self._pre = self._post = None
+
+
+_MODULE_SITES: "weakref.WeakKeyDictionary[torch.nn.Module, _ModuleSite]" = weakref.WeakKeyDictionary()
+
+
+def module_hooks(module: torch.nn.Module) -> tuple[ModelHook, ...]:
+    """The package's hooks on ``module`` now, in the order they run (empty when none)."""
+    site = _MODULE_SITES.get(module)
+    return () if site is None else (*site.outer, *site.hooks)
+
+
+def _as_listener(hook: ModelHook, site: "Dispatcher") -> Listener:
+    """A ModelHook as one link of a dispatcher's chain: pre, the inner chain, post; on_error when it raises."""
+    pre, post = _pre_of(hook), _post_of(hook)
+    on_error = None if type(hook).on_error is ModelHook.on_error else hook.on_error
+
+    def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+        if pre is not None:
+            new = pre(site, args, kwargs)
+            if new is not None:
+                args, kwargs = new
+        try:
+            output = call_next(*args, **kwargs)
+            new_out = None if post is None else post(site, args, kwargs, output)
+        except BaseException as exc:
+            if on_error is not None:
+                on_error(site, exc)
+            raise
+        return output if new_out is None else new_out
+
+    listener.hook = hook  # type: ignore[attr-defined]
+    return listener
 
 
 def static_lookup(owner: Any, name: str) -> Any:
@@ -89,54 +250,90 @@ def dispatcher_of(owner: Any, name: str) -> Dispatcher | None:
 
 
 class HookRegistry:
-    """One probe's hooks: forward hooks and attribute listeners, removed exactly and only."""
+    """One owner's hooks (a probe's, a timer's): ModelHooks on modules and attributes, removed exactly and only."""
 
     def __init__(self) -> None:
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._modules: list[tuple[torch.nn.Module, ModelHook]] = []
         self._listeners: list[tuple[Dispatcher, Listener]] = []
 
     def __len__(self) -> int:
-        return len(self._handles) + len(self._listeners)
+        return len(self._modules) + len(self._listeners)
 
-    def forward_pre(self, module: torch.nn.Module, fn: Callable, *, prepend: bool = False) -> None:
-        """``fn(module, args, kwargs) -> None | (args, kwargs)``."""
-        self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True, prepend=prepend))
+    def add(self, module: torch.nn.Module, hook: ModelHook, *, outermost: bool = False) -> ModelHook:
+        """Run ``hook`` at ``module``'s forward, after the hooks already there (``outermost``: its ``pre_forward``
+        before all of them and its ``post_forward`` after all of them — a timer of everything the others add)."""
+        with _SITES_LOCK:
+            site = _MODULE_SITES.get(module)
+            if site is None:
+                site = _MODULE_SITES[module] = _ModuleSite(module, outermost)
+            if outermost:
+                site.outer.insert(0, hook)
+            else:
+                site.hooks.append(hook)
+            site.refresh()
+        self._modules.append((module, hook))
+        return hook
 
-    def forward(self, module: torch.nn.Module, fn: Callable, *, prepend: bool = False) -> None:
-        """``fn(module, args, kwargs, output) -> None | output``."""
-        self._handles.append(module.register_forward_hook(fn, with_kwargs=True, prepend=prepend))
-
-    def intercept(self, owner: Any, name: str, listener: Listener) -> Dispatcher:
-        """Listen to calls of ``owner.name`` (an instance's or a class's attribute)."""
-        dispatcher = dispatcher_of(owner, name)
-        if dispatcher is None:
-            dispatcher = Dispatcher(owner, name)
-            setattr(owner, name, dispatcher)
-        dispatcher.listeners.append(listener)
+    def add_call(self, owner: Any, name: str, hook: ModelHook) -> Dispatcher:
+        """Run ``hook`` around calls of ``owner.name`` (an instance's, a class's or a module's attribute)."""
+        with _SITES_LOCK:
+            dispatcher = _dispatcher(owner, name)
+            listener = _as_listener(hook, dispatcher)
+            dispatcher.listeners.append(listener)
         self._listeners.append((dispatcher, listener))
         return dispatcher
 
+    def intercept(self, owner: Any, name: str, listener: Listener) -> Dispatcher:
+        """The bottom of an attribute site: ``listener(call_next, *args, **kwargs)`` on ``owner.name``."""
+        with _SITES_LOCK:
+            dispatcher = _dispatcher(owner, name)
+            dispatcher.listeners.append(listener)
+        self._listeners.append((dispatcher, listener))
+        return dispatcher
+
+    def hooks(self) -> list[ModelHook]:
+        """This owner's ModelHooks, in the order they were added."""
+        out = [h for _, h in self._modules]
+        out += [getattr(fn, "hook") for _, fn in self._listeners if hasattr(fn, "hook")]
+        return out
+
     def remove_all(self) -> None:
-        """Remove this registry's hooks and listeners, newest first. Safe to call twice."""
+        """Remove this registry's hooks, newest first, each by identity. Safe to call twice."""
         errors: list[BaseException] = []
-        while self._handles:
-            try:
-                self._handles.pop().remove()
-            except Exception as exc:  # pragma: no cover - torch's remove() does not raise
-                errors.append(exc)
-        while self._listeners:
-            dispatcher, listener = self._listeners.pop()
-            try:
-                for i, fn in enumerate(dispatcher.listeners):
-                    if fn is listener:
-                        del dispatcher.listeners[i]
-                        break
-                if not dispatcher.listeners:
-                    _uninstall(dispatcher)
-            except Exception as exc:  # pragma: no cover
-                errors.append(exc)
+        with _SITES_LOCK:
+            while self._modules:
+                module, hook = self._modules.pop()
+                try:
+                    site = _MODULE_SITES.get(module)
+                    if site is not None:
+                        site.discard(hook)
+                        if not len(site):
+                            site.remove()
+                            del _MODULE_SITES[module]
+                except Exception as exc:  # pragma: no cover - torch's remove() does not raise
+                    errors.append(exc)
+            while self._listeners:
+                dispatcher, listener = self._listeners.pop()
+                try:
+                    for i, fn in enumerate(dispatcher.listeners):
+                        if fn is listener:
+                            del dispatcher.listeners[i]
+                            break
+                    if not dispatcher.listeners:
+                        _uninstall(dispatcher)
+                except Exception as exc:  # pragma: no cover
+                    errors.append(exc)
         if errors:  # pragma: no cover
             raise RuntimeError(f"latent_probe could not remove {len(errors)} hook(s): {errors[0]!r}")
+
+
+def _dispatcher(owner: Any, name: str) -> Dispatcher:
+    """The dispatcher on ``owner.name``, installed now if none is."""
+    dispatcher = dispatcher_of(owner, name)
+    if dispatcher is None:
+        dispatcher = Dispatcher(owner, name)
+        setattr(owner, name, dispatcher)
+    return dispatcher
 
 
 def _uninstall(dispatcher: Dispatcher) -> None:

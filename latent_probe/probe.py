@@ -13,9 +13,10 @@ import torch
 from .adapters import TargetParts, UnsupportedTargetError, resolve_target
 from .block_probe import BlockProbe
 from .capture import LayoutError, StepCapture, check_step_signature
-from .hooks import HookRegistry, static_lookup
+from .hooks import HookRegistry
 from .latent_steps import LatentStepsError
 from .metrics.online import OnlineSums
+from .recorder import GenerationRecorder
 from .parameterization import Parameterization, check_scheduler, parameterization_of, scheduler_rule
 from .store import schema
 from .store.reader import Run, open_run
@@ -144,8 +145,8 @@ class LatentProbe:
         self._block_probe: BlockProbe | None = None
         self.parts: TargetParts | None = None
         self.capture_state: StepCapture | None = None
+        self.recorder: GenerationRecorder | None = None
         self._registry = HookRegistry()
-        self._writer: RunWriter | None = None
         self._runs: list[Run] | None = None
         self._paths: list[str] = []
         self._memory: list[Run] = []
@@ -190,6 +191,7 @@ class LatentProbe:
             attrs["intervention"] = self.intervene.describe()
         if self._block_probe is not None:
             attrs["block_probe"] = self._block_probe.describe()
+        rec: GenerationRecorder | None = None
         if writes:
             self._writer_args = dict(attrs=attrs, experts=list(parts.experts), on_error=self.on_write_error,
                                      probe_id=self._probe_id,
@@ -199,15 +201,10 @@ class LatentProbe:
                 if taken:
                     raise FileExistsError(f"{taken[0]} exists (a later generation of an earlier run at {self.path});"
                                           " pass overwrite=True to replace it")
-            try:
-                self._writer = RunWriter(self.path, self.store_dtype, self.slots, self.overwrite, generation=1,
-                                         **self._writer_args)
-            except DiskFullError as exc:
-                if self.on_write_error == "raise":
-                    raise
-                warnings.warn(f"{exc}; the generation goes on unrecorded", RuntimeWarning, stacklevel=2)
+            rec = GenerationRecorder(self._open_generation)
+            if rec.open_first() is None:
                 writes = False
-        if not writes:
+        if not writes or rec is None:
             if self.intervene is not None:  # every rank must run the same (changed) computation
                 with _HOOKS_LOCK:
                     try:
@@ -217,49 +214,54 @@ class LatentProbe:
                         raise
             self._active = True
             return self
-        self.capture_state = StepCapture(parts, self._writer, self.capture, self.cfg_branches,
-                                         self.parameterization, attrs, open_writer=self._open_generation,
+        self.recorder = rec
+        self.capture_state = StepCapture(parts, rec, self.capture, self.cfg_branches,
+                                         self.parameterization, attrs,
                                          online=OnlineSums(self.metrics) if self.metrics else None,
                                          latent_steps=None if self.latent_steps.all or self.latent_steps.none
                                          else self.latent_steps, blocks=self._block_probe)
+        if self._block_probe is not None:
+            rec.subscribe(self._block_probe)
         try:
             with _HOOKS_LOCK:
                 try:
-                    self._attach(parts, self.capture_state)
+                    self._attach(parts, rec, self.capture_state)
                 except BaseException:
                     self._registry.remove_all()
                     raise
         except BaseException:
-            self._writer.close()
+            self.recorder = None
+            if rec.writer is not None:
+                rec.writer.close()
             raise
         self._active = True
         return self
 
-    def _attach(self, parts: TargetParts, cap: StepCapture) -> None:
+    def _attach(self, parts: TargetParts, rec: GenerationRecorder, cap: StepCapture) -> None:
         reg = self._registry
         if self.intervene is not None:
-            self.intervene.attach(reg, parts, cap)
+            self.intervene.attach(reg, parts, rec)
         for name, module in parts.experts.items():
-            reg.forward(module, cap.forward_hook(name))
+            reg.add(module, cap.expert_hook(name))
         if cap.blocks is not None:
             cap.blocks.attach(reg)
         if parts.scheduler is not None:
-            reg.intercept(parts.scheduler, "step", cap.step_listener(parts.scheduler))
+            reg.add_call(parts.scheduler, "step", cap.step_hook(parts.scheduler))
             if callable(getattr(parts.scheduler, "set_timesteps", None)):
-                reg.intercept(parts.scheduler, "set_timesteps", cap.schedule_listener())
+                reg.add_call(parts.scheduler, "set_timesteps", rec.schedule_hook())
         scoped = parts.generation_call is not None
         for cls in parts.scheduler_classes:
-            reg.intercept(cls, "step", cap.class_step_listener(scoped))
-        for owner, attr, make in parts.call_patches:
-            reg.intercept(owner, attr, make(static_lookup(owner, attr)))
+            reg.add_call(cls, "step", cap.step_hook(scoped=scoped))
+        for owner, attr, hook in parts.call_patches:
+            reg.add_call(owner, attr, hook)
         if scoped:
             owner, attr = parts.generation_call
-            reg.intercept(owner, attr, cap.scope_listener())
+            reg.add_call(owner, attr, rec.generation_hook(scoped=True))
         elif parts.family == "diffusers" and callable(self.target):
             # one call of the pipeline is one generation. Python looks __call__ up on the class, so the
             # interception is class-level, routed by identity to this pipeline (TODO adapters: declare it as
             # TargetParts.generation_call, with the instance whose calls count)
-            reg.intercept(type(self.target), "__call__", cap.generation_listener(owner=self.target))
+            reg.add_call(type(self.target), "__call__", rec.generation_hook(owner=self.target))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self._active = False
@@ -271,35 +273,33 @@ class LatentProbe:
         return False
 
     def _open_generation(self, generation: int) -> RunWriter | None:
-        """The writer of generation ``generation`` ≥ 2 (None: not recorded, after a warning)."""
-        path = None if self.path is None else schema.generation_path(self.path, generation)
+        """The writer of generation ``generation`` (the recorder asks: generation 1's when the block is entered);
+        None: not recorded, after a warning (on_write_error="warn")."""
+        path = self.path if generation == 1 or self.path is None else schema.generation_path(self.path, generation)
         try:
             return RunWriter(path, self.store_dtype, self.slots, self.overwrite, generation=generation,
                              **self._writer_args)
         except DiskFullError as exc:
             if self.on_write_error == "raise":
                 raise
-            warnings.warn(f"{exc}; generation {generation} goes on unrecorded", RuntimeWarning, stacklevel=2)
+            what = "the generation goes on" if generation == 1 else f"generation {generation} goes on"
+            warnings.warn(f"{exc}; {what} unrecorded", RuntimeWarning, stacklevel=4 if generation == 1 else 2)
             return None
 
     def _close(self, exc_type: Any, exc: Any) -> None:
-        writer, self._writer = self._writer, None
-        cap = self.capture_state
-        if writer is None:
-            return
-        if cap is None:  # entered, but nothing attached (should not happen): close as one empty generation
-            writer.close({"complete": exc_type is None})
+        rec, self.recorder = self.recorder, None
+        if rec is None:
             return
         try:
-            cap.end_generation(exc_type, exc, final=True)
+            rec.end(exc_type, exc, final=True)
         finally:
-            for generation, w in sorted(cap.closed, key=lambda gw: gw[0]):
+            for generation, w in sorted(rec.closed, key=lambda gw: gw[0]):
                 if self.path is None:
                     if w.steps_written:
                         self._memory.append(Run(w.file, owns_file=True, source=None))
                 elif w.published and w.path is not None:
                     self._paths.append(w.path)
-            if exc_type is None and not any(w.steps_written or w.failed for _, w in cap.closed):
+            if exc_type is None and not any(w.steps_written or w.failed for _, w in rec.closed):
                 where = "" if self.path is None else f" ({self.path} is left as it was)"
                 warnings.warn(f"latent_probe: the block recorded no step (no scheduler.step ran inside it); nothing "
                               f"was written{where}", RuntimeWarning, stacklevel=3)

@@ -81,16 +81,18 @@ LAYERS: dict[str, set[str]] = {
     "parameterization": GROUND, "latent_steps": GROUND, "hooks": GROUND, "organism": GROUND,
     "frames": GROUND,     # key frames and fills: tensor maths used by adapters, interventions and metrics
     "adapters": GROUND | {"hooks", "frames"},
-    "interventions": GROUND | {"adapters", "hooks", "frames"},
+    # the generation recorder: a generation's lifecycle (writers through a factory, events); hooks for its calls
+    "recorder": GROUND | {"hooks"},
+    "interventions": GROUND | {"adapters", "hooks", "frames", "recorder"},
     "store": GROUND | {"parameterization"},
-    "capture": GROUND | {"adapters", "hooks", "latent_steps", "parameterization", "store"},
+    "capture": GROUND | {"adapters", "hooks", "latent_steps", "parameterization", "recorder", "store"},
     # the probe ties capture together; the only metrics it uses are the pure online reductions
     "probe": GROUND | {"adapters", "capture", "block_probe", "hooks", "latent_steps", "parameterization", "store",
-                       "metrics", "interventions", "storage_options"},
+                       "metrics", "interventions", "storage_options", "recorder"},
     # the probe's storage options, checked once (capture's names, the online metrics' spaces, the store's dtypes)
     "storage_options": GROUND | {"capture", "latent_steps", "metrics", "store"},
     # block probes are listeners beside capture (the same registry), reducing with the pure metrics kernels
-    "block_probe": GROUND | {"adapters", "capture", "hooks", "metrics"},
+    "block_probe": GROUND | {"adapters", "capture", "hooks", "metrics", "recorder"},
     "metrics": GROUND | {"parameterization", "store", "frames"},
     "views": GROUND | {"metrics", "store", "study", "parameterization"},
     "study": GROUND | {"probe", "store", "metrics", "interventions", "adapters", "parameterization"},

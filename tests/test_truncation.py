@@ -183,7 +183,6 @@ def _spy(module, seen):
 
 def test_positional_call_keeps_its_convention(t2v):
     """model(x, t, context, seq_len) called positionally: sliced in place, output filled to F frames."""
-    from types import SimpleNamespace
 
     from latent_probe.adapters import TargetParts
     from latent_probe.hooks import HookRegistry
@@ -191,7 +190,7 @@ def test_positional_call_keeps_its_convention(t2v):
     model = t2v.low_noise_model
     ft, reg, seen = FrameTruncation(keep=2, until=1), HookRegistry(), []
     ft.attach(reg, TargetParts(family="wan_repo", experts={"low_noise_model": model}, dit_calls="wan_repo",
-                                  rope="wan_repo"), SimpleNamespace(steps=0))
+                                  rope="wan_repo"), None)
     h = model.register_forward_pre_hook(lambda m, a, k: seen.append((len(a), a[0][0].shape[1], a[3], sorted(k))),
                                         with_kwargs=True)
     try:

@@ -6,6 +6,8 @@ import inspect
 import json
 from typing import Any, Callable, Iterable
 
+from ..hooks import ModelHook
+
 __all__ = ["jsonable", "capture_call_args"]
 
 
@@ -21,27 +23,33 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def capture_call_args(names: Iterable[str], into: Callable[[dict], None]) -> Callable[[Callable], Callable]:
-    """Make a listener factory (hooks.py): the listener binds the call's arguments against the original's
-    signature and hands those in ``names`` on, then continues the call."""
-    names = tuple(names)
+def capture_call_args(names: Iterable[str], into: Callable[[dict], None]) -> "ModelHook":
+    """A hook (hooks.py) on a call whose arguments in ``names`` it binds against the original's signature and
+    hands on (before the call goes on)."""
+    return _CallArgs(tuple(names), into)
 
-    def make(original: Callable) -> Callable:
-        try:
-            sig = inspect.signature(original)
-        except (TypeError, ValueError):  # pragma: no cover - builtins
-            sig = None
 
-        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-            if sig is not None:
-                try:
-                    bound = sig.bind(*args, **kwargs)
-                    bound.apply_defaults()
-                    into({k: bound.arguments[k] for k in names if k in bound.arguments})
-                except TypeError:
-                    pass  # let the original raise its own error
-            return call_next(*args, **kwargs)
+class _CallArgs(ModelHook):
+    def __init__(self, names: tuple[str, ...], into: Callable[[dict], None]) -> None:
+        self.names, self.into = names, into
+        self._sigs: dict[int, inspect.Signature | None] = {}
 
-        return listener
+    def _signature(self, site: Any) -> inspect.Signature | None:
+        key = id(site)
+        if key not in self._sigs:
+            try:
+                self._sigs[key] = inspect.signature(site.original)
+            except (TypeError, ValueError):  # pragma: no cover - builtins
+                self._sigs[key] = None
+        return self._sigs[key]
 
-    return make
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
+        sig = self._signature(site)
+        if sig is not None:
+            try:
+                bound = sig.bind(*args, **kwargs)
+                bound.apply_defaults()
+                self.into({k: bound.arguments[k] for k in self.names if k in bound.arguments})
+            except TypeError:
+                pass  # let the original raise its own error
+        return None

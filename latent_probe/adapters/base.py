@@ -50,8 +50,8 @@ class TargetParts:
     blocks: the experts' block convention for block probes (adapters/blocks.py): ``"wan_repo"`` or
         ``"diffusers_wan"``; None: unknown (``blocks_refused`` says why), so ``blocks=`` is refused.
     guidance_scale: expert name → guidance scale in force for it, or None when unknown.
-    call_patches: (owner, attribute, make_listener) — listeners (hooks.py) that read call arguments (prompt,
-        seed, size) into ``call_args``; ``make_listener(original)`` returns the listener.
+    call_patches: (owner, attribute, hook) — ModelHooks (hooks.py) on calls, that read call arguments (prompt,
+        seed, size) into ``call_args``.
     generation_call: (owner, attribute) of the call that runs one generation, when class-level ``step``
         patches must be routed to the probe whose target runs them (Wan2.2's ``generate``).
     call_args: the arguments of the latest generation call, as far as the adapter could read them.
@@ -75,7 +75,7 @@ class TargetParts:
     blocks: str | None = None  # where the experts keep their transformer blocks (adapters/blocks.py)
     blocks_refused: str | None = None  # why blocks cannot be probed, when blocks is None
     guidance_scale: Callable[[str | None], float | None] = lambda expert: None
-    call_patches: list[tuple[Any, str, Callable[[Callable], Callable]]] = field(default_factory=list)
+    call_patches: list[tuple[Any, str, Any]] = field(default_factory=list)
     call_args: dict[str, Any] = field(default_factory=dict)
     generation_call: tuple[Any, str] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..hooks import HookRegistry
+from ..hooks import FnHook, HookRegistry
 from .base import TargetParts, UnsupportedTargetError
 from .rope import _wan_repo_namespace
 
@@ -231,23 +231,20 @@ def install_qk(reg: HookRegistry, site: BlockSite, index: int, rows: Callable[[t
 
         return hook
 
-    def rope_listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-        out = call_next(*args, **kwargs)  # always exactly once, whatever follows
+    def rope_post(site: Any, args: tuple, kwargs: dict, out: Any) -> None:
         guard(keep)(out)
-        return out
 
     def keep(out: Any) -> None:
         active = getattr(state, "active", None)
         if active is not None and isinstance(out, torch.Tensor) and len(active["rope"]) < 2:
             active["rope"].append(out if active["dtype"] is None else out.to(active["dtype"]))  # the module's cast
 
-    reg.forward_pre(attn, guard(pre))
-    reg.forward(attn, guard(post))
+    reg.add(attn, FnHook(guard(pre), guard(post)))
     if site.convention == "diffusers_wan":
         for which in ("q", "k"):
-            reg.forward(getattr(attn, f"norm_{which}"), guard(norm(which)))
+            reg.add(getattr(attn, f"norm_{which}"), FnHook(post=guard(norm(which))))
     else:
         ns = _wan_repo_namespace(site.expert)
         if ns is not None and ns["__name__"] not in namespaces:
             namespaces.add(ns["__name__"])
-            reg.intercept(sys.modules[ns["__name__"]], "rope_apply", rope_listener)
+            reg.add_call(sys.modules[ns["__name__"]], "rope_apply", FnHook(post=rope_post))

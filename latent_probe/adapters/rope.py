@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import LatentProbeError
-from ..hooks import HookRegistry
+from ..hooks import FnHook, HookRegistry, ModelHook
 
 __all__ = ["CONVENTIONS", "TimePositionsError", "refusal", "install"]
 
@@ -85,10 +85,10 @@ def install(registry: HookRegistry, convention: str, expert: torch.nn.Module, ke
     if reason is not None:
         raise TimePositionsError(f"positions='true': {reason}")
     if convention == "diffusers_wan":
-        registry.forward(expert.rope, _diffusers_hook(keys_now))
+        registry.add(expert.rope, FnHook(post=_diffusers_hook(keys_now)))
     else:
         ns = _wan_repo_namespace(expert)
-        registry.intercept(sys.modules[ns["__name__"]], "rope_apply", _wan_repo_listener(expert, keys_now))
+        registry.add_call(sys.modules[ns["__name__"]], "rope_apply", _wan_repo_hook(expert, keys_now))
 
 
 def _active(keys_now: KeysNow, frames: int) -> tuple[list[int], int] | None:
@@ -118,7 +118,7 @@ def _diffusers_hook(keys_now: KeysNow) -> Callable:
     return hook
 
 
-def _wan_repo_listener(expert: torch.nn.Module, keys_now: KeysNow) -> Callable:
+def _wan_repo_hook(expert: torch.nn.Module, keys_now: KeysNow) -> ModelHook:
     cache: dict[str, Any] = {}
 
     def table(freqs: torch.Tensor, keys: list[int], head_dim: int) -> torch.Tensor:
@@ -131,19 +131,19 @@ def _wan_repo_listener(expert: torch.nn.Module, keys_now: KeysNow) -> Callable:
             cache.update(src=freqs, keys=keys, d=head_dim, out=out)
         return cache["out"]
 
-    def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
+    def pre(site: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         names = ("x", "grid_sizes", "freqs")
         a = dict(zip(names, args), **kwargs)
         freqs, grid = a.get("freqs"), a.get("grid_sizes")
         if (len(args) > 3 or not isinstance(a.get("x"), torch.Tensor) or not isinstance(grid, torch.Tensor)
                 or freqs is None or freqs is not getattr(expert, "freqs", None)):
-            return call_next(*args, **kwargs)  # another model's call, or not the expert's table
+            return None  # another model's call, or not the expert's table
         frames = {int(f) for f in grid[:, 0].tolist()}  # grid_sizes lives on the CPU: no device sync
         now = _active(keys_now, frames.pop()) if len(frames) == 1 else None
         if now is None:
-            return call_next(*args, **kwargs)
+            return None
         a["freqs"] = table(freqs, now[0], int(a["x"].size(3)))
         rest = {k: v for k, v in a.items() if k not in names}
-        return call_next(a["x"], a["grid_sizes"], a["freqs"], **rest)
+        return (a["x"], a["grid_sizes"], a["freqs"]), rest
 
-    return listener
+    return FnHook(pre=pre)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..adapters import resolve_target
-from ..hooks import HookRegistry
+from ..hooks import FnHook, HookRegistry
 from ..interventions.frame_truncation import FrameTruncation
 from ..metrics.formulas import cosine_from_sums, relative_l2
 from ..metrics.reductions import diff_norms
@@ -29,8 +29,8 @@ __all__ = ["DiTTimer", "TruncationComparison", "compare_truncation", "fidelity"]
 
 
 class DiTTimer:
-    """Sum of DiT call durations on a set of modules. Its pre-hook is prepended (runs first) and its hook is
-    appended, so ``attach`` after the probe entered times everything the probe and interventions add."""
+    """Sum of DiT call durations on a set of modules. Its hook is outermost (its pre_forward runs first and its
+    post_forward last), so ``attach`` after the probe entered times everything the probe and interventions add."""
 
     def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
         self.modules = list(modules)
@@ -42,8 +42,7 @@ class DiTTimer:
 
     def attach(self) -> "DiTTimer":
         for m in self.modules:
-            self._registry.forward_pre(m, self._start, prepend=True)
-            self._registry.forward(m, self._stop)
+            self._registry.add(m, FnHook(self._start, self._stop), outermost=True)
         return self
 
     def detach(self) -> None:

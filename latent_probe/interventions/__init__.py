@@ -1,7 +1,9 @@
 """Interventions: the only way a ``LatentProbe`` changes a generation (``LatentProbe(..., intervene=obj)``).
 
 An intervention has ``describe() -> dict`` (stored as the run attribute ``intervention``) and
-``attach(registry, parts, capture)``, called before the probe registers its own hooks. The offline estimate
+``attach(registry, parts, recorder)`` (hooks.ModelHooks added through ``registry``; ``recorder`` the probe's
+generation recorder, which says which step is in flight — None on a rank that records nothing), called before the
+probe registers its own hooks. The offline estimate
 (``metrics.feasibility``) and the baseline-vs-truncated comparison (``app.compare``) live with what they are.
 """
 

@@ -28,7 +28,8 @@ import torch
 
 from ..adapters import rope
 from ..adapters.base import TargetParts
-from ..hooks import HookRegistry
+from ..hooks import FnHook, HookRegistry, ModelHook
+from ..recorder import GenerationRecorder
 from ..adapters.dit_calls import CallShape, DitIO, frame0_is_conditioning, is_image_conditioned
 from ..frames import FILLS, FillPlan, default_keyframes, resolve_keyframes
 
@@ -130,9 +131,7 @@ class FrameTruncation:
         self.keys_used: list[int] | None = None
         self._pending: dict[int, FillPlan | None] = {}
         self._plans: dict[tuple[int, int], FillPlan] = {}  # (num_frames, schedule stage) → plan
-        self._capture: Any = None
-        self._gen_start = 0
-        self._last_t: float | None = None
+        self._recorder: GenerationRecorder | None = None
         self._truncating: set[str] | None = None  # experts truncated under until="boundary"
         self._last_plan: FillPlan | None = None     # the plan of the latest truncated call (renoise)
         self._renoised: list[dict[str, Any]] = []   # one record per switch that re-noised
@@ -196,27 +195,25 @@ class FrameTruncation:
         return self._plans[(num_frames, stage)]
 
     # ------------------------------------------------------------------ attach
-    def attach(self, registry: HookRegistry, parts: TargetParts, capture: Any) -> None:
-        """Register a pre-hook and a hook on every expert of ``parts`` through ``registry`` (the probe's).
+    def attach(self, registry: HookRegistry, parts: TargetParts, recorder: GenerationRecorder | None) -> None:
+        """Register a hook on every expert of ``parts`` through ``registry`` (the probe's).
 
-        ``capture.steps`` (scheduler steps recorded so far) gives the step index for an int ``until``.
+        ``recorder.step_index`` (the probe's generation recorder) gives the step index for an int ``until``; without
+        a recorder (a rank that records nothing) every call counts as step 0.
         Raises ``ValueError`` for ``until="boundary"`` on a model without a high- and a low-noise expert,
         for explicit key frames without frame 0 on an image-to-video model, and (``TimePositionsError``) for
         ``positions="true"`` where the adapter knows no way to give key frames their true time positions.
         """
         self._reset()
-        self._capture = capture
-        if capture is not None:
-            self._gen_start = int(getattr(capture, "steps", 0))
+        self._recorder = recorder
         self._truncating = self.validate(parts)
         for name, module in parts.experts.items():
             io = DitIO(module, parts.dit_calls)
-            registry.forward_pre(module, self._pre_hook(name, io))
-            registry.forward(module, self._post_hook(io, parts))
+            registry.add(module, FnHook(self._pre_hook(name, io), self._post_hook(io, parts)))
             if self.positions == "true":
                 rope.install(registry, parts.rope, module, self._keys_now(module))
         if self.renoise:   # added before the probe's own listener: outermost, it sees step's result last
-            registry.intercept(parts.scheduler, "step", self._renoise_listener(parts))
+            registry.add_call(parts.scheduler, "step", _Renoise(self, parts))
 
     def validate(self, parts: TargetParts) -> set[str] | None:
         """Check this truncation can run on ``parts`` (a ``TargetParts``) without attaching anything.
@@ -267,16 +264,9 @@ class FrameTruncation:
         return {high}
 
     # ------------------------------------------------------------------ hooks
-    def _step_index(self, t: Any) -> int:
-        """0-based step of the current generation: steps recorded since it began. A timestep larger than the
-        previous call's starts a new generation."""
-        steps = int(getattr(self._capture, "steps", 0)) if self._capture is not None else 0
-        if isinstance(t, torch.Tensor) and t.numel():
-            now = float(t.detach().max())
-            if self._last_t is not None and now > self._last_t:
-                self._gen_start = steps
-            self._last_t = now
-        return steps - self._gen_start
+    def _step_index(self) -> int:
+        """0-based step of the current generation whose DiT calls are in flight: the recorder's."""
+        return 0 if self._recorder is None else self._recorder.step_index
 
     def _should_truncate(self, expert: str, step: int) -> bool:
         if self.until == "boundary":
@@ -293,7 +283,7 @@ class FrameTruncation:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             shape = io.shape(args, kwargs)
             t = io.timestep(args, kwargs)
-            step = self._step_index(t)
+            step = self._step_index()
             plan = None
             if self._should_truncate(expert, step):
                 plan = self._plan(shape.frames, self._stage(step))
@@ -349,19 +339,6 @@ class FrameTruncation:
             return float(scheduler.timesteps[nxt]) < float(parts.attrs["boundary_timestep"])
         return nxt >= int(self.until)
 
-    def _renoise_listener(self, parts: TargetParts) -> Callable:
-        def listener(call_next: Callable, *args: Any, **kwargs: Any) -> Any:
-            sched = parts.scheduler
-            if sched.step_index in (None, 0):   # a new generation: its noise key
-                sample = kwargs.get("sample", args[2] if len(args) > 2 else None)
-                self._noise_key = _noise_key(sample) if self.renoise_seed is None else int(self.renoise_seed)
-            out = call_next(*args, **kwargs)
-            if not self._switches_after(parts, sched) or self._last_plan is None:
-                return out
-            return self._renoised_output(out, sched, self._last_plan)
-
-        return listener
-
     def _renoised_output(self, out: Any, sched: Any, plan: FillPlan) -> Any:
         """``step``'s result with the filled frames set to (1 − σ)·x̂₀ + σ·ε at the next step's σ; the solver's
         multistep history is cleared so its next step starts first-order from the re-noised latent."""
@@ -393,6 +370,27 @@ class FrameTruncation:
         extra = f", renoise=True, renoise_seed={self.renoise_seed!r}" if self.renoise else ""
         return (f"FrameTruncation({what}, until={self.until!r}, fill={self.fill!r}, positions={self.positions!r}"
                 f"{extra})")
+
+
+class _Renoise(ModelHook):
+    """Around ``scheduler.step`` (added before the probe's own hook: outermost, it sees step's result last): at a
+    generation's first step its noise key; after the switch step, the filled frames re-noised."""
+
+    def __init__(self, ft: FrameTruncation, parts: TargetParts) -> None:
+        self.ft, self.parts = ft, parts
+
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
+        ft, sched = self.ft, self.parts.scheduler
+        if sched.step_index in (None, 0):   # a new generation: its noise key
+            sample = kwargs.get("sample", args[2] if len(args) > 2 else None)
+            ft._noise_key = _noise_key(sample) if ft.renoise_seed is None else int(ft.renoise_seed)
+        return None
+
+    def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        ft, sched = self.ft, self.parts.scheduler
+        if not ft._switches_after(self.parts, sched) or ft._last_plan is None:
+            return None
+        return ft._renoised_output(output, sched, ft._last_plan)
 
 
 class _X0Fill:

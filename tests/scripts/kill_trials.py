@@ -35,7 +35,7 @@ def generate(path: str, steps: int, *, on_probe=None, sleep: float = 0.0) -> Non
             x = sched.step(model(x), t, x).prev_sample
             if sleep:
                 time.sleep(sleep)
-        while probe._writer.steps_written < steps:  # every step committed before close begins
+        while probe.recorder.writer.steps_written < steps:  # every step committed before close begins
             time.sleep(0.001)
         if getattr(probe, "_mark", None):
             probe._mark(steps)  # synchronously, before any kill inside close
@@ -50,7 +50,8 @@ def watch(probe, out: str) -> None:
     def loop():
         seen = -1
         while True:
-            w = probe._writer
+            rec = probe.recorder
+            w = rec.writer if rec is not None else None
             n = w.steps_written if w is not None else seen
             if n != seen:
                 seen = n
