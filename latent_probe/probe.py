@@ -6,14 +6,14 @@ import os
 import threading
 import uuid
 import warnings
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .adapters import TargetParts, UnsupportedTargetError, resolve_target
 from .block_probe import BlockProbe
 from .capture import LayoutError, StepCapture, check_step_signature
-from .hooks import HookRegistry
+from .hooks import HookRegistry, ModelHook
 from .latent_steps import LatentStepsError
 from .metrics.online import OnlineSums
 from .recorder import GenerationRecorder
@@ -206,9 +206,13 @@ class LatentProbe:
                 writes = False
         if not writes or rec is None:
             if self.intervene is not None:  # every rank must run the same (changed) computation
+                # a recorder that writes nothing still counts generations and steps: the intervention's step
+                # index (an int ``until``) must be the recording rank's, not 0 at every step
+                counter = GenerationRecorder(lambda generation: None)
                 with _HOOKS_LOCK:
                     try:
-                        self.intervene.attach(self._registry, parts, None)
+                        self.intervene.attach(self._registry, parts, counter)
+                        self._attach_generations(parts, counter, counter.step_counter)
                     except BaseException:
                         self._registry.remove_all()
                         raise
@@ -245,15 +249,22 @@ class LatentProbe:
             reg.add(module, cap.expert_hook(name))
         if cap.blocks is not None:
             cap.blocks.attach(reg)
+        for owner, attr, hook in parts.call_patches:  # read call arguments for the record
+            self._registry.add_call(owner, attr, hook)
+        self._attach_generations(parts, rec, cap.step_hook)
+
+    def _attach_generations(self, parts: TargetParts, rec: GenerationRecorder,
+                            step_hook: Callable[..., ModelHook]) -> None:
+        """The hooks that delimit steps and generations: ``step_hook(scheduler)`` / ``step_hook(scoped=...)`` on the
+        scheduler's (or its classes') ``step``, the recorder's on ``set_timesteps`` and on the generation call."""
+        reg = self._registry
         if parts.scheduler is not None:
-            reg.add_call(parts.scheduler, "step", cap.step_hook(parts.scheduler))
+            reg.add_call(parts.scheduler, "step", step_hook(parts.scheduler))
             if callable(getattr(parts.scheduler, "set_timesteps", None)):
                 reg.add_call(parts.scheduler, "set_timesteps", rec.schedule_hook())
         scoped = parts.generation_call is not None
         for cls in parts.scheduler_classes:
-            reg.add_call(cls, "step", cap.step_hook(scoped=scoped))
-        for owner, attr, hook in parts.call_patches:
-            reg.add_call(owner, attr, hook)
+            reg.add_call(cls, "step", step_hook(scoped=scoped))
         if scoped:
             owner, attr = parts.generation_call
             reg.add_call(owner, attr, rec.generation_hook(scoped=True))

@@ -176,6 +176,13 @@ class GenerationRecorder:
         ``step`` hooks record only the steps of this target's generation."""
         return _GenerationCall(self, owner, scoped)
 
+    def step_counter(self, scheduler: Any = None, scoped: bool = False) -> ModelHook:
+        """The hook on ``scheduler.step`` of a recorder whose steps nobody records (a rank of torch.distributed that
+        writes nothing, a first file the disk refused): it counts each outermost step call as seen and done, so
+        ``step_index`` and generation boundaries stay right for interventions. Arguments as capture's step hook
+        (``scheduler=None``: on the class; ``scoped``: only inside this recorder's generation call)."""
+        return _CountSteps(self, scoped)
+
     def schedule_hook(self) -> ModelHook:
         """The hook on ``scheduler.set_timesteps``: outside a generation call, a new schedule after recorded steps
         begins the next generation (at its first step)."""
@@ -237,3 +244,33 @@ class _NewSchedule(ModelHook):
         if not self.recorder.generating:
             self.recorder._new_schedule = True
         return None
+
+
+class _CountSteps(ModelHook):
+    """Counts outermost ``step`` calls on a recorder that records nothing (``GenerationRecorder.step_counter``)."""
+
+    def __init__(self, recorder: GenerationRecorder, scoped: bool) -> None:
+        self.recorder, self.scoped = recorder, scoped
+        self._local = threading.local()  # per thread: a stack of "counted" flags, one per step call in flight
+
+    def _stack(self) -> list[bool]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
+        stack = self._stack()
+        counted = not any(stack) and (not self.scoped or self.recorder.in_scope())
+        if counted:
+            self.recorder.step_called()
+        stack.append(counted)
+        return None
+
+    def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if self._stack().pop():
+            self.recorder.step_recorded()
+        return None
+
+    def on_error(self, site: Any, exc: BaseException) -> None:
+        self._stack().pop()

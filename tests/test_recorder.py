@@ -240,3 +240,38 @@ def test_a_module_gets_only_the_torch_hooks_its_model_hooks_need():
     assert len(module._forward_hooks) == 1 and len(module._forward_pre_hooks) == 1
     reg.remove_all()
     assert not module._forward_hooks and not module._forward_pre_hooks and module_hooks(module) == ()
+
+
+@pytest.mark.parametrize("why", ["rank", "disk_full"])
+def test_a_probe_that_records_nothing_truncates_at_the_same_steps(two_expert_pipe, tmp_path, monkeypatch, why):
+    """FrameTruncation(until=2) on a rank that writes nothing (or whose first file the disk refused) truncates steps
+    0-1 only, like the recording probe, over two generations in one block: the outputs are bit-identical. (It
+    used to count every call as step 0 there and truncate every step.)"""
+    import latent_probe.probe as probe_mod
+    from latent_probe.store.writer import DiskFullError
+
+    def generate_twice():
+        return [run_pipe(two_expert_pipe, steps=5, seed=s) for s in (0, 1)]
+
+    ft = FrameTruncation(keep=2, until=2)
+    with LatentProbe(two_expert_pipe, tmp_path / "rec.h5", intervene=ft):
+        recorded = generate_twice()
+    counts_recorded = (ft.token_steps_run, ft.token_steps_full)
+    if why == "rank":
+        monkeypatch.setattr(probe_mod, "_rank", lambda: 1)
+    else:
+        def refuse(*a, **k):
+            raise DiskFullError("no space left on device (test)")
+        monkeypatch.setattr(probe_mod, "RunWriter", refuse)
+    ft2 = FrameTruncation(keep=2, until=2)
+    with pytest.warns(RuntimeWarning):
+        with LatentProbe(two_expert_pipe, tmp_path / "none.h5", intervene=ft2, on_write_error="warn"):
+            silent = generate_twice()
+    assert not (tmp_path / "none.h5").exists()
+    for a, b in zip(recorded, silent):
+        assert torch.equal(a, b)
+    assert (ft2.token_steps_run, ft2.token_steps_full) == counts_recorded
+    monkeypatch.undo()
+    with LatentProbe(two_expert_pipe, None, capture=("x0",)):
+        plain = run_pipe(two_expert_pipe, steps=5, seed=0)
+    assert not torch.equal(plain, silent[0])   # the truncation did change the output
