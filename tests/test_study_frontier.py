@@ -280,3 +280,66 @@ def test_studies_that_cannot_give_a_frontier_are_refused_in_one_line(study, weig
     assert "--organism small or large" in capsys.readouterr().err
     assert cli.main(["study", str(prompts), "--out", str(tmp_path / "v"), "--backend", "demo",
                      "--organism", "small"]) == 2
+
+
+@pytest.fixture
+def tiny_v2(monkeypatch):
+    """Organism v2 "small" shrunk (2 DiT blocks, 6 latent frames, a narrow VAE), random weights: the real pipeline
+    and VAE decode; chosen for the study and the frontier through the app's one organism loader."""
+    from latent_probe.app import backends
+    from latent_probe.organism import model_v2, random_organism_v2
+
+    monkeypatch.setitem(model_v2.SIZES, "small", dict(num_layers=2, num_attention_heads=2, attention_head_dim=8,
+                                                       ffn_dim=16, latent_frames=6))     # 21 frames, not 81
+    calls = []
+
+    def load(size="v1", path=None, sha256=None, device="cpu", dtype=None):
+        calls.append((size, path, sha256))
+        assert size == "small"
+        return random_organism_v2("small", device=device, vae_config={"base_dim": 8})
+
+    monkeypatch.setattr(backends, "load_organism_model", load)
+    return calls
+
+
+def test_organism_v2_study_and_frontier_score_with_fidelity_v2(tiny_v2, tmp_path):
+    from latent_probe.organism import fidelity, fidelity_v2, motion_v2, random_organism_v2, videos_v2
+
+    prompts = tmp_path / "p.txt"
+    chosen = (videos_v2.PROMPTS[0], videos_v2.PROMPTS[1])
+    prompts.write_text("\n".join(chosen) + "\n")
+    out = str(tmp_path / "v2")
+    assert cli.main(["study", str(prompts), "--out", out, "--backend", "organism", "--organism", "small",
+                     "--seeds", "0,1", "--set", "method=baseline,truncation:3:steps=3", "--capture", "none",
+                     "--metrics", "x0"]) == 0
+    fixed = json.load(open(os.path.join(out, "manifest.json")))["suite"]["fixed"]
+    assert fixed["organism"] == "small" and fixed["sha256"] is None
+    frontier = tmp_path / "f.json"
+    assert cli.main(["suite", out, "--frontier", "--frontier_out", str(frontier), "-o", str(tmp_path / "s.html"),
+                     "--resamples", "200"]) == 0
+    assert [c[0] for c in tiny_v2] == ["small", "small"]          # the study's organism, then the scorer's VAE
+    doc = json.load(open(frontier))
+    assert doc["organism"] == "small" and doc["baseline"] == "method=baseline"
+    org = random_organism_v2("small", vae_config={"base_dim": 8})      # the same weights, built independently
+    jobs = {j["job_id"]: j for j in _jobs(out)}
+    side = {jid: _sidecar(out, jid) for jid in jobs}
+    base = {(j["prompt_id"], j["seed"]): jid for jid, j in jobs.items() if j["settings"]["method"] == "baseline"}
+    assert {side[b][0]["num_inference_steps"] for b in base.values()} == {40}    # v2's default steps
+    rgb = {jid: org.decode(side[jid][1]).permute(3, 0, 1, 2).float() / 255 for jid in jobs}
+    for r in doc["clips"]:
+        j = jobs[r["job_id"]]
+        b = base[(j["prompt_id"], j["seed"])]
+        label = videos_v2.PROMPTS.index(chosen[int(j["prompt_id"][1:]) - 1])
+        want = fidelity_v2.score_clip(rgb[r["job_id"]], rgb[b], label, motion_v2.measure(rgb[b], label))
+        for m in ("psnr", "ssim", "motion_error", "motion_pass", "flicker", "jitter"):
+            if not math.isfinite(want[m]):
+                assert r.get(m) is None, (m, r.get(m))
+            else:
+                assert r[m] == pytest.approx(want[m], rel=1e-12, abs=1e-12), m
+        if j["settings"]["method"] == "baseline":
+            plain = org.generate(chosen[int(j["prompt_id"][1:]) - 1], seed=j["seed"], num_inference_steps=40)
+            assert torch.equal(side[r["job_id"]][1], plain)
+    pairs = [(base[(p, 0)], base[(p, 1)]) for p in ("p001", "p002")]
+    assert doc["floors"]["seed_psnr"]["mean"] == pytest.approx(np.mean([fidelity.psnr(rgb[a], rgb[b])
+                                                                        for a, b in pairs]), rel=1e-12)
+    assert doc["drawn"][:3] == ["psnr", "motion_error", "motion_pass"]
