@@ -80,7 +80,7 @@ def test_every_job_records_its_costs_and_the_plain_generations_final_latent(stud
         cost = rec["cost"]
         assert rec["job_id"] == job["job_id"] and cost["threads"] == 1 and cost["dit_clock"] == "thread_cpu"
         assert 0 < cost["dit_s"] < cost["thread_cpu_s"] and cost["wall_s"] > 0
-        steps = rec["num_inference_steps"]
+        steps = rec["steps_run"]
         assert steps == (4 if job["settings"]["method"] == "steps:4" else STEPS)
         assert cost["dit_calls"] == 2 * steps                                    # CFG: cond and uncond
         if job["settings"]["method"] == "truncation:2":
@@ -324,7 +324,7 @@ def test_organism_v2_study_and_frontier_score_with_fidelity_v2(tiny_v2, tmp_path
     jobs = {j["job_id"]: j for j in _jobs(out)}
     side = {jid: _sidecar(out, jid) for jid in jobs}
     base = {(j["prompt_id"], j["seed"]): jid for jid, j in jobs.items() if j["settings"]["method"] == "baseline"}
-    assert {side[b][0]["num_inference_steps"] for b in base.values()} == {40}    # v2's default steps
+    assert {side[b][0]["steps_run"] for b in base.values()} == {40}    # v2's default steps
     rgb = {jid: org.decode(side[jid][1]).permute(3, 0, 1, 2).float() / 255 for jid in jobs}
     for r in doc["clips"]:
         j = jobs[r["job_id"]]

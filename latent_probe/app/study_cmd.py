@@ -236,7 +236,7 @@ class _Generator:
         _write_json(os.path.join(self.out, "methods", f"{job.id}.json"), doc)
         if recorder is not None:
             recorder.save(os.path.join(self.out, "residuals", f"{job.id}.json"), **who)
-        record = {k: v for k, v in doc.items() if k != "calls"}
+        record = {**{k: v for k, v in doc.items() if k != "calls"}, "steps_run": steps}
         write_job_outputs(self.out, job.id, final, record)
 
 

@@ -7,7 +7,7 @@ not complete or whose time / final latent is missing or damaged (recorded before
 or still running), no baseline setting, or two.
 
 The baseline is the setting whose method is ``baseline`` (or that has no ``method``), without frame truncation,
-with the most sampling steps (as run: the job outputs' ``num_inference_steps``); a grid that leaves two such
+with the most sampling steps (as run: the job outputs' ``steps_run``); a grid that leaves two such
 settings (e.g. two guidance values) is refused. Every clip is paired with the baseline clip of the same
 (prompt, seed).
 
@@ -152,7 +152,7 @@ def read_frontier_study(out_dir: str | os.PathLike) -> FrontierStudy:
         settings = dict(j.get("settings") or {})
         kind, options, truncated = _method(settings)
         name = " ".join(f"{n}={settings[n]}" for n in varying if n in settings) or "default"
-        raw.append((j, rec, settings, kind, options, int(rec["num_inference_steps"]), name))
+        raw.append((j, rec, settings, kind, options, int(rec["steps_run"]), name))
     candidates = {name: steps for (_, _, _, kind, options, steps, name) in raw if kind == "baseline"}
     if not candidates:
         raise StudyError(f"no setting of {out_dir} is a baseline (method=baseline or no method, no truncation): "
