@@ -52,76 +52,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from latent_probe import FrameTruncation, LatentProbe  # noqa: E402
 from latent_probe.interventions.caches import Method  # noqa: E402
 from latent_probe.organism import DEFAULT_GUIDANCE, load_organism, random_organism_v2  # noqa: E402
+from latent_probe.study.timing import DiTTimer, TokenCounter  # noqa: E402
 
 PAIRED_EVERY = 6   # a ``spec`` setting runs a baseline generation before every 6th clip (same process, same load)
 
 
-class ThreadTimer:
-    """Thread CPU seconds (CPU) or CUDA-event seconds (GPU) spent inside ``modules``' forward calls."""
-
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
-        self.handles = []
-        self.total = 0.0
-        self._events: list[tuple[Any, Any]] = []
-        self._open: dict[int, Any] = {}
-        for m in modules:
-            self.handles.append(m.register_forward_pre_hook(self._start, prepend=True))
-            self.handles.append(m.register_forward_hook(self._stop))
-
-    def _start(self, module: torch.nn.Module, args: Any) -> None:
-        if next(module.parameters()).is_cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self._open[id(module)] = ev
-        else:
-            self._open[id(module)] = time.thread_time()
-
-    def _stop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        start = self._open.pop(id(module))
-        if isinstance(start, float):
-            self.total += time.thread_time() - start
-        else:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._events.append((start, end))
-
-    def seconds(self) -> float:
-        if self._events:
-            self._events[-1][1].synchronize()
-        return self.total + sum(a.elapsed_time(b) for a, b in self._events) / 1e3
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+ThreadTimer = DiTTimer   # moved into the library (latent_probe.study.timing), shared with `latent-probe study`
 
 
-class CallCounter:
-    """Tokens the DiT really ran (Σ B·L at its first block, after any truncation), DiT calls, and calls whose
-    last block really computed (its self-attention ran: a cache that reuses the tail skips it)."""
-
-    def __init__(self, experts: dict[str, torch.nn.Module]) -> None:
-        self.tokens = 0
-        self.calls = 0
-        self.blocks_run = 0
-        self.handles = []
-        for m in experts.values():
-            self.handles.append(m.register_forward_pre_hook(self._call))
-            self.handles.append(m.blocks[0].register_forward_pre_hook(self._count, with_kwargs=True))
-            self.handles.append(m.blocks[-1].attn1.register_forward_pre_hook(self._block))
-
-    def _call(self, module: torch.nn.Module, args: Any) -> None:
-        self.calls += 1
-
-    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        x = kwargs.get("hidden_states", args[0] if args else None)      # [B, L, D]
-        self.tokens += x.shape[0] * x.shape[1]
-
-    def _block(self, module: torch.nn.Module, args: Any) -> None:
-        self.blocks_run += 1
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+def CallCounter(experts: dict[str, torch.nn.Module]) -> TokenCounter:
+    """Tokens the DiT really ran, DiT calls, and calls whose last block really computed (``TokenCounter``)."""
+    return TokenCounter(list(experts.values()))
 
 
 def settings(quick: bool) -> list[dict[str, Any]]:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from .analyze import AnalyzeOptions
 
-__all__ = ["SweepPoint", "WanBackend", "DiffusersBackend", "OrganismBackend", "load_backend", "import_wan", "parse_size", "TASKS",
+__all__ = ["SweepPoint", "WanBackend", "DiffusersBackend", "OrganismBackend", "load_organism_model", "ORGANISM_STEPS",
+           "load_backend", "import_wan", "parse_size", "TASKS",
            "DEFAULT_SIZE", "DEFAULT_STEPS", "DEFAULT_FRAMES"]
 
 TASKS = ("t2v-A14B", "i2v-A14B", "ti2v-5B")
@@ -238,24 +239,42 @@ class DiffusersBackend:
 
 
 # ----------------------------------------------------------------------------- the packaged organism
+ORGANISM_STEPS = {"v1": 20, "small": 40, "large": 40}  # default sampling steps per organism (v2: Wan's 40)
+
+
+def load_organism_model(size: str = "v1", path: str | None = None, sha256: str | None = None,
+                        device: str = "cpu", dtype: Any = None) -> Any:
+    """``organism.load_organism`` of ``size`` (``v1``, or an organism v2 size: ``small`` / ``large``, its file
+    checked against ``sha256`` or the recorded digest). The one place the app loads an organism (a study's
+    generations and the frontier's decoding read the same weights); tests replace it with a random organism."""
+    import torch
+
+    from ..organism import load_organism
+
+    return load_organism(device, dtype or torch.float32, path=path, size=size, sha256=sha256)
+
+
 class OrganismBackend:
     """The packaged model organism (``latent_probe.organism``): a diffusers ``WanPipeline`` with two small trained
-    experts; ``weights`` a safetensors file (default: the packaged one). Prompts must be its training prompts."""
+    experts; ``weights`` a safetensors file (default: the packaged one). ``size``: ``v1`` (default) or an organism
+    v2 size (``small`` / ``large``; ``sha256`` checks a weights file kept outside the package). Prompts must be
+    its training prompts."""
 
-    def __init__(self, weights: str | None = None, device: str | None = None, dtype: str | None = None) -> None:
+    def __init__(self, weights: str | None = None, device: str | None = None, dtype: str | None = None,
+                 size: str = "v1", sha256: str | None = None) -> None:
         import torch
-
-        from ..organism import load_organism
 
         if weights is not None and not os.path.isfile(weights):
             raise FileNotFoundError(f"--model_path {weights}: no such organism weights file")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.organism = load_organism(self.device, getattr(torch, dtype) if dtype else torch.float32, path=weights)
+        self.size = size
+        self.organism = load_organism_model(size, weights, sha256, self.device,
+                                            getattr(torch, dtype) if dtype else torch.float32)
         self.pipe = self.organism.pipe
         self.target = self.pipe
 
     def defaults(self) -> tuple[int, int]:
-        return self.organism.config.num_frames, 20
+        return self.organism.config.num_frames, ORGANISM_STEPS[self.size]
 
     def generate(self, prompt: str, seed: int, steps: int, guidance: float | None = None) -> Any:
         """One clip: the final latent [1, 16, F, h, w]."""

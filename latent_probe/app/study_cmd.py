@@ -15,10 +15,9 @@ import os
 from typing import Any, Callable
 
 from ..study import Job, Ranks, StudyError, Suite, parse_seeds, parse_setting, read_prompts, run_study
-from .backends import DEFAULT_SIZE, TASKS, SweepPoint, WanBackend, import_wan, wan_config
+from .backends import DEFAULT_SIZE, ORGANISM_STEPS, TASKS, SweepPoint, WanBackend, import_wan, wan_config
 from .options import add_model_arguments, add_storage_arguments, storage_kwargs
 
-ORGANISM_STEPS = 20  # the organism's sampling steps unless --set steps / a method says otherwise
 
 __all__ = ["register", "study_command", "check_parallel", "BACKEND_SETTINGS"]
 
@@ -134,7 +133,8 @@ class _Generator:
             from .backends import OrganismBackend
 
             self.organism = OrganismBackend(args.model_path, args.device or (ranks.device if ranks.world_size > 1
-                                                                             else None), args.dtype)
+                                                                             else None), args.dtype,
+                                            size=args.organism, sha256=args.sha256)
             self.target = self.organism.target
             self.out = args.out
             self.record_residuals = args.record_residuals
@@ -160,6 +160,11 @@ class _Generator:
         self.defaults = dict(zip(("frames", "steps"), self.backend.defaults()))
         self.target = self.backend.target
 
+    def intervene(self, job: Job) -> Any:
+        """The job's intervention (``intervention_of``), kept so the organism's job outputs can say what it did."""
+        self.intervention = intervention_of(job)
+        return self.intervention
+
     def __call__(self, job: Job) -> None:
         s = job.settings
         if self.backend_name == "organism":
@@ -182,40 +187,57 @@ class _Generator:
 
 
     def _organism(self, job: Job) -> None:
-        """One organism clip under the job's method; writes ``methods/<job id>.json`` (what the method skipped,
-        wall time) and, with --record_residuals, ``residuals/<job id>.json`` (baseline and fewer-steps jobs)."""
+        """One organism clip under the job's method, timed (``study.timing.GenerationClock``: wall, thread CPU,
+        DiT time, token-steps). Writes ``methods/<job id>.json`` (what the method skipped, the costs), with
+        --record_residuals ``residuals/<job id>.json`` (baseline and fewer-steps jobs), and last — still inside
+        the probe, before the run file is published — ``outputs/<job id>.safetensors`` (the final latent and the
+        costs; ``study.outputs``): the job is complete only with it. On a CPU the generation runs with one torch
+        thread (the DiT time is the calling thread's CPU time; restored after the job)."""
         import contextlib
-        import json
-        import time
 
         import torch
 
         from ..interventions.caches import experts_of
         from ..interventions.residuals import ResidualRecorder
+        from ..study.outputs import write_job_outputs
+        from ..study.timing import GenerationClock
 
         s = job.settings
         method = method_of(job)
-        steps = method.num_steps(int(s.get("steps", ORGANISM_STEPS)))
+        steps = method.num_steps(int(s.get("steps", ORGANISM_STEPS[self.organism.size])))
         guidance = float(s["guidance"]) if "guidance" in s else None
         plain = method.kind in ("baseline", "steps") and s.get("truncation", "none") == "none"
-        recorder = ResidualRecorder(experts_of(self.organism.pipe)) if self.record_residuals and plain else None
-        cuda = str(self.organism.device).startswith("cuda")
-        with method.applied(self.organism.pipe, mag_ratios=self.mag, steps=steps) as counter, \
-                (recorder.attached() if recorder else contextlib.nullcontext()):
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            self.organism.generate(job.prompt.text, job.seed, steps, guidance)
-            if cuda:
-                torch.cuda.synchronize()
-            wall = time.perf_counter() - start
+        experts = experts_of(self.organism.pipe)
+        recorder = ResidualRecorder(experts) if self.record_residuals and plain else None
+        cpu = not str(self.organism.device).startswith("cuda")
+        threads = torch.get_num_threads()
+        intervention = getattr(self, "intervention", None)
+        try:
+            if cpu:
+                torch.set_num_threads(1)
+            with method.applied(self.organism.pipe, mag_ratios=self.mag, steps=steps) as counter, \
+                    (recorder.attached() if recorder else contextlib.nullcontext()), \
+                    GenerationClock(experts) as clock:
+                final = self.organism.generate(job.prompt.text, job.seed, steps, guidance)
+        finally:
+            if cpu:
+                torch.set_num_threads(threads)
+        cost = clock.result().as_dict()
         who = {"job_id": job.id, "prompt_id": job.prompt.id, "seed": job.seed, "settings": dict(job.settings)}
-        doc = {**who, **method.describe(), "num_inference_steps": steps, "wall_s": wall,
+        done = {}
+        if intervention is not None and hasattr(intervention, "summary"):
+            summ = intervention.summary()
+            done = {"keys_used": summ.get("keys_used"),
+                    "token_steps_skipped_fraction": summ.get("token_steps_skipped_fraction")}
+        doc = {**who, **method.describe(), "organism": self.organism.size, "num_inference_steps": steps,
+               "wall_s": cost["wall_s"], "cost": cost, "intervention": done,
                "residuals_recorded": recorder is not None,   # its norms and syncs add to wall_s and dit_s
                "device": str(self.organism.device), "skips": counter.summary(), "calls": counter.per_call()}
         _write_json(os.path.join(self.out, "methods", f"{job.id}.json"), doc)
         if recorder is not None:
             recorder.save(os.path.join(self.out, "residuals", f"{job.id}.json"), **who)
+        record = {**{k: v for k, v in doc.items() if k != "calls"}, "steps_run": steps}
+        write_job_outputs(self.out, job.id, final, record)
 
 
 def method_of(job: Job) -> Any:
@@ -285,9 +307,12 @@ def _grid(args: argparse.Namespace) -> tuple[dict[str, list], list[int]]:
                                  f"{sorted(missing)[0]}=FILE (from latent-probe calibrate) for each expert")
         if args.backend != "organism":
             used = [n for n, v in (("--set method", "method" in grid), ("--record_residuals", args.record_residuals),
-                                   ("--mag_config", bool(args.mag_config))) if v]
+                                   ("--mag_config", bool(args.mag_config)), ("--organism", args.organism != "v1"),
+                                   ("--sha256", args.sha256 is not None)) if v]
             if used:
                 raise StudyError(f"{used[0]} is for the organism backend")
+        if args.backend == "organism" and args.organism == "v1" and args.sha256 is not None:
+            raise StudyError("--sha256 checks an organism v2 weights file: give --organism small or large")
         for name, low in (("frames", 2 if args.backend == "demo" else 5), ("steps", 2)):
             if any(v < low for v in grid.get(name, [])):
                 raise StudyError(f"--set {name}: values must be at least {low}")
@@ -305,8 +330,9 @@ def _suite(args: argparse.Namespace) -> Suite:
                 raise StudyError(f"prompt {p.id}: task i2v-A14B needs an image (column 'image'); "
                                  + ("none given" if not p.image else f"{p.image}: no such file"))
     if args.backend == "organism":
-        from ..organism.videos import PROMPTS
+        from ..organism import videos, videos_v2
 
+        PROMPTS = videos.PROMPTS if args.organism == "v1" else videos_v2.PROMPTS
         for p in prompts:
             if " ".join(p.text.lower().split()) not in PROMPTS:
                 raise StudyError(f"prompt {p.id}: {p.text!r} is not one of the organism's training prompts: "
@@ -321,6 +347,8 @@ def _fixed(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend == "organism":
         out.update(model_path=os.path.abspath(args.model_path) if args.model_path else None, dtype=args.dtype,
                    record_residuals=bool(args.record_residuals), mag_config=sorted(args.mag_config or []))
+        if args.organism != "v1":   # a v1 study's fixed options are as before, so its folder stays resumable
+            out.update(organism=args.organism, sha256=args.sha256)
         return out
     if args.backend != "demo":
         out.update(task=args.task, model_path=os.path.abspath(args.model_path) if args.model_path else None,
@@ -374,7 +402,7 @@ def study_command(args: argparse.Namespace) -> int:
     mode = check_parallel(ranks.world_size, args.backend, args.dit_fsdp, args.t5_fsdp, args.ulysses_size, truncating)
     say = _printer()
     if args.dry_run:
-        return _dry_run(suite, args.out, shard, ranks, say)
+        return _dry_run(suite, args.out, shard, ranks, say, job_outputs=args.backend == "organism")
     if torch.cuda.is_available() and ranks.world_size > 1:
         torch.cuda.set_device(ranks.local_rank)
     if mode == "group":
@@ -387,7 +415,7 @@ def study_command(args: argparse.Namespace) -> int:
                                              {"model_path": args.model_path or ""} if args.backend == "organism" else
                                              {"task": args.task, "model_path": args.model_path or ""})}
         result = run_study(suite, gen, gen.target, args.out, mode=mode, shard=shard, attrs=extra,
-                           intervene=intervention_of,
+                           intervene=gen.intervene, job_outputs=args.backend == "organism",
                            probe_kwargs=_storage(args),
                            on_error="raise" if args.stop_on_error else "continue", log=say)
     finally:
@@ -404,12 +432,13 @@ def study_command(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _dry_run(suite: Suite, out: str, shard: tuple[int, int] | None, ranks: Ranks, say: Callable[[str], None]) -> int:
+def _dry_run(suite: Suite, out: str, shard: tuple[int, int] | None, ranks: Ranks, say: Callable[[str], None],
+             job_outputs: bool = False) -> int:
     from ..study import plan_study
 
     if ranks.rank != 0:
         return 0
-    statuses = plan_study(suite, out, shard)
+    statuses = plan_study(suite, out, shard, job_outputs=job_outputs)
     for n, (job, status) in enumerate(statuses, 1):
         say(f"[{n}/{len(statuses)}] {job.id}  {status.state}" + (f" ({status.detail})" if status.detail else ""))
     todo = sum(not s.done for _, s in statuses)
@@ -447,6 +476,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "(transformer=FILE, transformer_2=FILE; written by latent-probe calibrate)")
     p.add_argument("--model_path", help="checkpoint folder (wan), local diffusers-format folder (diffusers) or organism weights file "
                         "(organism; default: the packaged one)")
+    p.add_argument("--organism", default="v1", choices=("v1", "small", "large"),
+                   help="organism backend: v1 (default, the packaged organism, 20 steps) or an organism v2 size "
+                        "(learned VAE, 81 frames, 40 steps by default; --model_path and --sha256 for a weights file "
+                        "kept outside the package)")
+    p.add_argument("--sha256", help="organism v2: the SHA-256 its --model_path file must have (default: the digest "
+                                    "the package records for the file name)")
     p.add_argument("--task", default="t2v-A14B", choices=TASKS,
                    help="Wan2.2 task: t2v-A14B (default), i2v-A14B (every prompt needs an image) or ti2v-5B")
     p.add_argument("--size", help="WIDTH*HEIGHT as in Wan2.2 (default: the task's)")

@@ -87,8 +87,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--title", help="page title")
-    p.add_argument("--frontier", metavar="JSON", help="also draw the speed-quality frontier of this file "
-                                                     "(training/frontier_measure.py's --json)")
+    p.add_argument("--frontier", metavar="JSON", nargs="?", const="",
+                   help="also draw the speed-quality frontier. Alone (latent-probe suite STUDY --frontier): computed "
+                        "from the organism study folder STUDY: each clip's final latent scored against the baseline "
+                        "setting's clip of the same prompt and seed (organism v1: fidelity; v2: fidelity_v2), the "
+                        "floor from baseline clips of one prompt at other seeds, time saved 1 - t/t_baseline paired "
+                        "per clip, 95%% CIs by prompt. The baseline setting is the one with method=baseline (or no "
+                        "method, no truncation) and the most steps. With a JSON file: draw that file (--frontier_out's "
+                        "or training/frontier_measure.py's --json)")
+    p.add_argument("--frontier_out", metavar="PATH",
+                   help="with --frontier alone: also write the frontier (floors, per-setting summary with CIs, best "
+                        "setting per method at 25/40/60%% saving, per-clip rows) as JSON")
+    p.add_argument("--frontier_saving", default="auto", choices=("auto", "wall_s", "thread_cpu_s", "dit_s",
+                                                                 "token_steps"),
+                   help="with --frontier alone: the cost whose saving is the x axis (auto: the generation's thread "
+                        "CPU time on a CPU, wall time on a GPU)")
     p.set_defaults(func=suite_command)
     return p
 
@@ -117,6 +130,27 @@ def _csv(rs: Any) -> str:
     return out.getvalue()
 
 
+def _study_frontier(args: argparse.Namespace, say: Any) -> Any:
+    """The frontier figure of the one study folder in RUNS (and --frontier_out's JSON)."""
+    import os
+
+    from ..study.jobs import StudyError
+    from ..views.frontier import frontier_from_document
+    from ..views.report import strict_json
+    from ..views.safe_text import terminal
+    from .frontier_cmd import frontier_document
+
+    if len(args.runs) != 1 or not os.path.isdir(args.runs[0]):
+        raise StudyError("--frontier without a JSON file computes the frontier of one study folder: "
+                         "latent-probe suite STUDY --frontier")
+    doc = frontier_document(args.runs[0], saving=args.frontier_saving, n_resamples=args.resamples, seed=args.seed,
+                            log=lambda text: print(terminal(text), file=sys.stderr))
+    if args.frontier_out:
+        _write(json.dumps(strict_json(doc), indent=1, allow_nan=False) + "\n", args.frontier_out)
+        say(f"wrote {terminal(args.frontier_out)}")
+    return frontier_from_document(doc)
+
+
 def suite_command(args: argparse.Namespace) -> int:
     """Read the runs, write the dashboard (and tables); 0 on success (errors raise for the CLI to report)."""
     from ..study.collection import open_runs
@@ -133,7 +167,11 @@ def suite_command(args: argparse.Namespace) -> int:
     frontier = None
     if args.frontier:  # a bad frontier file is refused before any run is read
         from ..views.frontier import frontier_from_json
+        if args.frontier_out:
+            raise ValueError("--frontier_out writes a frontier computed from a study: give --frontier without a file")
         frontier = frontier_from_json(args.frontier)
+    elif args.frontier is not None:   # computed from the study folder, refused in one line before anything else
+        frontier = _study_frontier(args, say)
     rs = open_runs(args.runs, space=args.space, phases=args.phases, workers=args.workers, scheduler=args.scheduler,
                    memory_limit=args.memory_limit, cache=args.cache, incomplete=args.incomplete, strict=args.strict,
                    progress=progress)

@@ -67,9 +67,13 @@ def run_path(out_dir: str | os.PathLike, job_id: str) -> str:
     return os.path.join(os.fspath(out_dir), "runs", f"{job_id}.h5")
 
 
-def job_status(path: str, job_id: str | None = None) -> JobStatus:
-    """Read a job's state from its run file (``open_run``), never from anything beside it."""
+def job_status(path: str, job_id: str | None = None, outputs_dir: str | None = None) -> JobStatus:
+    """Read a job's state from its run file (``open_run``); with ``outputs_dir`` (a study whose jobs write
+    ``outputs/<job id>.safetensors``, see ``outputs.py``) a complete run file also needs its sidecar to read back
+    whole and be the job's: a complete run without one was killed before its sidecar was in place, recorded
+    before job outputs existed, or lost it."""
     from ..store.reader import RunFileError, open_run
+    from .outputs import OUTPUTS_DIR, outputs_status
 
     if not os.path.exists(path):
         return JobStatus("missing")
@@ -81,9 +85,13 @@ def job_status(path: str, job_id: str | None = None) -> JobStatus:
                 return JobStatus("unreadable", f"the file belongs to job {run.attrs.get('job_id')!r}")
             if not run.complete:
                 return JobStatus("incomplete", f"{run.num_steps} steps" + (f"; {run.error}" if run.error else ""))
-            return JobStatus("complete")
     except (RunFileError, OSError) as exc:
         return JobStatus("unreadable", (str(exc).splitlines() or [""])[0])
+    if outputs_dir is not None and job_id is not None:
+        why = outputs_status(outputs_dir, job_id)
+        if why is not None:
+            return JobStatus("incomplete", f"run complete, its {OUTPUTS_DIR}/ sidecar not: {why.split(': ', 1)[-1]}")
+    return JobStatus("complete")
 
 
 def truncation_of(job: Job) -> Any:
@@ -107,15 +115,17 @@ def _select(jobs: list[Job], shard: tuple[int, int] | None) -> list[Job]:
 
 
 def plan_study(suite: Suite, out_dir: str | os.PathLike, shard: tuple[int, int] | None = None,
-               write: bool = True, extra: dict[str, Any] | None = None) -> list[tuple[Job, JobStatus]]:
-    """Check the folder holds this suite, write the manifest (``write``) and read every job's status."""
+               write: bool = True, extra: dict[str, Any] | None = None,
+               job_outputs: bool = False) -> list[tuple[Job, JobStatus]]:
+    """Check the folder holds this suite, write the manifest (``write``) and read every job's status
+    (``job_outputs``: a job is complete only with its ``outputs/`` sidecar, see ``job_status``)."""
     out_dir = os.fspath(out_dir)
     jobs = _select(suite.jobs(), shard)
     check_same_suite(read_manifest(out_dir), suite, out_dir)
     if write:
         os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
         write_manifest(out_dir, suite, suite.jobs(), extra)
-    return [(j, job_status(run_path(out_dir, j.id), j.id)) for j in jobs]
+    return [(j, job_status(run_path(out_dir, j.id), j.id, out_dir if job_outputs else None)) for j in jobs]
 
 
 STALE_PARTIAL_S = 60.0  # where liveness locks do not exist: a partial file younger than this may be a live writer's
@@ -163,6 +173,7 @@ def run_study(
     log: Callable[[str], None] | None = print,
     timeout_s: float = 6 * 3600.0,
     dead_after_s: float = 120.0,
+    job_outputs: bool = False,
 ) -> StudyResult:
     """Record every job of ``suite`` not yet complete in ``out_dir``; see the module docstring.
 
@@ -172,6 +183,8 @@ def run_study(
     ``setting_<name>``); ``probe_kwargs`` go to ``LatentProbe`` (``store_dtype``, ``cfg_branches``, ...).
     ``on_error``: ``"continue"`` records a failed job (its file stays incomplete, redone next time) and goes on;
     ``"raise"`` stops. In ``"group"`` mode a failure always stops (the other ranks cannot go on without it).
+    ``job_outputs``: ``generate(job)`` writes the job's ``outputs/<job id>.safetensors`` (``outputs.py``) before
+    it returns, and a job is complete only with it.
     """
     if mode not in MODES:
         raise StudyError(f"mode {mode!r}: choose data or group")
@@ -184,12 +197,12 @@ def run_study(
     result = StudyResult(out_dir, ranks.rank, ranks.world_size)
     coord = coordinator(ranks, timeout_s, dead_after_s)
     try:
-        plan = _share_plan(coord, suite, out_dir, shard, ranks, say, result)
+        plan = _share_plan(coord, suite, out_dir, shard, ranks, say, result, job_outputs)
         mine = plan if mode == "group" else plan[ranks.rank::ranks.world_size]
         jobs = {j.id: j for j in suite.jobs()}
         for job_id, reason in mine:
             _run_job(jobs[job_id], reason, suite, generate, target, out_dir, mode, ranks, intervene, attrs,
-                     probe_kwargs, on_error, say, result)
+                     probe_kwargs, on_error, say, result, job_outputs)
         coord.barrier()
     except BaseException as exc:
         coord.failed(_line(exc))
@@ -197,7 +210,7 @@ def run_study(
     finally:
         coord.close()
     if ranks.rank == 0:
-        statuses = plan_study(suite, out_dir, shard, write=False)
+        statuses = plan_study(suite, out_dir, shard, write=False, job_outputs=job_outputs)
         result.complete, result.total = sum(s.done for _, s in statuses), len(statuses)
         say(f"{result.complete} of {result.total} jobs complete in {out_dir}"
             + ("" if result.complete == result.total else "; run the same command again to redo the others"))
@@ -217,13 +230,14 @@ def _check_process_group(ranks: Ranks, mode: str) -> None:
 
 
 def _share_plan(coord: Coordinator, suite: Suite, out_dir: str, shard: tuple[int, int] | None, ranks: Ranks,
-                say: Callable[[str], None], result: StudyResult) -> list[tuple[str, str]]:
+                say: Callable[[str], None], result: StudyResult, job_outputs: bool = False) -> list[tuple[str, str]]:
     """Rank 0 reads every job's state and writes the manifest; every rank gets its list of (job id, reason)."""
     plan: dict[str, Any] = {"error": None, "pending": []}
     if ranks.rank == 0:
         try:
             statuses = plan_study(suite, out_dir, shard, extra={"world_size": ranks.world_size,
-                                                                "shard": list(shard) if shard else None})
+                                                                "shard": list(shard) if shard else None},
+                                  job_outputs=job_outputs)
         except Exception as exc:  # noqa: BLE001 - the other ranks wait for this plan: tell them, then stop
             plan["error"] = str(exc) if isinstance(exc, StudyError) else _line(exc)
         else:
@@ -250,7 +264,7 @@ def _share_plan(coord: Coordinator, suite: Suite, out_dir: str, shard: tuple[int
 def _run_job(job: Job, reason: tuple[str, int, int], suite: Suite, generate: Callable[[Job], Any], target: Any,
              out_dir: str, mode: str, ranks: Ranks, intervene: Callable[[Job], Any] | None,
              attrs: dict[str, Any] | None, probe_kwargs: dict[str, Any] | None, on_error: str,
-             say: Callable[[str], None], result: StudyResult) -> None:
+             say: Callable[[str], None], result: StudyResult, job_outputs: bool = False) -> None:
     from ..probe import LatentProbe
 
     why, n, total = reason
@@ -273,6 +287,12 @@ def _run_job(job: Job, reason: tuple[str, int, int], suite: Suite, generate: Cal
         seen = getattr(probe.capture_state, "steps", 0)
         if records and not seen:  # the probe raises for anything else that goes wrong
             raise StudyError("no step was recorded: did generate(job) run the target's scheduler?")
+        if records and job_outputs:
+            from .outputs import outputs_status
+
+            why = outputs_status(out_dir, job.id)
+            if why is not None:
+                raise StudyError(f"generate(job) left no job outputs: {why}")
     except Exception as exc:
         seconds = time.perf_counter() - start
         result.failed.append((job.id, _line(exc)))
