@@ -8,7 +8,8 @@
 # that cannot finish before DEADLINE_S (seconds from the start) is skipped with a line saying so.
 # Wheels the machine lacks travel in .whl (carry it); the work folder WORK (default .orgv2, git-ignored) keeps
 # the latents between calls while the machine stays warm. Files larger than 15 MB come back split
-# (NAME.part-00, -01, …): `cat NAME.part-* > NAME` here, then check the digest in checksums_v2.json.
+# (NAME.part-00, -01, …): `cat NAME.part-* > NAME` here, then check the digest in checksums_v2.json; JSON, logs and
+# the digests come in logs.tgz (at most 8 files come back: the large call sends 4 parts + 3 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?run this through the device tool (OUT unset)}"
@@ -36,7 +37,9 @@ back() {  # back FILE...: each file to $OUT (split above 15 MB)
     else cp "$f" "$OUT/"; fi
   done
 }
-logs() { tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls *.log *.json *.png 2>/dev/null) 2>/dev/null; }
+logs() {  # every log, JSON and PNG of the call (the work folder's and the package's v2 records) in one file
+  tar czf "$OUT/logs.tgz" $(ls "$WORK"/*.log "$WORK"/*.json "$WORK"/*.png latent_probe/organism/weights/*_v2*.json \
+    2>/dev/null) 2>/dev/null; }
 run() {  # run NEED_S NAME CMD...: the stage when NEED_S seconds are left, cut at what is left
   local need=$1 name=$2; shift 2
   if [ "$(left)" -lt "$need" ]; then echo "SKIPPED $name: $(left) s left, needs $need" | tee -a "$WORK/stages.log"; return 1; fi
@@ -51,7 +54,7 @@ W=latent_probe/organism/weights
 for stage in "$@"; do
   case $stage in
     vae) run $(( ${VAE_S:-240} + 60 )) vae python3 training/train_vae_v2.py --budget-s "${VAE_S:-240}" --batch 32 \
-           --frames 17 --out "$WORK" && back "$VAE" "$WORK/organism_v2_vae.json" ;;
+           --frames 17 --out "$WORK" && back "$VAE" ;;
     encode) [ -f "$LAT" ] && { echo "latents kept from the last call"; continue; }
       run $(( ${ENCODE_S:-60} + 30 )) encode python3 training/train_organism_v2.py --size small --vae "$VAE" \
         --latents "$LAT" --encode "${CLIPS:-32768}" --encode-budget-s "${ENCODE_S:-60}" --encode-only --out "$WORK" ;;
@@ -67,7 +70,7 @@ for stage in "$@"; do
           && run $(( budget + 60 )) $stage python3 training/train_organism_v2.py --size $stage --vae "$VAE" \
           --latents "$LAT" --budget-s "$budget" $extra --checksums "$W/checksums_v2.json" --out "$dest"
       fi
-      back "$dest/organism_v2_$stage.safetensors" "$dest/organism_v2_$stage.json" "$W/checksums_v2.json" ;;
+      back "$dest/organism_v2_$stage.safetensors"; logs ;;   # its JSON and the digests come in logs.tgz
     samples_small|samples_large)
       size=${stage#samples_}
       wflag=$([ $size = large ] && echo "--weights $WORK/organism_v2_large.safetensors" || echo "")
