@@ -131,3 +131,7 @@ def test_weighted_error_is_the_float64_sum_over_truncated_steps():
         weighted_error(err, sens, 8)
     with pytest.raises(ValueError, match="sensitivities"):
         weighted_error(err, sens[:5], 3)
+    partial = np.where(np.arange(7) < 4, sens, np.nan)         # a sweep that measured steps 0-3 only
+    np.testing.assert_allclose(weighted_error(err, partial, 4), weighted_error(err, sens, 4), rtol=0)
+    with pytest.raises(ValueError, match=r"no finite sensitivity measured at steps \[4\]"):
+        weighted_error(err, partial, 5)

@@ -136,7 +136,8 @@ def weighted_error(errors: Any, sensitivity: Any, until: int) -> Any:
     ``errors`` [S] or [B, S] per-step relative error in one space (x̂₀ or the prediction); ``sensitivity`` [S] the
     final sample's relative change per unit relative perturbation at each step, in the same space
     (``interventions.sensitivity.step_sensitivity``). To first order (errors adding without cancelling) the
-    final sample's relative change under truncation until ``until``. Float64; a float for [S], an array for [B, S].
+    final sample's relative change under truncation until ``until``. Steps a sweep did not measure may be
+    NaN beyond ``until`` (refused before it). Float64; a float for [S], an array for [B, S].
     """
     err = np.asarray(errors, dtype=np.float64)
     sens = np.asarray(sensitivity, dtype=np.float64)
@@ -144,5 +145,8 @@ def weighted_error(errors: Any, sensitivity: Any, until: int) -> Any:
         raise ValueError(f"weighted_error needs errors [..., S] and S sensitivities; got {err.shape}, {sens.shape}")
     if not 0 <= until <= sens.size:
         raise ValueError(f"weighted_error needs 0 ≤ until ≤ S = {sens.size}; got {until}")
+    if not np.isfinite(sens[:until]).all():
+        raise ValueError(f"weighted_error: no finite sensitivity measured at steps "
+                         f"{np.flatnonzero(~np.isfinite(sens[:until])).tolist()} (< until = {until})")
     out = (err[..., :until] * sens[:until]).sum(-1)
     return float(out) if out.ndim == 0 else out
