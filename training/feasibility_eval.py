@@ -60,7 +60,7 @@ def table(d: dict, offline: dict | None = None, sens: dict | None = None) -> pd.
                    "until_steps": u, "token_steps_skipped": s["token_steps_skipped"],
                    "feasibility_mean": float(per[b, :u].mean()),
                    "feasibility_integrated": integrated_error(per[b], d["sigmas"], u),
-                   "damage": -s["psnr_db"][b]}
+                   "damage": -s["psnr_db"][b], "final_x0_rel_l2": s["x0_rel_l2"][b]}
             if offline is not None:
                 pred = np.asarray(offline["errors"][name]["pred"][b])          # [S] prediction error, CPU
                 row["pred_integrated"] = integrated_error(pred, d["sigmas"], u)
@@ -110,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         out["settings"][name] = rank_correlation(per_setting[name], per_setting["damage"])
         out["clips"][name] = rank_correlation(t[name], t["damage"])
         out["within_setting"][name] = within_setting(t, name)
+    # the weighted predictors claim the final sample's relative change to first order: their scale against the
+    # measured final x̂₀ rel L2 (per setting means; a ratio of 1 = the linearisation holds at truncation's size)
+    for name in ("x0_weighted", "pred_weighted"):
+        if name in predictors:
+            m = t.groupby("setting")[[name, "final_x0_rel_l2"]].mean()
+            ratio = m[name] / m["final_x0_rel_l2"]
+            out.setdefault("scale", {})[name] = {
+                "ratio_median": float(ratio.median()), "ratio_min": float(ratio.min()),
+                "ratio_max": float(ratio.max()),
+                "spearman_vs_final_x0_rel_l2": rank_correlation(m[name], m["final_x0_rel_l2"])["spearman"]}
     # CI by prompt of ρ(predictor) − ρ(best trivial) over settings
     prompts = np.sort(t.prompt.unique())
     rng = np.random.default_rng(0)
