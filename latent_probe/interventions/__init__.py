@@ -9,6 +9,7 @@ probe registers its own hooks. The offline estimate
 
 from .frame_truncation import FrameTruncation, TruncatedCall
 from .caches import Method, MethodError, SkipCounter, frontier_methods
+from .sensitivity import SensitivityError, StepPerturbation, StepSensitivity, step_sensitivity
 from ..frames import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
 
 __all__ = [
@@ -22,5 +23,9 @@ __all__ = [
     "MethodError",
     "SkipCounter",
     "frontier_methods",
+    "SensitivityError",
+    "StepPerturbation",
+    "StepSensitivity",
+    "step_sensitivity",
 ]
 

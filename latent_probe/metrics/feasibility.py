@@ -23,7 +23,7 @@ from ..frames import FILLS, default_keyframes, interpolate_frames, resolve_keyfr
 from .formulas import cosine_from_sums, relative_l2
 from .reductions import diff_norms
 
-__all__ = ["FeasibilityResult", "truncation_feasibility", "frame_errors", "integrated_error"]
+__all__ = ["FeasibilityResult", "truncation_feasibility", "frame_errors", "integrated_error", "weighted_error"]
 
 
 @dataclass
@@ -128,3 +128,25 @@ def integrated_error(rel_l2: Any, sigmas: Any, until: int) -> float:
         raise ValueError(f"integrated_error needs S errors, S or S + 1 sigmas and 0 ≤ until ≤ S; got {err.size}, "
                          f"{sig.size}, {until}")
     return float((err[:until] * (sig[:until] - sig[1:until + 1])).sum())
+
+
+def weighted_error(errors: Any, sensitivity: Any, until: int) -> Any:
+    """The offline error weighted by a measured step sensitivity: Σ_{s < until} sensitivity[s] · errors[..., s].
+
+    ``errors`` [S] or [B, S] per-step relative error in one space (x̂₀ or the prediction); ``sensitivity`` [S] the
+    final sample's relative change per unit relative perturbation at each step, in the same space
+    (``interventions.sensitivity.step_sensitivity``). To first order (errors adding without cancelling) the
+    final sample's relative change under truncation until ``until``. Steps a sweep did not measure may be
+    NaN beyond ``until`` (refused before it). Float64; a float for [S], an array for [B, S].
+    """
+    err = np.asarray(errors, dtype=np.float64)
+    sens = np.asarray(sensitivity, dtype=np.float64)
+    if sens.ndim != 1 or err.shape[-1] != sens.size:
+        raise ValueError(f"weighted_error needs errors [..., S] and S sensitivities; got {err.shape}, {sens.shape}")
+    if not 0 <= until <= sens.size:
+        raise ValueError(f"weighted_error needs 0 ≤ until ≤ S = {sens.size}; got {until}")
+    if not np.isfinite(sens[:until]).all():
+        raise ValueError(f"weighted_error: no finite sensitivity measured at steps "
+                         f"{np.flatnonzero(~np.isfinite(sens[:until])).tolist()} (< until = {until})")
+    out = (err[..., :until] * sens[:until]).sum(-1)
+    return float(out) if out.ndim == 0 else out
