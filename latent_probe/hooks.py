@@ -46,11 +46,20 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["ModelHook", "FnHook", "HookRegistry", "Dispatcher", "static_lookup", "dispatcher_of", "module_hooks"]
+__all__ = ["ModelHook", "FnHook", "HookRegistry", "Dispatcher", "ThreadStack", "static_lookup", "dispatcher_of",
+           "module_hooks"]
 
 _MISSING = object()
 Listener = Callable[..., Any]
 _SITES_LOCK = threading.RLock()  # installing / removing a site's one handle or dispatcher
+
+
+class ThreadStack(threading.local):
+    """Per thread, ``stack``: a list of what a hook keeps for each of its calls in flight (a call that calls itself,
+    a class-level ``step`` nested in another; each thread its own)."""
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = []
 
 
 class ModelHook:
@@ -115,7 +124,7 @@ class _ModuleSite:
         self._posts: tuple[Callable[..., Any], ...] = ()
         # (pre_forwards that must have run, on_error) per hook overriding on_error, in pre order
         self._errs: tuple[tuple[int, Callable[..., Any]], ...] = ()
-        self._calls = threading.local()  # per thread: [pres done, exception handled at entry, posts done] per call
+        self._calls = ThreadStack()  # per call in flight: [pres done, exception handled at entry, posts done]
         self._pre: torch.utils.hooks.RemovableHandle | None = None
         self._post: torch.utils.hooks.RemovableHandle | None = None
         self._err: torch.utils.hooks.RemovableHandle | None = None
@@ -144,12 +153,6 @@ class _ModuleSite:
         if self._errs and self._err is None:
             self._err = module.register_forward_hook(self._run_error, with_kwargs=True, always_call=True)
 
-    def _open(self) -> list[list[Any]]:
-        calls = getattr(self._calls, "open", None)
-        if calls is None:
-            calls = self._calls.open = []
-        return calls
-
     def _run_pre(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         changed = None
         if not self._errs:
@@ -159,7 +162,7 @@ class _ModuleSite:
                     args, kwargs = changed = out
             return changed
         call = [0, sys.exc_info()[1], False]
-        self._open().append(call)
+        self._calls.stack.append(call)
         for fn in self._pres:
             out = fn(module, args, kwargs)
             if out is not None:
@@ -174,7 +177,7 @@ class _ModuleSite:
             if out is not None:
                 output = changed = out
         if self._errs:
-            calls = self._open()
+            calls = self._calls.stack
             if calls:
                 calls[-1][2] = True
         return changed
@@ -182,7 +185,7 @@ class _ModuleSite:
     def _run_error(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         """torch calls this after the post hook, and once more from its ``except`` when the forward (or a hook)
         raised before it ran: ``sys.exc_info()`` then holds that exception, not the one handled at entry."""
-        calls = self._open()
+        calls = self._calls.stack
         if not calls:
             return None
         done, handled, posted = calls.pop()

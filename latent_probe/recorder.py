@@ -24,7 +24,7 @@ import contextvars
 import threading
 from typing import Any, Callable, Protocol
 
-from .hooks import HookRegistry, ModelHook
+from .hooks import HookRegistry, ModelHook, ThreadStack
 
 __all__ = ["GenerationRecorder", "GenerationListener", "GenerationWriter"]
 
@@ -233,16 +233,10 @@ class _GenerationCall(ModelHook):
 
     def __init__(self, recorder: GenerationRecorder, owner: Any, scoped: bool) -> None:
         self.recorder, self.owner, self.scoped = recorder, owner, scoped
-        self._frames = threading.local()  # per thread: a stack of (begun, contextvar token) per call
-
-    def _stack(self) -> list[tuple[bool, Any]]:
-        stack = getattr(self._frames, "stack", None)
-        if stack is None:
-            stack = self._frames.stack = []
-        return stack
+        self._frames = ThreadStack()  # (begun, contextvar token) per call in flight
 
     def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
-        rec, stack = self.recorder, self._stack()
+        rec, stack = self.recorder, self._frames.stack
         if (self.owner is not None and not (args and args[0] is self.owner)) or rec.generating:
             stack.append((False, None))  # another pipeline's call, or a nested call (part of the outer generation)
             return None
@@ -253,7 +247,7 @@ class _GenerationCall(ModelHook):
         return None
 
     def _leave(self) -> bool:
-        begun, token = self._stack().pop()
+        begun, token = self._frames.stack.pop()
         if begun:
             self.recorder._local.generating = 0
             if token is not None:
@@ -290,16 +284,10 @@ class _CountSteps(ModelHook):
 
     def __init__(self, recorder: GenerationRecorder, scoped: bool) -> None:
         self.recorder, self.scoped = recorder, scoped
-        self._local = threading.local()  # per thread: a stack of "counted" flags, one per step call in flight
-
-    def _stack(self) -> list[bool]:
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
+        self._local = ThreadStack()  # a "counted" flag per step call in flight
 
     def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
-        stack = self._stack()
+        stack = self._local.stack
         counted = not any(stack) and (not self.scoped or self.recorder.in_scope())
         if counted:
             self.recorder.step_called()
@@ -307,9 +295,9 @@ class _CountSteps(ModelHook):
         return None
 
     def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        if self._stack().pop():
+        if self._local.stack.pop():
             self.recorder.step_recorded()
         return None
 
     def on_error(self, site: Any, exc: BaseException) -> None:
-        self._stack().pop()
+        self._local.stack.pop()
