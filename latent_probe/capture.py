@@ -27,7 +27,7 @@ from einops import rearrange
 
 from .adapters.base import TargetParts
 from .adapters._util import jsonable
-from .hooks import ModelHook, static_lookup
+from .hooks import ModelHook, ThreadStack, static_lookup
 from .latent_steps import LatentSteps, boundary_step
 from .parameterization import (
     Parameterization,
@@ -338,16 +338,10 @@ class _Step(ModelHook):
 
     def __init__(self, cap: StepCapture, scheduler: Any, scoped: bool) -> None:
         self.cap, self.scheduler, self.scoped = cap, scheduler, scoped
-        self._local = threading.local()
-
-    def _stack(self) -> list[tuple | None]:
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
+        self._local = ThreadStack()  # per call in flight: its record's makings, or None (not recorded)
 
     def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
-        stack = self._stack()
+        stack = self._local.stack
         scheduler = self.scheduler
         if scheduler is None:  # class-level: the scheduler comes first
             scheduler, args = args[0], args[1:]
@@ -361,7 +355,7 @@ class _Step(ModelHook):
         return None
 
     def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        frame = self._stack().pop()
+        frame = self._local.stack.pop()
         if frame is not None:
             self._local.ending = True  # the record may raise the writer's error: on_error must not pop again
             self.cap.step_ends(frame)
@@ -372,4 +366,4 @@ class _Step(ModelHook):
         if getattr(self._local, "ending", False):
             self._local.ending = False
             return
-        self._stack().pop()
+        self._local.stack.pop()

@@ -8,9 +8,16 @@ The shape — :class:`ModelHook`, on any call site:
 
 * a **module** (its forward): ``pre_forward(module, args, kwargs) -> None | (args, kwargs)`` before it,
   ``post_forward(module, args, kwargs, output) -> None | output`` after it, in registration order (torch's order);
-  one torch forward pre-hook and one forward hook per module carry them all (:class:`_ModuleSite`, the only place
-  in the package that calls ``register_forward_*hook`` for a probe), installed with the module's first hook and
-  removed with its last, so ``module._forward_hooks`` is as it was;
+  ``outermost`` hooks wrap the others (pre first, post last: a timer of everything the package adds). One torch
+  forward pre-hook and one forward hook per module carry them all (:class:`_ModuleSite`, the only place in the
+  package that calls ``register_forward_*hook``), removed with the module's last hook, so ``module._forward_hooks``
+  is as it was. **Order against hooks a user registers with torch**: the package's hooks on a module run as one
+  group; its ``pre_forward`` calls stand where the module's first package hook with a ``pre_forward`` was registered,
+  its ``post_forward`` calls where the first with a ``post_forward`` was (a user's hook registered before the probe
+  runs before it, one registered after runs after; a user's hook registered between two owners runs before or
+  after both, never between). ``on_error(module, exc)``: the forward (or a hook after this one's ``pre_forward``)
+  raised before this hook's ``post_forward`` ran — torch's ``always_call``, carried by one more forward hook that
+  the site registers only while one of its hooks overrides ``on_error``;
 * an **attribute** (a scheduler's ``step``, Wan2.2's class-level ``step``, a pipeline's ``generate`` or
   ``__call__``, a module-level function): the same two methods with ``site`` = the :class:`Dispatcher`, nested as
   before (first added outermost: ``pre_forward`` in order, ``post_forward`` in reverse) and ``on_error(site, exc)``
@@ -18,15 +25,19 @@ The shape — :class:`ModelHook`, on any call site:
   attribute however many probes listen; the original comes back when the last hook leaves — unless someone else
   replaced the attribute in the meantime, which is then left as it is (with a warning).
 
-``reset_state()`` is called by the owner of the hook (a generation begins). Hooks a user registered are never
-touched. ``HookRegistry.intercept(owner, name, listener)`` keeps the dispatcher's own bottom shape,
-``listener(call_next, *args, **kwargs)`` (it must call ``call_next`` exactly once and return its result), for
+``reset_state()``: a generation begins. A :class:`~latent_probe.recorder.GenerationRecorder` that delimits
+generations for a registry (``GenerationRecorder.delimit``) calls it on every hook of that registry at each
+generation's begin event, before the generation's first DiT call when the generation is delimited by a generation
+call; a hook that keeps per-generation state (a call index, a previous residual) forgets it there. Hooks a user
+registered are never touched. ``HookRegistry.intercept(owner, name, listener)`` keeps the dispatcher's own bottom
+shape, ``listener(call_next, *args, **kwargs)`` (it must call ``call_next`` exactly once and return its result), for
 code outside the package; the package itself adds ModelHooks.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import types
 import warnings
@@ -35,19 +46,28 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["ModelHook", "FnHook", "HookRegistry", "Dispatcher", "static_lookup", "dispatcher_of", "module_hooks"]
+__all__ = ["ModelHook", "FnHook", "HookRegistry", "Dispatcher", "ThreadStack", "static_lookup", "dispatcher_of",
+           "module_hooks"]
 
 _MISSING = object()
 Listener = Callable[..., Any]
 _SITES_LOCK = threading.RLock()  # installing / removing a site's one handle or dispatcher
 
 
+class ThreadStack(threading.local):
+    """Per thread, ``stack``: a list of what a hook keeps for each of its calls in flight (a call that calls itself,
+    a class-level ``step`` nested in another; each thread its own)."""
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = []
+
+
 class ModelHook:
     """One hook on one call site (diffusers' ``ModelHook``). Override what you need; the defaults do nothing.
 
     ``pre_forward`` may return new ``(args, kwargs)``; ``post_forward`` may return a new output (None keeps it).
-    ``on_error`` (attribute sites only): the call raised after this hook's ``pre_forward`` ran.
-    ``reset_state``: forget per-generation state (called by the hook's owner when a generation begins)."""
+    ``on_error``: the call raised after this hook's ``pre_forward`` ran (module sites: and before its
+    ``post_forward`` finished). ``reset_state``: forget per-generation state (a recorder's begin event)."""
 
     def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         return None
@@ -92,39 +112,62 @@ def _post_of(hook: ModelHook) -> Callable[..., Any] | None:
 class _ModuleSite:
     """The hooks of one module: one torch forward pre-hook and one forward hook run them all (each registered when
     the first hook that needs it arrives). ``hooks`` run in the order added (pre and post alike, torch's order);
-    ``outer`` hooks wrap them (pre first, post last: a timer)."""
+    ``outer`` hooks wrap them (pre first, post last: a timer). While a hook overrides ``on_error``, a third torch
+    forward hook (``always_call=True``, after the post hook) calls it when the forward raised: each call's pre-hook
+    notes how many ``pre_forward`` calls ran and which exception was being handled when it began."""
 
-    def __init__(self, module: torch.nn.Module, outermost: bool) -> None:
+    def __init__(self, module: torch.nn.Module) -> None:
         self.module = weakref.ref(module)
         self.hooks: list[ModelHook] = []
         self.outer: list[ModelHook] = []
-        self._prepend = outermost
         self._pres: tuple[Callable[..., Any], ...] = ()
         self._posts: tuple[Callable[..., Any], ...] = ()
+        # (pre_forwards that must have run, on_error) per hook overriding on_error, in pre order
+        self._errs: tuple[tuple[int, Callable[..., Any]], ...] = ()
+        self._calls = ThreadStack()  # per call in flight: [pres done, exception handled at entry, posts done]
         self._pre: torch.utils.hooks.RemovableHandle | None = None
         self._post: torch.utils.hooks.RemovableHandle | None = None
+        self._err: torch.utils.hooks.RemovableHandle | None = None
 
     def __len__(self) -> int:
         return len(self.hooks) + len(self.outer)
 
     def refresh(self) -> None:
         """Recompute what runs before and after the call; register torch's handles the first time they are needed."""
-        self._pres = tuple(f for f in map(_pre_of, (*self.outer, *self.hooks)) if f is not None)
+        order = (*self.outer, *self.hooks)
+        pres = [_pre_of(h) for h in order]
+        self._pres = tuple(f for f in pres if f is not None)
         self._posts = tuple(f for f in map(_post_of, (*self.hooks, *reversed(self.outer))) if f is not None)
+        self._errs = tuple((sum(f is not None for f in pres[:i + 1]), h.on_error) for i, h in enumerate(order)
+                           if type(h).on_error is not ModelHook.on_error)
         module = self.module()
         if module is None:  # pragma: no cover - the module is gone
             return
-        if self._pres and self._pre is None:
-            self._pre = module.register_forward_pre_hook(self._run_pre, with_kwargs=True, prepend=self._prepend)
+        if (self._pres or self._errs) and self._pre is None:
+            self._pre = module.register_forward_pre_hook(self._run_pre, with_kwargs=True)
         if self._posts and self._post is None:
             self._post = module.register_forward_hook(self._run_post, with_kwargs=True)
+            if self._err is not None:  # the error hook stays after the post hook
+                self._err.remove()
+                self._err = None
+        if self._errs and self._err is None:
+            self._err = module.register_forward_hook(self._run_error, with_kwargs=True, always_call=True)
 
     def _run_pre(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         changed = None
+        if not self._errs:
+            for fn in self._pres:
+                out = fn(module, args, kwargs)
+                if out is not None:
+                    args, kwargs = changed = out
+            return changed
+        call = [0, sys.exc_info()[1], False]
+        self._calls.stack.append(call)
         for fn in self._pres:
             out = fn(module, args, kwargs)
             if out is not None:
                 args, kwargs = changed = out
+            call[0] += 1
         return changed
 
     def _run_post(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -133,7 +176,26 @@ class _ModuleSite:
             out = fn(module, args, kwargs, output)
             if out is not None:
                 output = changed = out
+        if self._errs:
+            calls = self._calls.stack
+            if calls:
+                calls[-1][2] = True
         return changed
+
+    def _run_error(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """torch calls this after the post hook, and once more from its ``except`` when the forward (or a hook)
+        raised before it ran: ``sys.exc_info()`` then holds that exception, not the one handled at entry."""
+        calls = self._calls.stack
+        if not calls:
+            return None
+        done, handled, posted = calls.pop()
+        exc = sys.exc_info()[1]
+        if exc is None or exc is handled or posted:
+            return None
+        for need, on_error in reversed(self._errs):
+            if done >= need:
+                on_error(module, exc)
+        return None
 
     def __deepcopy__(self, memo: dict) -> "_ModuleSite":
         """A deep copy of a hooked module keeps calling these hooks, as torch copies plain hook functions."""
@@ -149,10 +211,10 @@ class _ModuleSite:
                     return
 
     def remove(self) -> None:
-        for handle in (self._pre, self._post):
+        for handle in (self._pre, self._post, self._err):
             if handle is not None:
                 handle.remove()
-        self._pre = self._post = None
+        self._pre = self._post = self._err = None
 
 
 _MODULE_SITES: "weakref.WeakKeyDictionary[torch.nn.Module, _ModuleSite]" = weakref.WeakKeyDictionary()
@@ -260,12 +322,13 @@ class HookRegistry:
         return len(self._modules) + len(self._listeners)
 
     def add(self, module: torch.nn.Module, hook: ModelHook, *, outermost: bool = False) -> ModelHook:
-        """Run ``hook`` at ``module``'s forward, after the hooks already there (``outermost``: its ``pre_forward``
-        before all of them and its ``post_forward`` after all of them — a timer of everything the others add)."""
+        """Run ``hook`` at ``module``'s forward, after the package's hooks already there (``outermost``: its
+        ``pre_forward`` before all of them and its ``post_forward`` after all of them — a timer of everything the
+        package adds; the group's place among a user's torch hooks is the module docstring's)."""
         with _SITES_LOCK:
             site = _MODULE_SITES.get(module)
             if site is None:
-                site = _MODULE_SITES[module] = _ModuleSite(module, outermost)
+                site = _MODULE_SITES[module] = _ModuleSite(module)
             if outermost:
                 site.outer.insert(0, hook)
             else:
@@ -296,6 +359,11 @@ class HookRegistry:
         out = [h for _, h in self._modules]
         out += [getattr(fn, "hook") for _, fn in self._listeners if hasattr(fn, "hook")]
         return out
+
+    def reset_state(self) -> None:
+        """A generation begins: every hook of this registry forgets its per-generation state."""
+        for hook in self.hooks():
+            hook.reset_state()
 
     def remove_all(self) -> None:
         """Remove this registry's hooks, newest first, each by identity. Safe to call twice."""

@@ -6,14 +6,14 @@ import os
 import threading
 import uuid
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
 from .adapters import TargetParts, UnsupportedTargetError, resolve_target
 from .block_probe import BlockProbe
 from .capture import LayoutError, StepCapture, check_step_signature
-from .hooks import HookRegistry, ModelHook
+from .hooks import HookRegistry
 from .latent_steps import LatentStepsError
 from .metrics.online import OnlineSums
 from .recorder import GenerationRecorder
@@ -212,7 +212,7 @@ class LatentProbe:
                 with _HOOKS_LOCK:
                     try:
                         self.intervene.attach(self._registry, parts, counter)
-                        self._attach_generations(parts, counter, counter.step_counter)
+                        counter.delimit(self._registry, parts, self.target)
                     except BaseException:
                         self._registry.remove_all()
                         raise
@@ -251,28 +251,7 @@ class LatentProbe:
             cap.blocks.attach(reg)
         for owner, attr, hook in parts.call_patches:  # read call arguments for the record
             self._registry.add_call(owner, attr, hook)
-        self._attach_generations(parts, rec, cap.step_hook)
-
-    def _attach_generations(self, parts: TargetParts, rec: GenerationRecorder,
-                            step_hook: Callable[..., ModelHook]) -> None:
-        """The hooks that delimit steps and generations: ``step_hook(scheduler)`` / ``step_hook(scoped=...)`` on the
-        scheduler's (or its classes') ``step``, the recorder's on ``set_timesteps`` and on the generation call."""
-        reg = self._registry
-        if parts.scheduler is not None:
-            reg.add_call(parts.scheduler, "step", step_hook(parts.scheduler))
-            if callable(getattr(parts.scheduler, "set_timesteps", None)):
-                reg.add_call(parts.scheduler, "set_timesteps", rec.schedule_hook())
-        scoped = parts.generation_call is not None
-        for cls in parts.scheduler_classes:
-            reg.add_call(cls, "step", step_hook(scoped=scoped))
-        if scoped:
-            owner, attr = parts.generation_call
-            reg.add_call(owner, attr, rec.generation_hook(scoped=True))
-        elif parts.family == "diffusers" and callable(self.target):
-            # one call of the pipeline is one generation. Python looks __call__ up on the class, so the
-            # interception is class-level, routed by identity to this pipeline (TODO adapters: declare it as
-            # TargetParts.generation_call, with the instance whose calls count)
-            reg.add_call(type(self.target), "__call__", rec.generation_hook(owner=self.target))
+        rec.delimit(reg, parts, self.target, cap.step_hook)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self._active = False

@@ -12,6 +12,10 @@ When a generation begins and ends: a generation call (Wan2.2's ``generate``, a d
 or raises. Steps made outside any generation call (``(modules, scheduler)`` targets, a hand-written loop) form
 one generation until the scheduler's ``set_timesteps`` is called again after a recorded step
 (:meth:`schedule_hook`): the next step begins the next one. Nothing is inferred from σ or the timesteps.
+:meth:`delimit` adds all of these hooks for a target; it is how a probe delimits its generations, and how an owner
+of hooks without a probe (``interventions.caches.SkipCounter``, ``interventions.residuals.ResidualRecorder``)
+delimits its own with a recorder that writes nothing (``GenerationRecorder(lambda generation: None)``). At each
+begin event the recorder calls ``reset_state()`` of every hook of the registries it delimits.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextvars
 import threading
 from typing import Any, Callable, Protocol
 
-from .hooks import ModelHook
+from .hooks import HookRegistry, ModelHook, ThreadStack
 
 __all__ = ["GenerationRecorder", "GenerationListener", "GenerationWriter"]
 
@@ -166,6 +170,31 @@ class GenerationRecorder:
                     listener.on_end(self, state)
 
     # ------------------------------------------------------------------ the calls that delimit generations
+    def delimit(self, registry: HookRegistry, parts: Any, target: Any,
+                step_hook: Callable[..., ModelHook] | None = None) -> None:
+        """Add to ``registry`` the hooks that delimit ``target``'s steps and generations (``parts``: its adapter's
+        ``TargetParts``): ``step_hook(scheduler)`` / ``step_hook(scoped=...)`` on the scheduler's (or its classes')
+        ``step`` (default :meth:`step_counter`), :meth:`schedule_hook` on ``set_timesteps``, :meth:`generation_hook`
+        on the generation call (the adapter's, or a diffusers pipeline's ``__call__``). From now on each begin
+        event calls ``registry.reset_state()`` first."""
+        step_hook = step_hook or self.step_counter
+        self._listeners.insert(0, _ResetState(registry))
+        if parts.scheduler is not None:
+            registry.add_call(parts.scheduler, "step", step_hook(parts.scheduler))
+            if callable(getattr(parts.scheduler, "set_timesteps", None)):
+                registry.add_call(parts.scheduler, "set_timesteps", self.schedule_hook())
+        scoped = parts.generation_call is not None
+        for cls in parts.scheduler_classes:
+            registry.add_call(cls, "step", step_hook(scoped=scoped))
+        if scoped:
+            owner, attr = parts.generation_call
+            registry.add_call(owner, attr, self.generation_hook(scoped=True))
+        elif parts.family == "diffusers" and callable(target):
+            # one call of the pipeline is one generation. Python looks __call__ up on the class, so the
+            # interception is class-level, routed by identity to this pipeline (TODO adapters: declare it as
+            # TargetParts.generation_call, with the instance whose calls count)
+            registry.add_call(type(target), "__call__", self.generation_hook(owner=target))
+
     def in_scope(self) -> bool:
         """This recorder's generation call runs in this context (class-level ``step`` hooks record only then)."""
         return id(self) in _ACTIVE.get()
@@ -189,21 +218,25 @@ class GenerationRecorder:
         return _NewSchedule(self)
 
 
+class _ResetState(GenerationListener):
+    """A generation begins: the hooks of ``registry`` forget their per-generation state (``ModelHook.reset_state``)."""
+
+    def __init__(self, registry: HookRegistry) -> None:
+        self.registry = registry
+
+    def on_begin(self, recorder: GenerationRecorder, explicit: bool) -> None:
+        self.registry.reset_state()
+
+
 class _GenerationCall(ModelHook):
     """Begins a generation when the outermost generation call is entered; ends it when that call returns/raises."""
 
     def __init__(self, recorder: GenerationRecorder, owner: Any, scoped: bool) -> None:
         self.recorder, self.owner, self.scoped = recorder, owner, scoped
-        self._frames = threading.local()  # per thread: a stack of (begun, contextvar token) per call
-
-    def _stack(self) -> list[tuple[bool, Any]]:
-        stack = getattr(self._frames, "stack", None)
-        if stack is None:
-            stack = self._frames.stack = []
-        return stack
+        self._frames = ThreadStack()  # (begun, contextvar token) per call in flight
 
     def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
-        rec, stack = self.recorder, self._stack()
+        rec, stack = self.recorder, self._frames.stack
         if (self.owner is not None and not (args and args[0] is self.owner)) or rec.generating:
             stack.append((False, None))  # another pipeline's call, or a nested call (part of the outer generation)
             return None
@@ -214,7 +247,7 @@ class _GenerationCall(ModelHook):
         return None
 
     def _leave(self) -> bool:
-        begun, token = self._stack().pop()
+        begun, token = self._frames.stack.pop()
         if begun:
             self.recorder._local.generating = 0
             if token is not None:
@@ -251,16 +284,10 @@ class _CountSteps(ModelHook):
 
     def __init__(self, recorder: GenerationRecorder, scoped: bool) -> None:
         self.recorder, self.scoped = recorder, scoped
-        self._local = threading.local()  # per thread: a stack of "counted" flags, one per step call in flight
-
-    def _stack(self) -> list[bool]:
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
+        self._local = ThreadStack()  # a "counted" flag per step call in flight
 
     def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
-        stack = self._stack()
+        stack = self._local.stack
         counted = not any(stack) and (not self.scoped or self.recorder.in_scope())
         if counted:
             self.recorder.step_called()
@@ -268,9 +295,9 @@ class _CountSteps(ModelHook):
         return None
 
     def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        if self._stack().pop():
+        if self._local.stack.pop():
             self.recorder.step_recorded()
         return None
 
     def on_error(self, site: Any, exc: BaseException) -> None:
-        self._stack().pop()
+        self._local.stack.pop()

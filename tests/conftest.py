@@ -31,6 +31,23 @@ def one_expert_pipe():
     return tiny_wan_pipeline(two_experts=False)
 
 
+def tiny_organism_weights(path) -> str:
+    """A tiny random-weight organism v1 (8×8 latents, 5 frames, 2 layers) saved at ``path``; its output heads
+    re-initialised (diffusers zero-initialises them: every prediction would be 0)."""
+    from latent_probe.organism.model import EXPERTS, OrganismConfig, build_transformer, save_weights
+
+    cfg = OrganismConfig(latent_size=8, latent_frames=5, num_layers=2, num_attention_heads=2, attention_head_dim=16,
+                         ffn_dim=64, text_dim=32)
+    experts = {}
+    for i, name in enumerate(EXPERTS):
+        m = build_transformer(cfg, seed=i)
+        with torch.no_grad():
+            m.proj_out.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(10 + i))
+        experts[name] = m
+    save_weights(path, experts, cfg)
+    return str(path)
+
+
 def run_pipe(pipe, steps: int = 12, guidance_scale: float = 4.0, seed: int = 0, **kw):
     """Run a tiny pipeline to latents [1, 16, 5, 8, 8] (17 frames at 64×64)."""
     from latent_probe.testing import tiny_prompt_embeds

@@ -275,3 +275,156 @@ def test_a_probe_that_records_nothing_truncates_at_the_same_steps(two_expert_pip
     with LatentProbe(two_expert_pipe, None, capture=("x0",)):
         plain = run_pipe(two_expert_pipe, steps=5, seed=0)
     assert not torch.equal(plain, silent[0])   # the truncation did change the output
+
+
+# ---------------------------------------------------------------------------------------------- order, errors, reset
+def test_the_package_hooks_run_as_one_group_where_the_first_was_registered():
+    """The order docs/architecture.md promises: a user's torch hook registered before the package's first hook on a
+    module runs before the package's hooks, one registered after runs after — also one registered between two
+    owners (never between them); among the package's hooks an outermost one (the DiT timer) wraps the others."""
+    module, order = torch.nn.Linear(2, 2), []
+
+    def user(tag):
+        return (module.register_forward_pre_hook(lambda m, a: order.append(f"pre user {tag}")),
+                module.register_forward_hook(lambda m, a, o: order.append(f"post user {tag}")))
+
+    def package(tag, outermost=False):
+        reg = HookRegistry()
+        reg.add(module, FnHook(lambda *a: order.append(f"pre {tag}"), lambda *a: order.append(f"post {tag}")),
+                outermost=outermost)
+        return reg
+
+    handles = user("before")
+    probe = package("probe")
+    handles += user("between")
+    timer = package("timer", outermost=True)
+    handles += user("after")
+    module(torch.ones(1, 2))
+    assert order == ["pre user before", "pre timer", "pre probe", "pre user between", "pre user after",
+                     "post user before", "post probe", "post timer", "post user between", "post user after"]
+    for owner in (probe, timer):
+        owner.remove_all()
+    assert [k for k in module._forward_pre_hooks] == [h.id for h in handles[0::2]]
+    assert [k for k in module._forward_hooks] == [h.id for h in handles[1::2]]
+
+
+class Errors(ModelHook):
+    """Records its pre_forward, post_forward and on_error calls in ``log`` (``fail``: its pre_forward raises)."""
+
+    def __init__(self, tag: str, log: list, fail: bool = False) -> None:
+        self.tag, self.log, self.fail = tag, log, fail
+
+    def pre_forward(self, site, args, kwargs):
+        if self.fail:
+            raise KeyError(self.tag)
+        self.log.append(f"pre {self.tag}")
+
+    def post_forward(self, site, args, kwargs, output):
+        self.log.append(f"post {self.tag}")
+
+    def on_error(self, site, exc):
+        self.log.append(f"error {self.tag}: {type(exc).__name__}")
+
+
+class Raising(torch.nn.Module):
+    def forward(self, x):
+        if float(x.sum()) < 0:
+            raise ValueError("negative")
+        return x
+
+
+def test_a_module_hook_sees_the_exception_of_the_forward_it_wraps_as_torch_always_call_would():
+    module, log = Raising(), []
+    reg = HookRegistry()
+    reg.add(module, Errors("a", log))
+    reg.add(module, FnHook(post=lambda *a: log.append("post fn")))  # no on_error: never told
+    reg.add(module, Errors("b", log))
+    module(torch.ones(1))
+    assert log == ["pre a", "pre b", "post a", "post fn", "post b"]
+    log.clear()
+    with pytest.raises(ValueError, match="negative"):
+        module(-torch.ones(1))
+    assert log == ["pre a", "pre b", "error b: ValueError", "error a: ValueError"]   # innermost first
+    log.clear()
+    try:  # a forward that succeeds while the caller handles another exception is not an error
+        raise RuntimeError("handled by the caller")
+    except RuntimeError:
+        module(torch.ones(1))
+    assert log == ["pre a", "pre b", "post a", "post fn", "post b"]
+    reg.remove_all()
+    assert not module._forward_hooks and not module._forward_pre_hooks and not module._forward_hooks_always_called
+
+
+def test_a_raising_pre_forward_tells_only_the_hooks_before_it():
+    module, log = Raising(), []
+    reg = HookRegistry()
+    for hook in (Errors("a", log), Errors("b", log, fail=True), Errors("c", log)):
+        reg.add(module, hook)
+    with pytest.raises(KeyError):
+        module(torch.ones(1))
+    reg.remove_all()
+    assert log == ["pre a", "error a: KeyError"]
+
+
+class Resets(ModelHook):
+    """A hook with per-generation state: the DiT calls since its last reset_state."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.calls = log, 0
+
+    def reset_state(self):
+        self.log.append(("reset", self.calls))
+        self.calls = 0
+
+    def pre_forward(self, site, args, kwargs):
+        self.calls += 1
+
+
+class WithResets:
+    """An intervention that changes nothing: a Resets hook on the high-noise expert."""
+
+    def __init__(self) -> None:
+        self.log: list = []
+
+    def describe(self):
+        return {"kind": "resets"}
+
+    def attach(self, registry, parts, recorder):
+        self.hook = registry.add(parts.experts[parts.high_noise_expert], Resets(self.log))
+
+
+def test_reset_state_is_called_when_each_generation_begins_before_its_first_dit_call(two_expert_pipe):
+    intervention, events = WithResets(), Events()
+    with LatentProbe(two_expert_pipe, store_dtype="float32", intervene=intervention) as probe:
+        probe.recorder.subscribe(events)
+        for seed, steps in enumerate(STEPS):
+            run_pipe(two_expert_pipe, steps=steps, seed=seed)
+        calls = intervention.hook.calls
+    assert events.seen == expected(*STEPS)
+    # generation 1 begins with no call made; generation 2 begins after generation 1's high-noise calls
+    assert intervention.log[0] == ("reset", 0) and len(intervention.log) == len(STEPS)
+    assert 0 < intervention.log[1][1] < 2 * STEPS[0] and 0 < calls < 2 * STEPS[1]
+
+
+def test_skip_counter_stamps_a_call_that_raised_and_counts_calls_from_0_in_each_generation(two_expert_pipe):
+    from latent_probe.interventions.caches import SkipCounter, experts_of
+
+    experts = experts_of(two_expert_pipe)
+    call_before, sched = type(two_expert_pipe).__dict__.get("__call__"), two_expert_pipe.scheduler
+    counter = SkipCounter(experts, two_expert_pipe)
+    counter.attach()
+    try:
+        run_pipe(two_expert_pipe, steps=3)
+        run_pipe(two_expert_pipe, steps=2)
+        with pytest.raises(TypeError):
+            experts["transformer"](torch.zeros(1))   # the forward raises: the call is still timed
+    finally:
+        counter.detach()
+    rows = counter.per_call()
+    index = [(r["expert"], r["call"]) for r in rows[:-1]]
+    firsts = [i for i, r in enumerate(index) if r[1] == 0]
+    assert len(firsts) == 4 and all(r["seconds"] is not None for r in rows)   # 2 generations × 2 experts
+    assert rows[-1]["units_called"] == 0
+    assert not any(m._forward_hooks or m._forward_pre_hooks or module_hooks(m) for m in experts.values())
+    assert type(two_expert_pipe).__dict__.get("__call__") is call_before
+    assert "step" not in vars(sched) and "set_timesteps" not in vars(sched)

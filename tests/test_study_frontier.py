@@ -14,26 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_organism_weights
 from latent_probe.app import cli
 
 PROMPTS = ("a red square moving right", "a blue disc moving left")
 STEPS = 6
 METHODS = "baseline,steps:4,truncation:2"
-
-
-def _tiny_v1(path):
-    from latent_probe.organism.model import EXPERTS, OrganismConfig, build_transformer, save_weights
-
-    cfg = OrganismConfig(latent_size=8, latent_frames=5, num_layers=2, num_attention_heads=2, attention_head_dim=16,
-                         ffn_dim=64, text_dim=32)
-    experts = {}
-    for i, name in enumerate(EXPERTS):
-        m = build_transformer(cfg, seed=i)
-        with torch.no_grad():   # diffusers zero-initialises the output head: every prediction would be 0
-            m.proj_out.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(10 + i))
-        experts[name] = m
-    save_weights(path, experts, cfg)
-    return str(path)
 
 
 def _sidecar(out, job_id):
@@ -50,7 +36,7 @@ def _jobs(out):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    return _tiny_v1(tmp_path_factory.mktemp("organism") / "tiny.safetensors")
+    return tiny_organism_weights(tmp_path_factory.mktemp("organism") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,8 @@ def test_ltx_without_its_size_attributes_is_refused_at_entry(ltx, monkeypatch):
     assert probe.hooks_attached == 0
 
 
-def test_recording_that_stops_after_a_commit_keeps_a_readable_file_with_its_reason(tmp_path):
+def _toy_target(steps: int):
+    """A ``(modules, scheduler)`` target: a module that returns its input and a flow UniPC scheduler set to ``steps``."""
     import torch
     from diffusers import UniPCMultistepScheduler
 
@@ -127,11 +128,18 @@ def test_recording_that_stops_after_a_commit_keeps_a_readable_file_with_its_reas
             return x
 
     sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
-    sched.set_timesteps(4)
+    sched.set_timesteps(steps)
+    return Toy(), sched
+
+
+def test_recording_that_stops_after_a_commit_keeps_a_readable_file_with_its_reason(tmp_path):
+    import torch
+
+    toy, sched = _toy_target(steps=4)
     x = torch.randn(1, 4, 3, 6, 6)
     path = tmp_path / "stop.h5"
     with pytest.warns(RuntimeWarning, match="recording stopped at step 2"):
-        with LatentProbe((Toy(), sched), path, capture=("x_t",)):
+        with LatentProbe((toy, sched), path, capture=("x_t",)):
             for i, t in enumerate(sched.timesteps):
                 y = x[0] if i == 2 else x  # the third step receives [C, F, H, W]: it cannot be recorded exactly
                 y = sched.step(torch.zeros_like(y), t, y).prev_sample
@@ -388,18 +396,12 @@ def test_root_attributes_beyond_any_run_are_refused_in_bounded_time(small_run, t
 
 def test_float16_overflow_gives_one_warning(tmp_path):
     import torch
-    from diffusers import UniPCMultistepScheduler
 
-    class Toy(torch.nn.Module):
-        def forward(self, x):
-            return x
-
-    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
-    sched.set_timesteps(3)
+    toy, sched = _toy_target(steps=3)
     x = torch.full((1, 4, 3, 4, 4), 1e6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with LatentProbe((Toy(), sched), tmp_path / "o.h5", capture=("x_t",)):
+        with LatentProbe((toy, sched), tmp_path / "o.h5", capture=("x_t",)):
             for t in sched.timesteps:
                 x = sched.step(torch.zeros_like(x), t, x).prev_sample
     texts = [str(w.message) for w in caught]
@@ -412,18 +414,12 @@ def test_float16_overflow_gives_one_warning(tmp_path):
                          ids=["metrics-only", "latent_steps"])
 def test_nonfinite_values_are_flagged_at_the_step_they_happened(tmp_path, storage):
     import torch
-    from diffusers import UniPCMultistepScheduler
 
-    class Toy(torch.nn.Module):
-        def forward(self, x):
-            return x
-
-    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
-    sched.set_timesteps(6)
+    toy, sched = _toy_target(steps=6)
     x = torch.randn(1, 4, 3, 4, 4)
     path = tmp_path / "nan.h5"
     with pytest.warns(RuntimeWarning, match="NaN/Inf in .*x0.* at step 2"):
-        with LatentProbe((Toy(), sched), path, **storage):
+        with LatentProbe((toy, sched), path, **storage):
             for i, t in enumerate(sched.timesteps):
                 if i == 2:
                     x = x.clone()

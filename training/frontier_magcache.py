@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for pr in range(args.prompts):
         for s in args.seeds:
-            rec = ResidualRecorder(experts)
+            rec = ResidualRecorder(experts, org.pipe)
             with rec.attached():
                 org.generate(pr, seed=s, num_inference_steps=args.steps, guidance_scale=DEFAULT_GUIDANCE)
             records.append(ResidualRecord(f"p{pr}_s{s}", str(pr), s, {"steps": args.steps}, rec.series()))

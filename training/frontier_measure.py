@@ -16,6 +16,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -207,6 +208,20 @@ def write_figure(json_path: str, png: str) -> None:
     fig.write_image(png, scale=1.5)
 
 
+def merge_runs(runs: list[dict[str, Any]], paths: list[str], same: tuple[str, ...] = ("clips",)) -> dict[str, Any]:
+    """Run files of one clip list (v1 or v2) as one run: the first, with the others' settings added. Files whose
+    ``same`` keys differ, or a setting in two files, are refused (SystemExit, one line)."""
+    run = runs[0]
+    for other in runs[1:]:
+        if any(other.get(k) != run.get(k) for k in same):
+            raise SystemExit(f"the run files do not cover the same {' and '.join(reversed(same))}: {paths}")
+        twice = set(run["settings"]) & set(other["settings"])
+        if twice:
+            raise SystemExit(f"settings {sorted(twice)} are in more than one run file")
+        run["settings"].update(other["settings"])
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, nargs="+", help="run JSON file(s) of one clip list (settings merged)")
@@ -220,15 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    runs = [json.loads(Path(r).read_text()) for r in args.run]
-    run = runs[0]
-    for other in runs[1:]:
-        if other["clips"] != run["clips"]:
-            raise SystemExit(f"the run files do not cover the same clips: {args.run}")
-        twice = set(run["settings"]) & set(other["settings"])
-        if twice:
-            raise SystemExit(f"settings {sorted(twice)} are in more than one run file")
-        run["settings"].update(other["settings"])
+    run = merge_runs([json.loads(Path(r).read_text()) for r in args.run], args.run)
     for s in run["settings"].values():   # each truncation variant is its own method in the tables
         if "variant" in s:
             s["method"] = VARIANT_METHOD[s["variant"].split("-")[0]]

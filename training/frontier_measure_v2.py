@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from frontier_measure import merge_runs  # noqa: E402
 from frontier_run import build_organism  # noqa: E402
 
 from latent_probe.organism import fidelity as F  # noqa: E402
@@ -184,13 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     run = runs[0]
     if "organism" not in run:
         raise SystemExit(f"{args.run[0]} is not an organism v2 run (score v1 runs with frontier_measure.py)")
-    for other in runs[1:]:
-        if other["clips"] != run["clips"] or other.get("organism") != run["organism"]:
-            raise SystemExit(f"the run files do not cover the same organism and clips: {args.run}")
-        twice = set(run["settings"]) & set(other["settings"])
-        if twice:
-            raise SystemExit(f"settings {sorted(twice)} are in more than one run file")
-        run["settings"].update(other["settings"])
+    merge_runs(runs, args.run, same=("clips", "organism"))
     who = run["organism"]
     base_steps = who["base_steps"]
     baseline, repeat_name = f"baseline_s{base_steps}", f"baseline_s{base_steps}_repeat1"

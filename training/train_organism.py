@@ -24,6 +24,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -190,6 +191,30 @@ def bench(trainer: Trainer, steps: int) -> None:
           f"{trainer.args.batch / dt:.0f} clips/s, peak {mem:.1f} GiB", flush=True)
 
 
+def train_experts(trainer: "Trainer", args: argparse.Namespace, after_base: Any = None
+                  ) -> tuple[dict, dict[str, dict], dict[str, Any], dict[str, Any]]:
+    """The recipe's phases (v1 and v2): a base on all σ for ``base_frac`` of the budget, then each expert from the
+    base on its side of the boundary for half the rest. ``after_base(base_state)`` runs between them (v1 saves a
+    fallback). Returns the base state, the experts' states, each phase's statistics and the validation losses."""
+    base_s = args.budget_s * args.base_frac
+    expert_s = (args.budget_s - base_s) / 2
+    cap = args.max_steps
+    base = trainer.run_phase("base", base_s, 0.0, 1.0, args.lr, args.warmup, args.ema,
+                             max(1, int(cap * args.base_frac)) if cap else 0)
+    phases = {"base": trainer.phase_stats}
+    if after_base is not None:
+        after_base(base)
+    ub = trainer.u_boundary
+    states = {}
+    for name, (lo, hi) in {"high_noise": (ub, 1.0), "low_noise": (0.0, ub)}.items():
+        trainer.net.load_state_dict(base)
+        states[name] = trainer.run_phase(name, expert_s, lo, hi, args.expert_lr, 50, args.expert_ema,
+                                         max(1, int(cap * (1 - args.base_frac) / 2)) if cap else 0)
+        phases[name] = trainer.phase_stats
+    val = {"base": trainer.validate(base), **{k: trainer.validate(s) for k, s in states.items()}}
+    return base, states, phases, val
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -203,23 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench:
         bench(trainer, args.bench)
         return 0
-    base_s = args.budget_s * args.base_frac
-    expert_s = (args.budget_s - base_s) / 2
-    cap = args.max_steps
-    base = trainer.run_phase("base", base_s, 0.0, 1.0, args.lr, args.warmup, args.ema,
-                             max(1, int(cap * args.base_frac)) if cap else 0)
-    phases = {"base": trainer.phase_stats}
     out = Path(args.out)
-    save_weights(out / "organism.safetensors", {k: _module(config, base) for k in EXPERTS}, config,
-                 metadata={"note": "base only (fallback while the experts train)"})
+    fallback = lambda base: save_weights(  # noqa: E731
+        out / "organism.safetensors", {k: _module(config, base) for k in EXPERTS}, config,
+        metadata={"note": "base only (fallback while the experts train)"})
+    base, states, phases, val = train_experts(trainer, args, after_base=fallback)
     ub = trainer.u_boundary
-    states = {}
-    for name, (lo, hi) in {"high_noise": (ub, 1.0), "low_noise": (0.0, ub)}.items():
-        trainer.net.load_state_dict(base)
-        states[name] = trainer.run_phase(name, expert_s, lo, hi, args.expert_lr, 50, args.expert_ema,
-                                         max(1, int(cap * (1 - args.base_frac) / 2)) if cap else 0)
-        phases[name] = trainer.phase_stats
-    val = {"base": trainer.validate(base), **{k: trainer.validate(s) for k, s in states.items()}}
     experts = {name: _module(config, states[name]) for name in EXPERTS}
     meta = {
         "machine": machine(), "total_seconds": round(time.perf_counter() - wall0, 1),

@@ -146,20 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench:
         v1.bench(trainer, args.bench)
         return 0
-    base_s = args.budget_s * args.base_frac
-    expert_s = (args.budget_s - base_s) / 2
-    cap = args.max_steps
-    base = trainer.run_phase("base", base_s, 0.0, 1.0, args.lr, args.warmup, args.ema,
-                             max(1, int(cap * args.base_frac)) if cap else 0)
-    phases = {"base": trainer.phase_stats}
+    base, states, phases, val = v1.train_experts(trainer, args)
     ub = trainer.u_boundary
-    states = {}
-    for name, (lo, hi) in {"high_noise": (ub, 1.0), "low_noise": (0.0, ub)}.items():
-        trainer.net.load_state_dict(base)
-        states[name] = trainer.run_phase(name, expert_s, lo, hi, args.expert_lr, 50, args.expert_ema,
-                                         max(1, int(cap * (1 - args.base_frac) / 2)) if cap else 0)
-        phases[name] = trainer.phase_stats
-    val = {"base": trainer.validate(base), **{k: trainer.validate(s) for k, s in states.items()}}
     experts = {}
     for name in EXPERTS:
         experts[name] = build_transformer(config)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from ..errors import LatentProbeError
 from ..frames import FILLS
 from ..views.safe_text import terminal, terminal_lines
-from .options import add_model_arguments, add_storage_arguments
+from .options import add_model_arguments, add_storage_arguments, phase_scheme
 from .truncation_cmd import add_truncation_parser
 
 __all__ = ["main", "build_parser", "UsageError", "add_intervention_args", "truncation_from_args"]
@@ -383,17 +383,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def _phase_scheme(text: str) -> str:
-    """argparse type: 'thirds', 'original' or '0-4,5-9,10-39' (checked here, so a bad one is a usage error)."""
-    from ..metrics.phases import phase_ranges
-
-    try:
-        phase_ranges(1000, text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 PHASES_HELP = ("phase scheme, steps numbered from 0 as everywhere: thirds (default), original (steps 0-4, 5-9, "
                "10-19) or ranges with both ends included, e.g. '0-4,5-9,10-39' (the original analysis's 1-based "
                "ranges only with the explicit prefix '1-based:', e.g. '1-based:1-5,6-10,11-40')")
@@ -401,7 +390,7 @@ PHASES_HELP = ("phase scheme, steps numbered from 0 as everywhere: thirds (defau
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="x0", help="latent space of the metrics: x0 (default), eps, x_t, pred, ...")
-    p.add_argument("--phases", default="thirds", type=_phase_scheme, help=PHASES_HELP)
+    p.add_argument("--phases", default="thirds", type=phase_scheme, help=PHASES_HELP)
     p.add_argument("--cache", action="store_true",
                    help="open the file writable and keep the computed metrics in it (/metrics) for next time")
 
@@ -434,7 +423,7 @@ def _build_analyze(sub: Any) -> None:
     add_model_arguments(a)
     a.add_argument("--image", metavar="PATH", help="first frame for i2v-A14B")
     add_storage_arguments(a, modes=False)
-    a.add_argument("--phases", default="thirds", type=_phase_scheme, help=PHASES_HELP)
+    a.add_argument("--phases", default="thirds", type=phase_scheme, help=PHASES_HELP)
     a.add_argument("--no-png", dest="png", action="store_false", help="skip the static PNG per run")
     add_intervention_args(a)
     a.set_defaults(func=_cmd_analyze)

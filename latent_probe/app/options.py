@@ -9,7 +9,7 @@ from typing import Any
 from ..store.schema import STORE_DTYPES
 from ..storage_options import StorageOptions
 
-__all__ = ["add_model_arguments", "add_storage_arguments", "storage_kwargs"]
+__all__ = ["add_model_arguments", "add_storage_arguments", "storage_kwargs", "phase_scheme"]
 
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -71,3 +71,14 @@ def storage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         out["latent_steps"] = steps
     StorageOptions(**out)
     return out
+
+
+def phase_scheme(text: str) -> str:
+    """argparse type: 'thirds', 'original' or '0-4,5-9,10-39' (checked here, so a bad one is a usage error)."""
+    from ..metrics.phases import phase_ranges
+
+    try:
+        phase_ranges(1000, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

@@ -208,7 +208,7 @@ class _Generator:
         guidance = float(s["guidance"]) if "guidance" in s else None
         plain = method.kind in ("baseline", "steps") and s.get("truncation", "none") == "none"
         experts = experts_of(self.organism.pipe)
-        recorder = ResidualRecorder(experts) if self.record_residuals and plain else None
+        recorder = ResidualRecorder(experts, self.organism.pipe) if self.record_residuals and plain else None
         cpu = not str(self.organism.device).startswith("cuda")
         threads = torch.get_num_threads()
         intervention = getattr(self, "intervention", None)

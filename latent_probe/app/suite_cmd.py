@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from .options import phase_scheme
+
 __all__ = ["register", "suite_command"]
 
 
@@ -23,16 +25,6 @@ def _compare(text: str) -> tuple[str, str, str]:
         raise argparse.ArgumentTypeError(f"--compare {text!r}: expected SETTING=A,B (the difference A − B), "
                                          "e.g. truncation=keep3,none")
     return name.strip(), parts[0], parts[1]
-
-
-def _phases(text: str) -> str:
-    from ..metrics.phases import phase_ranges
-
-    try:
-        phase_ranges(1000, text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _positive(text: str) -> int:
@@ -60,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="PATH", help="also write the tidy per-step table (run, settings, step, σ, "
                                                  "metric, value) as CSV; '-' for standard output")
     p.add_argument("--space", default="x0", help="latent space of the metrics: x0 (default), eps, x_t, pred, ...")
-    p.add_argument("--phases", default="thirds", type=_phases,
+    p.add_argument("--phases", default="thirds", type=phase_scheme,
                    help="phase scheme of each run, steps from 0: thirds (default), original (0-4, 5-9, 10-19) or "
                         "e.g. '0-4,5-9,10-39' ('1-based:1-5,6-10,11-40' for 1-based ranges)")
     p.add_argument("--on", default="sigma", choices=("sigma", "progress"),

@@ -12,12 +12,14 @@ Caches are diffusers' ``apply_first_block_cache``, ``apply_mag_cache``, ``apply_
 ``apply_pyramid_attention_broadcast`` and ``apply_faster_cache`` (through ``ModelMixin.enable_cache``, which
 dispatches to them, and ``disable_cache``, which removes exactly those hooks), one config per expert
 (``transformer`` and ``transformer_2``); nothing here re-implements a cache. diffusers' pipelines never reset a
-cache's state between generations: ``applied`` resets it at the first DiT call of every generation (a call
-whose timestep is larger than the previous call's), keeping the pipeline's cond / uncond cache context.
+cache's state between generations: ``applied`` resets it when each generation begins — the pipeline's ``__call__``
+is entered, as a probe's recorder delimits generations (``GenerationRecorder.delimit``), before its first DiT
+call — keeping the cache context the managers hold.
 
 ``SkipCounter`` times each DiT call (CUDA events on a GPU, ``perf_counter`` on a CPU: ``dit_s``) and counts,
-with plain torch hooks, every call of each block's compute units (``attn1``, ``attn2``,
-``ffn`` of a Wan block): a unit is *called* when its block is called and *computed* when its first Linear runs.
+with ``hooks.ModelHook`` objects on its own ``HookRegistry``, every call of each block's compute units (``attn1``,
+``attn2``, ``ffn`` of a Wan block): a unit is *called* when its block is called and *computed* when its first
+Linear runs.
 A cache that skips a block (FirstBlockCache, MagCache) or an attention (PAB, FasterCache, TaylorSeer) leaves
 its units called but not computed.
 
@@ -44,6 +46,8 @@ import torch
 
 from ..adapters import TargetParts, UnsupportedTargetError, resolve_target
 from ..errors import LatentProbeError
+from ..hooks import FnHook, HookRegistry, ModelHook
+from ..recorder import GenerationRecorder
 
 __all__ = ["Method", "MethodError", "SkipCounter", "CACHE_KINDS", "METHOD_KINDS", "frontier_methods",
            "experts_of", "expert_steps"]
@@ -268,7 +272,7 @@ class Method:
                                   "disable it first")
             if configs and not hasattr(m, "enable_cache"):
                 raise MethodError(f"{n} ({type(m).__name__}) is not a diffusers model with enable_cache")
-        counter = SkipCounter(experts)
+        counter = SkipCounter(experts, pipe)
         enabled: list[torch.nn.Module] = []
         try:
             for n, cfg in configs.items():
@@ -343,67 +347,46 @@ class _Call:
 
 
 class SkipCounter:
-    """Counts each expert's compute units (a block's ``attn1``, ``attn2``, ``ffn``) called vs computed, per DiT call."""
+    """Counts each expert's compute units (a block's ``attn1``, ``attn2``, ``ffn``) called vs computed, per DiT call.
 
-    def __init__(self, experts: dict[str, torch.nn.Module]) -> None:
+    ``target``: the pipeline whose generations the DiT calls belong to; each generation's call index starts at 0
+    (and, with ``attach(reset_caches=True)``, the experts' cache state is reset) when the recorder that delimits
+    its generations (``GenerationRecorder.delimit``: the pipeline's ``__call__``, its scheduler's ``step`` and
+    ``set_timesteps``) begins one. Without a target every call belongs to one generation."""
+
+    def __init__(self, experts: dict[str, torch.nn.Module], target: Any = None) -> None:
         self.experts = experts
+        self.target = target
         self.calls: list[_Call] = []
-        self._handles: list[Any] = []
+        self._registry = HookRegistry()
         self._current: dict[str, _Call] = {}
-        self._last_t: dict[str, float] = {}
-        self._count: dict[str, int] = {}
 
     # ------------------------------------------------------------------ hooks
     def attach(self, reset_caches: bool = False) -> None:
-        for name, module in self.experts.items():
-            blocks = _blocks(module)
-            if not blocks:
-                raise MethodError(f"{name} ({type(module).__name__}) has no transformer blocks to count")
-            self._handles.append(module.register_forward_pre_hook(self._on_call(name, module, reset_caches),
-                                                                  with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._on_return(name), always_call=True))
-            for block in blocks:
-                units = [u for u in (_first_linear(getattr(block, k, None)) for k in _UNITS) if u is not None]
-                if not units:
-                    raise MethodError(f"{name}: a block without attn1/attn2/ffn linears ({type(block).__name__})")
-                self._handles.append(block.register_forward_pre_hook(self._on_block(name, len(units))))
-                for lin in units:
-                    self._handles.append(lin.register_forward_pre_hook(self._on_unit(name)))
+        try:
+            for name, module in self.experts.items():
+                blocks = _blocks(module)
+                if not blocks:
+                    raise MethodError(f"{name} ({type(module).__name__}) has no transformer blocks to count")
+                self._registry.add(module, _DitCall(self, name, module, reset_caches))
+                for block in blocks:
+                    units = [u for u in (_first_linear(getattr(block, k, None)) for k in _UNITS) if u is not None]
+                    if not units:
+                        raise MethodError(f"{name}: a block without attn1/attn2/ffn linears ({type(block).__name__})")
+                    self._registry.add(block, FnHook(pre=self._on_block(name, len(units))))
+                    for lin in units:
+                        self._registry.add(lin, FnHook(pre=self._on_unit(name)))
+            if self.target is not None:
+                GenerationRecorder(lambda generation: None).delimit(self._registry, _parts(self.target), self.target)
+        except BaseException:
+            self.detach()
+            raise
 
     def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _on_call(self, name: str, module: torch.nn.Module, reset_caches: bool) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            now = float(t.detach().max()) if isinstance(t, torch.Tensor) and t.numel() else None
-            last = self._last_t.get(name)
-            if now is not None and (last is None or now > last):   # a new generation starts
-                self._count[name] = 0
-                if reset_caches:
-                    _reset_cache_state(module)
-            if now is not None:
-                self._last_t[name] = now
-            index = self._count.get(name, 0)
-            self._count[name] = index + 1
-            call = _Call(name, index, now, start=_clock(t))
-            self.calls.append(call)
-            self._current[name] = call
-
-        return hook
-
-    def _on_return(self, name: str) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple, output: Any) -> None:
-            call = self._current.get(name)
-            if call is not None and call.end is None:
-                call.end = _clock(call.start)
-
-        return hook
+        self._registry.remove_all()
 
     def _on_block(self, name: str, units: int) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple) -> None:
+        def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             call = self._current.get(name)
             if call is not None:
                 call.called += units
@@ -411,7 +394,7 @@ class SkipCounter:
         return hook
 
     def _on_unit(self, name: str) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple) -> None:
+        def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             call = self._current.get(name)
             if call is not None:
                 call.computed += 1
@@ -465,6 +448,41 @@ class SkipCounter:
         return {"dit_calls": len(self.calls), "units_called": self.called, "units_computed": self.computed,
                 "units_skipped": self.skipped, "skipped_fraction": self.skipped_fraction,
                 "dit_s": self.dit_seconds, "per_expert": per}
+
+
+class _DitCall(ModelHook):
+    """One expert's DiT calls for a ``SkipCounter``: a ``_Call`` opened (its index in the generation, its timestep,
+    the clock started) before the forward, the clock stopped after it — also when the forward raised."""
+
+    def __init__(self, counter: SkipCounter, name: str, module: torch.nn.Module, reset_caches: bool) -> None:
+        self.counter, self.name, self.module, self.reset_caches = counter, name, module, reset_caches
+        self.count = 0  # calls of this expert in the current generation
+
+    def reset_state(self) -> None:
+        self.count = 0
+        if self.reset_caches:
+            _reset_cache_state(self.module)
+
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        now = float(t.detach().max()) if isinstance(t, torch.Tensor) and t.numel() else None
+        call = _Call(self.name, self.count, now, start=_clock(t))
+        self.count += 1
+        self.counter.calls.append(call)
+        self.counter._current[self.name] = call
+        return None
+
+    def post_forward(self, site: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        self._stop()
+        return None
+
+    def on_error(self, site: Any, exc: BaseException) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        call = self.counter._current.get(self.name)
+        if call is not None and call.end is None:
+            call.end = _clock(call.start)
 
 
 def _clock(like: Any) -> Any:

@@ -1,8 +1,9 @@
 """Record the signals diffusers' MagCache and FirstBlockCache decide on, exactly as their hooks compute them.
 
 Neither can be derived from what ``LatentProbe`` stores (x_t, the prediction): both are measured inside the
-DiT's block stack, in token space [B, N, D], before the output head. ``ResidualRecorder`` puts plain torch
-hooks on the first and the last transformer block of each expert and, for every DiT call, computes
+DiT's block stack, in token space [B, N, D], before the output head. ``ResidualRecorder`` puts ``hooks.ModelHook``
+objects (its own ``HookRegistry``) on the first and the last transformer block of each expert and, for every DiT
+call, computes
 
 * MagCache's ratio (``diffusers.hooks.mag_cache``, calibration): the residual r = last block's output − first
   block's input; ``(‖r_t‖ / (‖r_prev‖ + 1e-8)).mean()`` with per-token norms over D in float32, r_prev the
@@ -10,12 +11,14 @@ hooks on the first and the last transformer block of each expert and, for every 
 * FirstBlockCache's signal (``diffusers.hooks.first_block_cache``): the first block's residual
   r1 = output − input, ``mean|r1_t − r1_prev| / mean|r1_prev|`` in the model's dtype (None for a first call).
 
-Each (expert, branch) counts its own calls from 0, as the cache hooks do (each expert has its own state;
-diffusers' Wan pipeline gives cond and uncond separate cache contexts). The branch is read from the call
-order: at one timestep the first call is ``cond``, the second ``uncond`` (Wan's pipelines call them in that
+Each (expert, branch) counts its own calls from 0 in each generation, as the cache hooks do (each expert has its
+own state; diffusers' Wan pipeline gives cond and uncond separate cache contexts). Generations and steps are the
+ones a probe's recorder sees (``GenerationRecorder.delimit`` on ``target``: the pipeline's ``__call__``, its
+scheduler's ``step`` and ``set_timesteps``), not inferred from timesteps. The branch is read from the call order:
+in one step the first call of an expert is ``cond``, the second ``uncond`` (Wan's pipelines call them in that
 order). Nothing is changed: outputs stay bit-identical.
 
-    rec = ResidualRecorder(experts_of(pipe))
+    rec = ResidualRecorder(experts_of(pipe), pipe)
     with rec.attached():
         pipe(...)
     rec.series()   # {(expert, branch): {"timestep": [...], "mag_ratio": [...], "fbc_signal": [...]}}
@@ -30,7 +33,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .caches import MethodError
+from ..hooks import FnHook, HookRegistry, ModelHook
+from ..recorder import GenerationRecorder
+from .caches import MethodError, _parts
 
 __all__ = ["ResidualRecorder", "BRANCHES"]
 
@@ -38,79 +43,44 @@ BRANCHES = ("cond", "uncond")
 
 
 class ResidualRecorder:
-    """Per-call MagCache ratios and FirstBlockCache signals of each expert (see the module docstring)."""
+    """Per-call MagCache ratios and FirstBlockCache signals of each expert of ``target`` (the module docstring)."""
 
-    def __init__(self, experts: dict[str, torch.nn.Module]) -> None:
+    def __init__(self, experts: dict[str, torch.nn.Module], target: Any) -> None:
         self.experts = experts
+        self.target = target
         self.rows: list[dict[str, Any]] = []
-        self._handles: list[Any] = []
-        self._reset()
-
-    def _reset(self) -> None:
         self._prev_norm: dict[tuple[str, str], torch.Tensor] = {}
         self._prev_r1: dict[tuple[str, str], torch.Tensor] = {}
         self._count: dict[tuple[str, str], int] = {}
-        self._seen_t: dict[str, list[float]] = {}
 
     @contextlib.contextmanager
     def attached(self) -> Iterator["ResidualRecorder"]:
         """Hooks on while inside; removed after (also on an error)."""
+        registry = HookRegistry()
         try:
+            recorder = GenerationRecorder(lambda generation: None)  # delimits generations and steps, writes nothing
             for name, module in self.experts.items():
                 blocks = getattr(module, "blocks", None)
                 if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
                     raise MethodError(f"{name} ({type(module).__name__}) has no transformer blocks to record")
                 state: dict[str, Any] = {}
-                self._handles += [
-                    module.register_forward_pre_hook(self._on_call(name, state), with_kwargs=True),
-                    blocks[0].register_forward_pre_hook(self._on_head_in(state), with_kwargs=True),
-                    blocks[0].register_forward_hook(self._on_head_out(state)),
-                    blocks[-1].register_forward_hook(self._on_tail_out(name, state)),
-                ]
+                registry.add(module, _ExpertCall(self, recorder, name, state))
+                registry.add(blocks[0], FnHook(pre=_on_head_in(state), post=_on_head_out(state)))
+                registry.add(blocks[-1], FnHook(post=self._on_tail_out(name, state)))
+            recorder.delimit(registry, _parts(self.target), self.target)
             yield self
         finally:
-            for h in self._handles:
-                h.remove()
-            self._handles.clear()
+            registry.remove_all()
 
-    # ------------------------------------------------------------------ hooks
-    def _on_call(self, name: str, state: dict[str, Any]) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            if not isinstance(t, torch.Tensor) or t.numel() == 0:
-                raise MethodError(f"{name} was called without a timestep tensor: cannot tell steps apart")
-            now = float(t.detach().reshape(-1)[0])
-            seen = self._seen_t.setdefault(name, [])
-            if seen and now > seen[-1]:        # a new generation: every series starts again
-                for key in [k for k in self._count if k[0] == name]:
-                    self._count.pop(key)
-                    self._prev_norm.pop(key, None)
-                    self._prev_r1.pop(key, None)
-                seen.clear()
-            if seen.count(now) >= len(BRANCHES):
-                raise MethodError(f"{name} was called more than twice at timestep {now:g}: the CFG branch of a call "
-                                  "cannot be told from the call order")
-            branch = BRANCHES[seen.count(now)]
-            seen.append(now)
-            state.update(key=(name, branch), t=now, head_in=None, r1=None)
-
-        return hook
-
-    def _on_head_in(self, state: dict[str, Any]) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            state["head_in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-        return hook
-
-    def _on_head_out(self, state: dict[str, Any]) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple, output: Any) -> None:
-            out = output[0] if isinstance(output, tuple) else output
-            state["r1"] = out - state["head_in"]
-
-        return hook
+    def _forget(self, name: str) -> None:
+        """Expert ``name``'s series start again (a generation begins)."""
+        for key in [k for k in self._count if k[0] == name]:
+            self._count.pop(key)
+            self._prev_norm.pop(key, None)
+            self._prev_r1.pop(key, None)
 
     def _on_tail_out(self, name: str, state: dict[str, Any]) -> Any:
-        def hook(mod: torch.nn.Module, args: tuple, output: Any) -> None:
+        def hook(mod: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             key = state["key"]
             out = output[0] if isinstance(output, tuple) else output
             residual = out - state["head_in"]
@@ -150,3 +120,46 @@ class ResidualRecorder:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(doc, fh)
         os.replace(tmp, path)
+
+
+class _ExpertCall(ModelHook):
+    """Before each DiT call of expert ``name``: its branch (its first or second call in the recorder's step in
+    flight), its timestep, the block hooks' state cleared. ``reset_state``: a generation begins."""
+
+    def __init__(self, owner: ResidualRecorder, recorder: GenerationRecorder, name: str, state: dict[str, Any]) -> None:
+        self.owner, self.recorder, self.name, self.state = owner, recorder, name, state
+        self.step: int | None = None  # the step of the last call, and the calls made in it
+        self.calls = 0
+
+    def reset_state(self) -> None:
+        self.owner._forget(self.name)
+        self.step, self.calls = None, 0
+
+    def pre_forward(self, site: Any, args: tuple, kwargs: dict) -> None:
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            raise MethodError(f"{self.name} was called without a timestep tensor: its row would have no timestep")
+        step = self.recorder.step_index
+        self.calls = self.calls + 1 if step == self.step else 1
+        self.step = step
+        if self.calls > len(BRANCHES):
+            raise MethodError(f"{self.name} was called more than twice in step {step}: the CFG branch of a call "
+                              "cannot be told from the call order")
+        now = float(t.detach().reshape(-1)[0])
+        self.state.update(key=(self.name, BRANCHES[self.calls - 1]), t=now, head_in=None, r1=None)
+        return None
+
+
+def _on_head_in(state: dict[str, Any]) -> Any:
+    def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        state["head_in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    return hook
+
+
+def _on_head_out(state: dict[str, Any]) -> Any:
+    def hook(mod: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        state["r1"] = out - state["head_in"]
+
+    return hook

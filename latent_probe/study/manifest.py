@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from typing import Any, Sequence
 
 from .._version import __version__
 from .jobs import Job, StudyError, Suite
+from .outputs import write_atomic
 
 __all__ = ["MANIFEST", "FORMAT", "write_manifest", "read_manifest", "check_same_suite"]
 
@@ -31,19 +31,7 @@ def write_manifest(out_dir: str, suite: Suite, jobs: Sequence[Job], extra: dict[
     head = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
     rows = ",\n  ".join(json.dumps(j.describe(), ensure_ascii=False, allow_nan=False) for j in jobs)
     text = head[: head.rindex("null")] + ("[\n  " + rows + "\n ]" if rows else "[]") + "\n}\n"  # a job a line
-    path = os.path.join(out_dir, MANIFEST)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(os.path.join(out_dir, MANIFEST), text.encode("utf-8"), prefix=".manifest.")
 
 
 def read_manifest(out_dir: str) -> dict[str, Any] | None:

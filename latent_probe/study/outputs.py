@@ -69,7 +69,14 @@ def write_job_outputs(out_dir: str | os.PathLike, job_id: str, final_latent: Any
     meta = {"format": FORMAT, "version": str(VERSION), "job_id": job_id,
             "record": json.dumps(record, allow_nan=True, sort_keys=True)}
     data = save({LATENT: latent}, metadata=meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".tmp", dir=folder)
+    return write_atomic(path, data, prefix=f".{job_id}.")
+
+
+def write_atomic(path: str, data: bytes, prefix: str) -> str:
+    """Write ``data`` to ``path`` atomically: a temporary file ``<prefix>*.tmp`` in the same folder, flushed and
+    fsync'd, ``os.replace``'d onto ``path``, the folder fsync'd (removed again when anything fails)."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
