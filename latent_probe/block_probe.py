@@ -9,6 +9,12 @@ seeded sample of query tokens and k of all tokens, exactly as the attention uses
 the tensors' device as float64 sums (latent_probe.metrics.blocks) and handed to the step's writer with the step; no
 host synchronisation. Per step they are arranged [branch (cond, uncond), B, block, ...] and stored under
 ``/blocks/`` (docs/hdf5-schema.md).
+
+With ``block_steps=`` (latent_steps' grammar), the chosen blocks' full output hidden states [B, F', T, D] (real tokens,
+frame-major) of the chosen steps are handed, block by block as each returns, to the writer of the recorder's
+generation (``RunWriter.stage_hidden``: copied in the store dtype on the producer's stream, then to a pinned buffer of
+the step's slot on the writer's copy stream) and stored under ``/block_hidden`` with the step. A generation's first
+step is staged before its plan is known when the selection may choose it, and dropped if it does not.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from .adapters.base import TargetParts, UnsupportedTargetError
 from .adapters.blocks import BlockSite, block_input, block_site, install_qk, parse_blocks, token_grid
 from .capture import LayoutError
 from .hooks import FnHook, HookRegistry
+from .latent_steps import LatentSteps
 from .recorder import GenerationListener, GenerationRecorder
 from .metrics.blocks import (block_call_sums, magnitude_ratio, residual_norms, sample_queries, temporal_reach,
                              update_change)
@@ -55,14 +62,19 @@ class _Call:
         self.sums: dict[int, dict[str, torch.Tensor]] = {}
         self.first_in: torch.Tensor | None = None
         self.mag: torch.Tensor | None = None
+        self.keep_hidden = False  # its chosen blocks' outputs are staged (block_steps=)
+        self.width = 0  # D of the blocks' hidden states
 
 
 class BlockProbe(GenerationListener):
     """The block listeners of one probe. ``spec``: "all", "every:k" or indices (valid for every expert);
     ``reach``: queries sampled a frame for attention's temporal reach (0: none); ``change``: keep each block's
-    previous update (float32, on the device: blocks × branches × F'·T·D values) for the step-to-step change."""
+    previous update (float32, on the device: blocks × branches × F'·T·D values) for the step-to-step change;
+    ``hidden``: the steps whose block outputs are stored (``block_steps=``; None: none). ``recorder`` is the probe's
+    generation recorder (its writer takes the hidden states; its step index says which step is in flight)."""
 
-    def __init__(self, parts: TargetParts, spec: Any, reach: int = 0, change: bool = True) -> None:
+    def __init__(self, parts: TargetParts, spec: Any, reach: int = 0, change: bool = True,
+                 hidden: LatentSteps | None = None) -> None:
         if isinstance(reach, bool) or not isinstance(reach, int) or reach < 0:
             raise ValueError(f"attention_reach={reach!r}: give the number of query tokens sampled a frame (0: off)")
         self.sites: dict[str, BlockSite] = {n: block_site(parts, n, m, reach > 0) for n, m in parts.experts.items()}
@@ -86,6 +98,12 @@ class BlockProbe(GenerationListener):
         self._attn: threading.local = threading.local()
         self.shape: tuple[int, int] | None = None  # (frames, tokens) fixed at the first call
         self.failed: str | None = None  # why a hook could not record (the generation is never disturbed)
+        self.hidden = hidden
+        self.recorder: GenerationRecorder | None = None
+        self._hidden_chosen: Any = None  # the generation's resolved block_steps (None before its first step)
+        self._position = {i: k for k, i in enumerate(self.indices)}
+        self._staged_in: Any = None  # the writer this step's hidden states were staged into
+        self.hidden_plan: tuple[tuple[int, int, int, int], int, dict[str, tuple[int, int, int]], bool] | None = None
 
     def _guard(self, fn: Callable) -> Callable:
         """A hook that never raises into the model: the first failure is kept and ends recording at the step."""
@@ -106,8 +124,11 @@ class BlockProbe(GenerationListener):
 
     def describe(self) -> dict[str, Any]:
         """Run attributes: which blocks, how many query tokens, branch names."""
-        return {"blocks": list(self.indices), "block_count": self.count, "attention_reach": self.reach,
-                "reach_seed": REACH_SEED, "block_change": self.change}
+        out = {"blocks": list(self.indices), "block_count": self.count, "attention_reach": self.reach,
+               "reach_seed": REACH_SEED, "block_change": self.change}
+        if self.hidden is not None:
+            out["block_steps"] = self.hidden.spec
+        return out
 
     # ---------------------------------------------------------------- attach
     def attach(self, reg: HookRegistry) -> None:
@@ -151,10 +172,35 @@ class BlockProbe(GenerationListener):
             elif shape != self.shape:
                 raise BlockProbeError(f"a DiT call has {shape[0]} frames of {shape[1]} tokens; the run's first had "
                                       f"{self.shape[0]} of {self.shape[1]}")
+            call.keep_hidden = self._wants_hidden()
             with self._lock:
                 self._calls.append(call)
 
         return hook
+
+    def _wants_hidden(self) -> bool:
+        """The step in flight keeps its hidden states (its generation's first: provisionally, when it may)."""
+        rec = self.recorder
+        if self.hidden is None or rec is None or rec.stopped or rec.writer is None:
+            return False
+        step = rec.step_index
+        if step == 0 or self._hidden_chosen is None:
+            return step == 0 and self.hidden.may_select_first
+        return step in self._hidden_chosen
+
+    def resolve_hidden(self, planned: int | None, switch: int | None) -> None:
+        """At a generation's first step (its plan known): the steps whose hidden states are kept; a selection that
+        names steps outside the plan is refused (BlockProbeError: recording stops with the reason)."""
+        if self.hidden is None:
+            return
+        if self.hidden.needs_plan and planned is None:
+            raise BlockProbeError(f"block_steps={self.hidden.spec!r} counts from the planned end, but the scheduler "
+                                  "has no timesteps to plan with")
+        outside = self.hidden.outside(planned, switch)
+        if outside:
+            raise BlockProbeError(f"block_steps {outside} select no step of this generation of {planned} planned "
+                                  "steps")
+        self._hidden_chosen = self.hidden.resolve(planned, switch)
 
     def _check_memory(self, site: BlockSite, call: _Call) -> None:
         """Refuse (at the first DiT call, before any update is kept) a step change whose kept updates — float32,
@@ -195,6 +241,16 @@ class BlockProbe(GenerationListener):
             slot = call.sums.setdefault(i, {})
             x_in = slot.pop("_in", None)
             where = len(self._calls) - 1
+            if chosen:
+                call.width = int(out.shape[-1])
+            if chosen and call.keep_hidden:
+                writer = self.recorder.writer if self.recorder is not None else None
+                if writer is not None:
+                    if self._staged_in is not None and self._staged_in is not writer:
+                        raise BlockProbeError("a step's hidden states were staged into two generations' writers")
+                    self._staged_in = writer
+                    n = call.frames * call.tokens
+                    writer.stage_hidden(where, self._position[i], out[:, :n].unflatten(1, (call.frames, call.tokens)))
             if chosen and x_in is not None:
                 sums, upd = block_call_sums(x_in, out, call.frames, call.tokens)
                 if self.change:
@@ -235,10 +291,22 @@ class BlockProbe(GenerationListener):
         self._prev_norms.clear()
         self.shape = None
         self.failed = None
+        self._hidden_chosen = None
+        self.hidden_plan = None
+        self._drop_staged()
 
     def discard(self) -> None:
         with self._lock:
             self._calls = []
+        self._drop_staged()
+
+    def _drop_staged(self) -> None:
+        """Hidden states staged for a step that is not submitted go back to the writer's free slots."""
+        self._staged_in = None
+        writer = self.recorder.writer if self.recorder is not None else None
+        drop = getattr(writer, "drop_staged", None)
+        if drop is not None:
+            drop()
 
     def fields(self) -> dict[str, tuple[int, ...]]:
         """Per-call field shapes after [B, block]: what one step stores (besides mag [branch, B])."""
@@ -257,6 +325,8 @@ class BlockProbe(GenerationListener):
         a branch this step did not run is NaN. Raises BlockProbeError when the calls do not fit the CFG pattern."""
         with self._lock:
             calls, self._calls = self._calls, []
+        self.hidden_plan = None
+        staged, self._staged_in = self._staged_in, None  # submitted with the step (or dropped by the caller)
         if self.failed is not None:
             raise BlockProbeError(f"block probes: {self.failed}")
         if not calls:
@@ -301,4 +371,26 @@ class BlockProbe(GenerationListener):
                     raise BlockProbeError(f"a DiT call of batch {t.shape[0]} for latents of batch {batch}")
                 parts.append(t)
             out[BLOCKS_PREFIX + name] = torch.stack(parts, 0)
+        if self.hidden is not None:
+            self.hidden_plan = self._hidden_plan(calls, batch, staged)
         return out
+
+    def _hidden_plan(self, calls: list[_Call], batch: int, staged: Any
+                     ) -> tuple[tuple[int, int, int, int], int, dict[str, tuple[int, int, int]], bool]:
+        """((B, F', T, D), K, branch → (call, start, stop), keep) of this step's hidden states."""
+        rec = self.recorder
+        step = rec.generation_steps if rec is not None else 0
+        keep = self._hidden_chosen is not None and step in self._hidden_chosen
+        first = calls[0]
+        if self.cfg == "batched":
+            b_call = first.batch
+            rows = ({"cond": (0, batch, 2 * batch), "uncond": (0, 0, batch)} if b_call == 2 * batch
+                    else {"cond": (0, 0, b_call)})
+        else:
+            rows = {"cond": (0, 0, first.batch)}
+            if len(calls) == 2:
+                rows["uncond"] = (1, 0, calls[1].batch)
+        if keep and (staged is None or staged is not (rec.writer if rec is not None else None)
+                     or not all(c.keep_hidden for c in calls)):
+            raise BlockProbeError(f"step {step}'s block hidden states were chosen but not staged during its DiT calls")
+        return (batch, first.frames, first.tokens, first.width), len(self.indices), rows, keep

@@ -38,7 +38,7 @@ from .parameterization import (
     parameterization_of,
 )
 from .recorder import GenerationListener, GenerationRecorder
-from .store.writer import StepMeta
+from .store.writer import HiddenRows, StepMeta
 from .errors import LatentProbeError
 
 __all__ = ["StepCapture", "LayoutError", "CAPTURABLE", "check_step_signature"]
@@ -209,6 +209,8 @@ class StepCapture(GenerationListener):
     def _stop(self, exc: Exception) -> None:
         """Stop recording (never the generation) when a step cannot be recorded exactly; the run says why."""
         rec = self.recorder
+        if self.blocks is not None:
+            self.blocks.discard()  # hidden states staged for this step go back to the writer
         if not rec.stopped:
             rec.stopped = f"recording stopped at step {rec.generation_steps}: {exc}"
             warnings.warn(f"latent_probe: {rec.stopped}; the generation goes on", RuntimeWarning, stacklevel=6)
@@ -252,9 +254,11 @@ class StepCapture(GenerationListener):
         first = rec.generation_steps == 0
         if first:
             rec.planned_steps = _planned_steps(scheduler, idx)
+            switch = boundary_step(getattr(scheduler, "timesteps", None), idx or 0,
+                                   self._attrs.get("boundary_timestep"))
+            if self.blocks is not None:
+                self.blocks.resolve_hidden(rec.planned_steps, switch)  # block_steps=: refused here when outside
             if self.latent_steps is not None:
-                switch = boundary_step(getattr(scheduler, "timesteps", None), idx or 0,
-                                       self._attrs.get("boundary_timestep"))
                 if self.latent_steps.needs_plan and rec.planned_steps is None:
                     raise LayoutError(f"latent_steps={self.latent_steps.spec!r} counts from the planned end, but "
                                       f"{type(scheduler).__name__} has no timesteps to plan with")
@@ -287,8 +291,12 @@ class StepCapture(GenerationListener):
                     if not _shares_storage(t, sample, model_output):  # ε̂ of ε-prediction *is* the output
                         owned.add(name)
         sums = self.online.step({k: spaces[k] for k in online}) if online else None
+        hidden = None
         if self.blocks is not None:
             sums = {**(sums or {}), **self.blocks.step(x_t.shape[0])}
+            if self.blocks.hidden_plan is not None:
+                shape, count, rows, keep_hidden = self.blocks.hidden_plan
+                hidden = HiddenRows(shape, count, rows, keep_hidden)
         if self.cfg_branches:
             for name, t in self._branches(calls, x_t.shape[0]).items():
                 tensors[name] = self._to_stored(t, f"an expert output ({name})")
@@ -317,7 +325,8 @@ class StepCapture(GenerationListener):
                              source_dtypes=_source_dtypes(x_t, pred, sigma_tensor))
                 if self.latent_steps is not None:
                     attrs["latent_steps"] = self.latent_steps.spec
-            writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums, keep_latents=keep)
+            writer.submit(meta, tensors, owned=frozenset(owned), attrs=attrs, sums=sums, keep_latents=keep,
+                          hidden=hidden)
 
 
 class _ExpertCall(ModelHook):

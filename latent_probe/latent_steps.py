@@ -55,31 +55,38 @@ class LatentSteps:
         """Resolving it needs the planned number of steps (``last``, negative numbers)."""
         return bool(self.from_end)
 
+    @property
+    def may_select_first(self) -> bool:
+        """Step 0 is, or may be once the plan is known, chosen (every:k, 0, a step counted from the end, boundary):
+        what must be kept provisionally during a generation's first DiT calls, before its plan is resolved."""
+        return bool(self.every or 0 in self.fixed or self.from_end or self.boundary)
+
     @classmethod
-    def parse(cls, value: Any) -> "LatentSteps":
+    def parse(cls, value: Any, what: str = "latent_steps") -> "LatentSteps":
+        """``what``: the option's name in error messages (``block_steps`` uses the same grammar)."""
         if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
             return cls("all", every=1)
         if isinstance(value, str) and value.strip().lower() == "none":
             return cls("none")
         if isinstance(value, bool):
-            raise LatentStepsError(f"latent_steps={value!r}: give 'all', 'none', an int k (every k-th step) or terms "
+            raise LatentStepsError(f"{what}={value!r}: give 'all', 'none', an int k (every k-th step) or terms "
                                    "like 'every:4,last,boundary:2'")
         if isinstance(value, int):
             if value < 1:
-                raise LatentStepsError(f"latent_steps={value}: every k-th step needs k >= 1")
+                raise LatentStepsError(f"{what}={value}: every k-th step needs k >= 1")
             return cls("all" if value == 1 else f"every:{value}", every=value)
         if not isinstance(value, (str, list, tuple)):
-            raise LatentStepsError(f"latent_steps={value!r} is not a selection of steps: give 'all', 'none', an int "
+            raise LatentStepsError(f"{what}={value!r} is not a selection of steps: give 'all', 'none', an int "
                                    "k or terms like 'every:4,last,boundary:2'")
         terms: Iterable[Any] = value.split(",") if isinstance(value, str) else value
         every, fixed, from_end, boundary, strides = 0, set(), set(), 0, set()
         names = []
         terms = [t for t in terms if not (isinstance(t, str) and not t.strip())]
         if not terms:
-            raise LatentStepsError(f"latent_steps={value!r} selects nothing; give 'none' to store no latents")
+            raise LatentStepsError(f"{what}={value!r} selects nothing; give 'none' to store none")
         for term in terms:
             if isinstance(term, bool) or not isinstance(term, (str, int)):
-                raise LatentStepsError(f"latent_steps term {term!r} is not one of every:k, first, last, boundary[:w] "
+                raise LatentStepsError(f"{what} term {term!r} is not one of every:k, first, last, boundary[:w] "
                                        "or a step number")
             t = str(term).strip().lower()
             key, _, arg = t.partition(":")
@@ -108,11 +115,11 @@ class LatentSteps:
                 else:
                     raise ValueError
             except ValueError:
-                raise LatentStepsError(f"latent_steps term {str(term)!r} is not one of every:k, first, last, boundary"
+                raise LatentStepsError(f"{what} term {str(term)!r} is not one of every:k, first, last, boundary"
                                        "[:w] or a step number") from None
             names.append(t)
         if len(strides) > 1:
-            raise LatentStepsError(f"latent_steps {value!r}: give one every:k (two strides are not one stride)")
+            raise LatentStepsError(f"{what} {value!r}: give one every:k (two strides are not one stride)")
         sel = cls(",".join(names) or "none", every, frozenset(fixed), frozenset(from_end), boundary)
         return cls("all", every=1) if sel.all else sel
 

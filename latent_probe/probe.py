@@ -78,6 +78,10 @@ class LatentProbe:
             share of each head's attention mass at frame distance d (0: off).
         block_change: keep each probed block's previous update on the device (float32, blocks × 2 × F'·T·D values)
             for the step-to-step change; False saves that memory.
+        block_steps: with ``blocks=``, the steps (``latent_steps``' grammar: ``"0,10,19"``, ``"every:5"``,
+            ``"boundary"``, a list of ints) at which the probed blocks' full output hidden states [B, F', T, D] are
+            stored, per CFG branch, in the store dtype, like latents (``run.blocks.hidden(step, block, branch)``).
+            Large: a Wan A14B 480p run stores ≈335 MB per (step, block, branch) in float16. Default: none.
         storage: all the storage arguments above as one checked ``StorageOptions`` (instead of the keywords).
         on_write_error: ``"raise"`` (default): a failed write — a full disk — ends the generation with one
             WriterError; ``"warn"``: recording stops with one warning and the generation goes on. Either
@@ -104,13 +108,15 @@ class LatentProbe:
         blocks: Any = None,
         attention_reach: int = 0,
         block_change: bool = True,
+        block_steps: Any = None,
         storage: StorageOptions | None = None,
     ) -> None:
         if storage is None:
             storage = StorageOptions(capture=capture, metrics=metrics, latent_steps=latent_steps,
                                      store_dtype=store_dtype, cfg_branches=cfg_branches, overwrite=overwrite,
                                      on_write_error=on_write_error, slots=slots, blocks=blocks,
-                                     attention_reach=attention_reach, block_change=block_change)
+                                     attention_reach=attention_reach, block_change=block_change,
+                                     block_steps=block_steps)
         elif not isinstance(storage, StorageOptions):
             raise ValueError(f"storage= takes a StorageOptions, got {type(storage).__name__}")
         if storage.blocks is not None and intervene is not None:
@@ -142,6 +148,7 @@ class LatentProbe:
         self.blocks = storage.blocks
         self.attention_reach = storage.attention_reach
         self.block_change = storage.block_change
+        self.block_steps = storage.hidden_selection
         self._block_probe: BlockProbe | None = None
         self.parts: TargetParts | None = None
         self.capture_state: StepCapture | None = None
@@ -172,8 +179,11 @@ class LatentProbe:
         if self.latent_steps.boundary and parts.attrs.get("boundary_timestep") is None:
             raise LatentStepsError(f"latent_steps={self.latent_steps.spec!r} stores steps around the expert switch, "
                                    f"but this {parts.family} target has one expert (no boundary)")
+        if self.block_steps is not None and self.block_steps.boundary and parts.attrs.get("boundary_timestep") is None:
+            raise LatentStepsError(f"block_steps={self.block_steps.spec!r} keeps steps around the expert switch, "
+                                   f"but this {parts.family} target has one expert (no boundary)")
         self._block_probe = None if self.blocks is None else BlockProbe(parts, self.blocks, self.attention_reach,
-                                                                         self.block_change)
+                                                                         self.block_change, self.block_steps)
         self.parts = parts
         self._runs, self._paths, self._memory = None, [], []
         self._probe_id = uuid.uuid4().hex
@@ -225,6 +235,7 @@ class LatentProbe:
                                          latent_steps=None if self.latent_steps.all or self.latent_steps.none
                                          else self.latent_steps, blocks=self._block_probe)
         if self._block_probe is not None:
+            self._block_probe.recorder = rec
             rec.subscribe(self._block_probe)
         try:
             with _HOOKS_LOCK:

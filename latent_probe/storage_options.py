@@ -40,7 +40,9 @@ class StorageOptions:
     blocks: Any = None
     attention_reach: int = 0
     block_change: bool = True
+    block_steps: Any = None
     selection: LatentSteps = field(init=False, repr=False, compare=False)
+    hidden_selection: LatentSteps | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         capture, metrics = self.capture, self.metrics
@@ -80,6 +82,14 @@ class StorageOptions:
             raise ValueError(f"attention_reach must be an int ≥ 0, got {self.attention_reach!r}")
         if self.blocks is None and self.attention_reach:
             raise ValueError("attention_reach= is measured in the probed blocks: give blocks= too")
+        hidden = None
+        if self.block_steps is not None:
+            hidden = LatentSteps.parse(self.block_steps, "block_steps")
+            if hidden.none:
+                hidden = None
+            elif self.blocks is None:
+                raise ValueError("block_steps= keeps the hidden states of the probed blocks: give blocks= too")
+        object.__setattr__(self, "hidden_selection", hidden)
         object.__setattr__(self, "capture", capture)
         object.__setattr__(self, "metrics", metrics)
         object.__setattr__(self, "selection", selection)

@@ -92,7 +92,7 @@ LAYERS: dict[str, set[str]] = {
     # the probe's storage options, checked once (capture's names, the online metrics' spaces, the store's dtypes)
     "storage_options": GROUND | {"capture", "latent_steps", "metrics", "store"},
     # block probes are listeners beside capture (the same registry), reducing with the pure metrics kernels
-    "block_probe": GROUND | {"adapters", "capture", "hooks", "metrics", "recorder"},
+    "block_probe": GROUND | {"adapters", "capture", "hooks", "latent_steps", "metrics", "recorder"},
     "metrics": GROUND | {"parameterization", "store", "frames"},
     "views": GROUND | {"metrics", "store", "study", "parameterization"},
     "study": GROUND | {"probe", "store", "metrics", "interventions", "adapters", "parameterization"},

@@ -110,3 +110,40 @@ def test_metrics_computed_on_the_gpu_during_the_run_equal_those_of_the_stored_la
         assert 0 < len(kept) < 8
         for q in ("x0", "eps"):
             assert der.latents(q)[:].tobytes() == run.latents(q)[kept].tobytes()
+
+
+@pytest.mark.parametrize("store_dtype", ["float32", "float16"])
+def test_block_hidden_states_copied_off_the_gpu_equal_an_independent_hook(tmp_path, store_dtype):
+    """block_steps= on CUDA: each block output is copied in the store dtype on the producer's stream, then to a pinned
+    slot buffer on the writer's copy stream; what is stored equals, bit for bit, the output a plain forward hook
+    cloned, cast with Tensor.to; the output is bit-identical to an unprobed run."""
+    from latent_probe import open_run
+    from latent_probe.testing import tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline(two_experts=True, boundary_ratio=0.875).to("cuda")
+    gen = lambda: dict(generator=torch.Generator("cuda").manual_seed(0))  # noqa: E731
+    base = run_pipe(pipe, steps=6, **gen())
+    calls: list[list[torch.Tensor]] = []
+    handles = []
+    for expert in (pipe.transformer, pipe.transformer_2):
+        handles.append(expert.register_forward_pre_hook(lambda m, a: calls.append([])))
+        for block in expert.blocks:
+            handles.append(block.register_forward_hook(lambda m, a, out: calls[-1].append(out.detach().clone())))
+    try:
+        with LatentProbe(pipe, tmp_path / "h.h5", capture=("x0",), blocks="all", block_steps="0,3,last",
+                         store_dtype=store_dtype, slots=1):
+            out = run_pipe(pipe, steps=6, **gen())
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(out, base)
+    dtype = getattr(torch, store_dtype)
+    with open_run(tmp_path / "h.h5") as run:
+        assert run.blocks.hidden_steps("uncond") == [0, 3, 5]
+        frames, tokens = 5, 16
+        for step in (0, 3, 5):
+            for j in range(len(pipe.transformer.blocks)):
+                for b, branch in enumerate(("cond", "uncond")):
+                    ref = calls[2 * step + b][j][:, : frames * tokens].unflatten(1, (frames, tokens)).to(dtype).cpu()
+                    got = run.blocks.hidden(step, j, branch)
+                    assert got.dtype == ref.dtype and got.view(torch.uint8).equal(ref.view(torch.uint8)), (step, j, branch)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..store.accessors import register_run_accessor
-from ..store.blocks import BRANCHES, block_info, read_block_sums
+from ..store.blocks import BRANCHES, block_info, hidden_steps, read_block_sums, read_hidden
 from .formulas import pair_metrics
 from .reductions import frame_pair_stats
 
@@ -205,6 +205,24 @@ class RunBlocks:
 
     def metrics(self) -> dict[str, np.ndarray]:
         return block_metrics_from_sums(self.sums())
+
+    def hidden_steps(self, branch: str = "cond") -> list[int]:
+        """The steps whose hidden states ``block_steps=`` stored for ``branch``."""
+        self.info  # noqa: B018 - refuses a run without block probes
+        return [int(s) for s in hidden_steps(self._run, branch)]
+
+    def hidden(self, step: int, block: int, branch: str = "cond", verify: bool = True) -> torch.Tensor:
+        """The output hidden states of block ``block`` (its index in the expert's block list; negative from the end)
+        at ``step`` and ``branch``, as stored (``block_steps=``): a CPU tensor [B, F', T, D] in the store dtype — the
+        real tokens, frame-major, T = H'·W' a frame (Wan2.2's padding past F'·T is not stored). Read from the file (or
+        the in-memory image) on each call, checked against the checksum written with it (``verify``)."""
+        info = self.info
+        count = int(info.get("block_count", 0))
+        index = block + count if block < 0 <= count + block else block
+        blocks = list(info["blocks"])
+        if index not in blocks:
+            raise KeyError(f"block {block} was not probed; probed blocks: {blocks}")
+        return torch.from_numpy(read_hidden(self._run, step, blocks.index(index), branch, verify))
 
     def to_xarray(self) -> Any:
         """xarray Dataset: ``block_cos``, ``block_l2`` (step, branch, batch, block, frame_pair); ``block_update``,

@@ -11,6 +11,9 @@
 /metrics/...            cached metric values (written by latent_probe.metrics)
 /online/<space>/<sum>   [S, ...] float64 per-step sums of metrics computed during the run (``metrics=``): sq [B, F],
                         dot and dd [B, F−1], change [4] (latent_probe.metrics.online says what each holds)
+/block_hidden/<branch>  [R, K, B, F', T, D] store dtype: the probed blocks' output hidden states at the steps
+                        block_steps= chose, one chunk a (row, block); <branch>_step [R] int64 (the step of each
+                        row), <branch>_crc [R, K] uint32 (each chunk's checksum), <branch>_flags [R, K] uint8
 /latent_step            [K] int64, with latents for chosen steps only (``latent_steps=``): the step of each latent
                         row; dimension scale "latent_step" of the latents' first axis. Absent: row s is step s.
 
@@ -43,6 +46,9 @@ METRICS_GROUP = "metrics"
 ONLINE_GROUP = "online"
 CHECKSUMS_GROUP = "checksums"  # /checksums/<quantity>: uint32 [K], the checksum of each stored latent row
 BLOCKS_GROUP = "blocks"  # /blocks: the block probes' per-step sums (store/blocks.py)
+HIDDEN_GROUP = "block_hidden"  # /block_hidden: the probed blocks' output hidden states at chosen steps (block_steps=)
+HIDDEN_BRANCHES = ("cond", "uncond")
+HIDDEN_LAYOUT = "row block batch frame token channel"  # /block_hidden/<branch>: [R, K, B, F', T, D]
 LATENT_STEP_DIM = "latent_step"
 STORE_DTYPES = ("float16", "float32")
 MAX_ROOT_ATTRS = 4096  # root attributes a reader accepts (a run writes about 40, plus the caller's attrs=)

@@ -49,7 +49,7 @@ from .liveness import hold_writer_lock, writer_alive
 from .superblock import declared_end_of_file
 from ..errors import LatentProbeError
 
-__all__ = ["StepMeta", "RunWriter", "WriterError", "DiskFullError"]
+__all__ = ["StepMeta", "HiddenRows", "RunWriter", "WriterError", "DiskFullError"]
 
 _STOP = object()
 # metadata an HDF5 step adds besides its latents (chunk index entries, the /steps chunk, object headers)
@@ -81,6 +81,20 @@ class StepMeta:
     blocked_ms: float = 0.0
 
 
+@dataclass(frozen=True)
+class HiddenRows:
+    """The block hidden states of one step (``LatentProbe(blocks=..., block_steps=...)``), staged during the step's
+    DiT calls with :meth:`RunWriter.stage_hidden`. ``shape``: (B, F', T, D) of one (block, branch) row; ``blocks``:
+    K, the probed blocks; ``branches``: branch name → (call, start, stop), the rows [start:stop] of what DiT call
+    ``call`` staged; ``keep``: False → nothing is stored for this step, only the shape is declared (the datasets are
+    created at the run's first step, whether or not it keeps them)."""
+
+    shape: tuple[int, int, int, int]
+    blocks: int
+    branches: dict[str, tuple[int, int, int]]
+    keep: bool
+
+
 @dataclass
 class _Slot:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -94,6 +108,13 @@ class _Slot:
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # per-step float64 metric sums (host)
     sums_host: torch.Tensor | None = None  # pinned float64 vector the device sums are copied into (CUDA)
     sums_layout: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (name, shape) of the pieces of sums_host
+    # block hidden states staged during the step's DiT calls, by (call, block position): host buffers (pinned and in
+    # the store dtype from CUDA; the source dtype on the CPU), the source's [min, max] (float64, pinned; CUDA only)
+    hidden: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    hidden_ranges: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    hidden_staged: set[tuple[int, int]] = field(default_factory=set)  # keys staged for this step
+    hidden_event: Any = None  # CUDA event after the last staged copy
+    hidden_rows: HiddenRows | None = None
 
 
 def _wait_for(event: torch.cuda.Event) -> None:
@@ -244,6 +265,12 @@ class RunWriter:
         self._sum_shapes: dict[str, tuple[int, ...]] = {}
         self._online_spaces: list[str] = []
         self._crc_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: _Slot | None = None  # the next step's slot, taken by stage_hidden during its DiT calls
+        self._pending_blocked = 0.0
+        self._hidden: dict[str, dict[str, h5py.Dataset]] = {}  # branch → data, step, crc, flags (block_steps=)
+        self._hidden_shape: tuple[int, int, int, int, int] | None = None  # [K, B, F', T, D] of one row
+        self._hidden_written: dict[str, int] = {}  # branch → rows written
+        self._warned_hidden = False
         self._latent_step: h5py.Dataset | None = None
         self._step_nbytes = 0
         self.latent_rows_written = 0
@@ -317,7 +344,7 @@ class RunWriter:
     # ------------------------------------------------------------------ producer side (hot path)
     def submit(self, meta: StepMeta, tensors: dict[str, torch.Tensor], owned: frozenset[str] = frozenset(),
                attrs: dict[str, Any] | None = None, *, sums: dict[str, torch.Tensor] | None = None,
-               keep_latents: bool = True) -> float:
+               keep_latents: bool = True, hidden: HiddenRows | None = None) -> float:
         """Queue one step; returns seconds the caller was blocked waiting for a free slot.
 
         tensors: quantity → [B, C, F, H, W]. ``owned`` names tensors the probe created itself and shares
@@ -326,23 +353,32 @@ class RunWriter:
         under ``/online/<name>`` (metrics computed during the run; on a GPU they travel with the step's copies); a name
         starting with "/" (``/blocks/sq``) is that path in the file.
         ``keep_latents=False`` (a writer made with ``latent_rows``): this step's latents are not stored; only
-        their shapes and dtypes are read.
+        their shapes and dtypes are read. ``hidden``: the block hidden states this step staged (:meth:`stage_hidden`)
+        and which branch each is; a run that keeps any declares them at every step.
         """
         if not keep_latents and not self.latent_rows:
             raise ValueError("keep_latents=False needs a writer made with latent_rows=True")
         if self._failed():
+            self.drop_staged()
             return 0.0
-        t0 = time.perf_counter()
-        while True:
-            try:
-                slot = self._free.get(timeout=0.5)
-                break
-            except queue.Empty:
-                if self._failed():
-                    return 0.0
-        blocked = time.perf_counter() - t0
+        if hidden is not None and hidden.keep:
+            want = {(call, k) for call, _, _ in hidden.branches.values() for k in range(hidden.blocks)}
+            staged = set() if self._pending is None else self._pending.hidden_staged
+            if not want <= staged:
+                self.drop_staged()
+                raise ValueError(f"step {meta.index} keeps block hidden states that were not staged: "
+                                 f"{sorted(want - staged)[:3]} (call, block)")
+        if self._pending is not None:
+            slot, blocked = self._pending, self._pending_blocked
+            self._pending = None
+        else:
+            got = self._take_slot()
+            if got is None:
+                return 0.0
+            slot, blocked = got
         self.blocked_s += blocked
         meta.blocked_ms = blocked * 1e3
+        slot.hidden_rows = hidden
         event = None
         slot.held = {}
         slot.keep = keep_latents
@@ -371,6 +407,78 @@ class RunWriter:
                 buf.copy_(t)
         self._todo.put((slot, meta, tuple(tensors), event, attrs))
         return blocked
+
+    def _take_slot(self) -> tuple[_Slot, float] | None:
+        """A free slot and the seconds waited for it; None when recording stopped meanwhile (on_error="warn")."""
+        t0 = time.perf_counter()
+        while True:
+            try:
+                return self._free.get(timeout=0.5), time.perf_counter() - t0
+            except queue.Empty:
+                if self._failed():
+                    return None
+
+    def stage_hidden(self, call: int, block: int, t: torch.Tensor) -> None:
+        """During the DiT calls of a step whose block hidden states are kept: take block position ``block``'s output
+        ``t`` [B_call, F', T, D] of the step's DiT call ``call`` into the next step's slot (taken now; the wait for a
+        free one is counted as the step's blocked time). On CUDA, ``t`` is copied in the store dtype on the producer's
+        stream — the values the block returned, whatever runs after it — then to pinned host memory on the writer's
+        copy stream, with its min and max; nothing waits on the host. On the CPU: a memcpy. A failed writer stages
+        nothing (the step's ``submit`` reports the failure)."""
+        if self._error is not None:
+            return
+        if self._pending is None:
+            got = self._take_slot()
+            if got is None:
+                return
+            self._pending, self._pending_blocked = got
+            self._pending.hidden_staged = set()
+            self._pending.hidden_event = None
+        slot, key = self._pending, (call, block)
+        t = t.detach()
+        if not t.is_cuda:
+            buf = slot.hidden.get(key)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.is_pinned():
+                buf = slot.hidden[key] = torch.empty(t.shape, dtype=t.dtype)
+            buf.copy_(t)
+            slot.hidden_ranges.pop(key, None)
+            slot.hidden_staged.add(key)
+            return
+        producer = torch.cuda.current_stream(t.device)
+        stage = t.to(self._torch_store_dtype, copy=True)  # stream-ordered after the block: its values, exactly
+        rows = t.reshape(t.shape[0], -1)
+        lo, hi = torch.aminmax(rows, dim=1) if rows.shape[1] else (rows.new_zeros(len(rows)),) * 2
+        span = torch.stack([lo.to(torch.float64), hi.to(torch.float64)], 1)  # [B_call, 2]: per batch row
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(t.device)
+        stream = self._copy_stream
+        stream.wait_stream(producer)
+        with torch.cuda.stream(stream):
+            buf = slot.hidden.get(key)
+            if buf is None or buf.shape != stage.shape or buf.dtype != stage.dtype or not buf.is_pinned():
+                buf = slot.hidden[key] = torch.empty(stage.shape, dtype=stage.dtype, pin_memory=True)
+            rng = slot.hidden_ranges.get(key)
+            if rng is None or rng.shape != span.shape:
+                rng = slot.hidden_ranges[key] = torch.empty(span.shape, dtype=torch.float64, pin_memory=True)
+            buf.copy_(stage, non_blocking=True)
+            rng.copy_(span, non_blocking=True)
+            stage.record_stream(stream)  # its memory goes back to the allocator once the copy ran
+            span.record_stream(stream)
+            event = torch.cuda.Event()
+            event.record(stream)
+        slot.hidden_event = event
+        slot.hidden_staged.add(key)
+
+    def drop_staged(self) -> None:
+        """Give back the slot a step took for its hidden states when that step is not submitted (recording stopped,
+        the step could not be recorded)."""
+        slot, self._pending = self._pending, None
+        if slot is not None:
+            event, slot.hidden_event = slot.hidden_event, None
+            if event is not None:  # the copies into its buffers may still run: let them finish first
+                _wait_for(event)
+            slot.hidden_staged = set()
+            self._free.put(slot)
 
     def _checksummer(self) -> concurrent.futures.ThreadPoolExecutor:
         """One helper thread of the writer thread: checksums a step's rows while they are written."""
@@ -572,11 +680,14 @@ class RunWriter:
                 if self._error is None:
                     if event is not None:
                         _wait_for(event)
+                    if slot.hidden_event is not None:
+                        _wait_for(slot.hidden_event)
                     self._write(slot, meta, names, attrs)
             except BaseException as exc:  # noqa: BLE001 - reported to the producer
                 self._error = exc
             finally:
                 slot.held = {}
+                slot.hidden_staged, slot.hidden_event, slot.hidden_rows = set(), None, None
                 self._free.put(slot)
 
     def _arrays(self, slot: _Slot, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int, int]:
@@ -623,6 +734,80 @@ class RunWriter:
                 at += size
         return out
 
+    def _hidden_arrays(self, slot: _Slot) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+        """Branch → (the K block rows [B, F', T, D] in the store dtype, flags [K] uint8: bit 0 the stored row holds
+        NaN/Inf, bit 1 finite values beyond the store dtype's range were stored as ±inf)."""
+        rows = slot.hidden_rows
+        if rows is None or not rows.keep:
+            return {}
+        dtype = np.dtype(self.store_dtype)
+        out = {}
+        for branch, (call, start, stop) in rows.branches.items():
+            arrays, flags = [], np.zeros(rows.blocks, np.uint8)
+            for k in range(rows.blocks):
+                t = slot.hidden[(call, k)][start:stop]
+                if t.dtype == torch.bfloat16:
+                    t = t.float()
+                src = t.numpy()
+                span = slot.hidden_ranges.get((call, k))
+                if span is not None:  # from the GPU, per batch row
+                    part = span[start:stop].numpy()
+                    lo, hi = (float(part[:, 0].min()), float(part[:, 1].max())) if len(part) else (0.0, 0.0)
+                elif src.size:
+                    lo, hi = float(src.min()), float(src.max())
+                else:
+                    lo = hi = 0.0
+                finite = np.isfinite(lo) and np.isfinite(hi)
+                with np.errstate(over="ignore"):
+                    over = finite and not (np.isfinite(dtype.type(lo)) and np.isfinite(dtype.type(hi)))
+                    arrays.append(np.ascontiguousarray(src.astype(dtype, copy=False)))
+                flags[k] = (0 if finite and not over else 1) | (2 if over else 0)
+            out[branch] = (arrays, flags)
+        return out
+
+    def _create_hidden(self, rows: HiddenRows) -> None:
+        """``/block_hidden/<branch>`` [R, K, B, F', T, D] (one chunk a (row, block)), ``<branch>_step`` [R],
+        ``<branch>_crc`` and ``<branch>_flags`` [R, K], for both branches (docs/hdf5-schema.md)."""
+        group = self.file.create_group(schema.HIDDEN_GROUP)
+        group.attrs["checksum"] = CHECKSUM
+        group.attrs["layout"] = schema.HIDDEN_LAYOUT
+        row = (rows.blocks, *rows.shape)
+        dtype = np.dtype(self.store_dtype)
+        for branch in schema.HIDDEN_BRANCHES:
+            self._hidden[branch] = {
+                "data": group.create_dataset(branch, shape=(0, *row), maxshape=(None, *row), chunks=(1, 1, *rows.shape),
+                                             dtype=dtype),
+                "step": group.create_dataset(f"{branch}_step", shape=(0,), maxshape=(None,),
+                                             chunks=(schema.SCALE_CHUNK,), dtype=np.int64),
+                "crc": group.create_dataset(f"{branch}_crc", shape=(0, rows.blocks), maxshape=(None, rows.blocks),
+                                            chunks=(schema.SCALE_CHUNK, rows.blocks), dtype=np.uint32),
+                "flags": group.create_dataset(f"{branch}_flags", shape=(0, rows.blocks), maxshape=(None, rows.blocks),
+                                              chunks=(schema.SCALE_CHUNK, rows.blocks), dtype=np.uint8),
+            }
+            self._hidden_written[branch] = 0
+        self._hidden_shape = row  # type: ignore[assignment]
+
+    def _write_hidden(self, step: int, hidden: dict[str, tuple[list[np.ndarray], np.ndarray]]) -> None:
+        """One row a branch: K chunks written directly, their checksums computed beside the writes."""
+        for branch, (arrays, flags) in hidden.items():
+            ds = self._hidden[branch]
+            at = self._hidden_written[branch]
+            crcs = self._checksummer().submit(lambda arrays=arrays: [checksum(a) for a in arrays])
+            data = ds["data"]
+            data.id.set_extent((at + 1, *data.shape[1:]))
+            for k, arr in enumerate(arrays):
+                data.id.write_direct_chunk((at, k) + (0,) * arr.ndim, arr)
+            self._append(ds["crc"], at, np.asarray(crcs.result(), dtype=np.uint32))
+            self._append(ds["flags"], at, flags)
+            self._append(ds["step"], at, np.asarray(step, dtype=np.int64))
+            self._hidden_written[branch] = at + 1
+            if flags.any() and not self._warned_hidden:
+                self._warned_hidden = True
+                what = "exceed float16's range (stored as ±inf; use store_dtype='float32')" if (flags & 2).any() \
+                    else "hold NaN/Inf"
+                warnings.warn(f"latent_probe: block hidden states ({branch}) at step {step} {what}; flagged in "
+                              f"/{schema.HIDDEN_GROUP}/{branch}_flags", RuntimeWarning, stacklevel=1)
+
     def _expert_index(self, name: str) -> int:
         if name == "unknown":
             return -1
@@ -633,7 +818,7 @@ class RunWriter:
         return self._experts.index(name)
 
     def _create(self, shapes: dict[str, tuple[int, ...]], sums: dict[str, np.ndarray], attrs: dict[str, Any] | None,
-                expert: str) -> None:
+                expert: str, hidden: HiddenRows | None = None) -> None:
         """First step: the latent datasets (``shapes``: quantity → [B, C, F, H, W]), those of the per-step sums,
         and the attributes known only now; then SWMR mode (nothing is created after it)."""
         f = self.file
@@ -693,6 +878,8 @@ class RunWriter:
                     name, shape=(0, *arr.shape), maxshape=(None, *arr.shape), chunks=(rows, *arr.shape),
                     dtype=np.float64)
                 self._sum_shapes[name] = arr.shape
+        if hidden is not None:
+            self._create_hidden(hidden)
         if self.path is not None:
             f.flush()
             f.swmr_mode = True
@@ -739,12 +926,20 @@ class RunWriter:
     def _write(self, slot: _Slot, meta: StepMeta, names: tuple[str, ...], attrs: dict[str, Any] | None) -> None:
         arrays, bits, over = self._arrays(slot, names)
         sums = self._sum_arrays(slot)
+        hidden = self._hidden_arrays(slot)
         if self._space is not None:  # reserve first: a full disk stops here, before HDF5 writes anything
             need = sum(a.nbytes for a in arrays.values()) + sum(a.nbytes for a in sums.values()) + _METADATA_MARGIN
+            need += sum(a.nbytes for rows, _ in hidden.values() for a in rows)
             self._space.ensure(self.file.id.get_filesize() + need)
         shapes = {n: a.shape for n, a in arrays.items()} if slot.keep else {n: s for n, (s, _) in slot.shapes.items()}
+        declared = slot.hidden_rows
         if not self._initialised:
-            self._create(shapes, sums, attrs, meta.expert)
+            self._create(shapes, sums, attrs, meta.expert, declared)
+        if (declared is None) != (self._hidden_shape is None) or (
+                declared is not None and (declared.blocks, *declared.shape) != self._hidden_shape):
+            raise ValueError(f"step {meta.index} declared block hidden states "
+                             f"{None if declared is None else (declared.blocks, *declared.shape)}, "
+                             f"the run's first step {self._hidden_shape}; use one LatentProbe per generation size")
         if tuple(shapes) != self._names:
             raise ValueError(f"step {meta.index} recorded {sorted(shapes)}, the run records {sorted(self._names)}")
         for name, shape in shapes.items():
@@ -766,6 +961,8 @@ class RunWriter:
                 self._append(self._checksums[name], at, np.asarray(crc, dtype=np.uint32))
             if self._latent_step is not None:
                 self._append(self._latent_step, at, np.asarray(n, dtype=np.int64))
+        if hidden:
+            self._write_hidden(n, hidden)
         for name, arr in sums.items():
             self._append(self._sum_datasets[name], n, arr)
         bits |= self._sums_nonfinite(sums)
