@@ -244,7 +244,7 @@ class BlockProbe(GenerationListener):
             if chosen:
                 call.width = int(out.shape[-1])
             if chosen and call.keep_hidden:
-                writer = self.recorder.writer if self.recorder is not None else None
+                writer: Any = self.recorder.writer if self.recorder is not None else None  # store.writer.RunWriter
                 if writer is not None:
                     if self._staged_in is not None and self._staged_in is not writer:
                         raise BlockProbeError("a step's hidden states were staged into two generations' writers")

@@ -126,6 +126,10 @@ def _wait_for(event: torch.cuda.Event) -> None:
         delay = min(delay * 2, 2e-3)
 
 
+def _checksums(arrays: list[np.ndarray]) -> list[int]:
+    return [checksum(a) for a in arrays]
+
+
 def partial_path(path: str) -> str:
     """Where a run is written until its first step is committed: hidden, beside ``path``."""
     folder, name = os.path.split(os.path.abspath(path))
@@ -792,7 +796,7 @@ class RunWriter:
         for branch, (arrays, flags) in hidden.items():
             ds = self._hidden[branch]
             at = self._hidden_written[branch]
-            crcs = self._checksummer().submit(lambda arrays=arrays: [checksum(a) for a in arrays])
+            crcs = self._checksummer().submit(_checksums, arrays)
             data = ds["data"]
             data.id.set_extent((at + 1, *data.shape[1:]))
             for k, arr in enumerate(arrays):
