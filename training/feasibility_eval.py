@@ -14,7 +14,7 @@ the trivial predictors are constant there); differences between predictors' Spea
 resampling prompts (the settings' means recomputed per resample). No predictor has a parameter fitted on
 these data (the sensitivities come from other clips), so every setting and clip is held out.
 
-    python training/feasibility_eval.py --json docs/data/feasibility_eval.json
+    python training/feasibility_eval.py --json docs/data/feasibility_eval.json --n-resamples 1000
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def table(d: dict, offline: dict | None = None, sens: dict | None = None) -> pd.
     (feasibility_offline_errors.json, feasibility_sensitivity.json); without them only the first four."""
     rows = []
     if sens is not None:
-        w_x0, w_pred = (sensitivity_of(sens, sp, len(d["sigmas"])) for sp in ("x0", "prediction"))
+        w = {sp: sensitivity_of(sens, sp, len(d["sigmas"])) for sp in ("x0", "prediction") if sp in sens["spaces"]}
     for i, s in enumerate(d["settings"]):
         name, u = f"{s['keep']}/{s['fill']}", s["until_steps"]
         per = np.asarray(d["feasibility"][name]["rel_l2"])       # [B, S] x̂₀ error, H200 baselines
@@ -65,8 +65,10 @@ def table(d: dict, offline: dict | None = None, sens: dict | None = None) -> pd.
                 pred = np.asarray(offline["errors"][name]["pred"][b])          # [S] prediction error, CPU
                 row["pred_integrated"] = integrated_error(pred, d["sigmas"], u)
                 if sens is not None:
-                    row["x0_weighted"] = weighted_error(per[b], w_x0, u)
-                    row["pred_weighted"] = weighted_error(pred, w_pred, u)
+                    if "x0" in w:
+                        row["x0_weighted"] = weighted_error(per[b], w["x0"], u)
+                    if "prediction" in w:
+                        row["pred_weighted"] = weighted_error(pred, w["prediction"], u)
             rows.append(row)
     return pd.DataFrame(rows)
 

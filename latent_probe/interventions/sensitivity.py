@@ -79,21 +79,22 @@ class StepPerturbation(ModelHook):
         self.calls += 1
         if i != self.step:
             return None
-        args, kwargs = list(args), dict(kwargs)
-        v = _arg(args, kwargs, 0, "model_output")
+        pos, kw = list(args), dict(kwargs)
+        v = _arg(pos, kw, 0, "model_output")
+        sigma = 1.0
         if self.space == "prediction":
             new = v.double() + self._delta(v.double())
         else:
-            sigma = _sigma(self.scheduler, i, _arg(args, kwargs, 1, "timestep"))
-            x_t = _arg(args, kwargs, 2, "sample").double()
+            sigma = _sigma(self.scheduler, i, _arg(pos, kw, 1, "timestep"))
+            x_t = _arg(pos, kw, 2, "sample").double()
             x0 = x_t - sigma * v.double()
             new = v.double() - self._delta(x0) / sigma
         new = new.to(v.dtype)
         got = new.double() - v.double() if self.space == "prediction" else -sigma * (new.double() - v.double())
         ref = v.double() if self.space == "prediction" else x0
         self.applied.append((_per_clip_norm(got) / _per_clip_norm(ref)).flatten().numpy())
-        _set_arg(args, kwargs, 0, "model_output", new)
-        return tuple(args), kwargs
+        _set_arg(pos, kw, 0, "model_output", new)
+        return tuple(pos), kw
 
     def _delta(self, x: torch.Tensor) -> torch.Tensor:
         """ε·‖x‖·d/‖d‖ per clip, d = fill(x at the keys) − x (x [B, C, F, H, W], float64)."""
