@@ -126,6 +126,17 @@ def _wait_for(event: torch.cuda.Event) -> None:
         delay = min(delay * 2, 2e-3)
 
 
+def _cast_checked(src: np.ndarray, lo: float, hi: float, dtype: np.dtype) -> tuple[np.ndarray, bool, bool]:
+    """``src`` in the store ``dtype``, whether the stored row holds NaN/Inf (``lo``/``hi``: its range, not finite, or
+    beyond the dtype's range), and whether finite values overflowed to ±inf. The overflow is flagged and warned
+    about once by the writer, not by numpy."""
+    finite = bool(np.isfinite(lo) and np.isfinite(hi))
+    with np.errstate(over="ignore"):
+        over = finite and not (np.isfinite(dtype.type(lo)) and np.isfinite(dtype.type(hi)))
+        out = src.astype(dtype, copy=False)
+    return out, (not finite) or over, over
+
+
 def _checksums(arrays: list[np.ndarray]) -> list[int]:
     return [checksum(a) for a in arrays]
 
@@ -715,15 +726,11 @@ class RunWriter:
                 lo, hi = float(src.min()), float(src.max())
             else:
                 lo = hi = 0.0
-            finite = np.isfinite(lo) and np.isfinite(hi)
-            with np.errstate(over="ignore"):
-                over = finite and not (np.isfinite(dtype.type(lo)) and np.isfinite(dtype.type(hi)))
-            if not finite or over:
+            out[name], bad, over = _cast_checked(src, lo, hi, dtype)
+            if bad:
                 nonfinite |= 1 << i
             if over:
                 overflow |= 1 << i
-            with np.errstate(over="ignore"):  # an overflow is flagged and warned about once, below, not by numpy
-                out[name] = src.astype(dtype, copy=False)
         return out, nonfinite, overflow
 
     @staticmethod
@@ -761,11 +768,9 @@ class RunWriter:
                     lo, hi = float(src.min()), float(src.max())
                 else:
                     lo = hi = 0.0
-                finite = np.isfinite(lo) and np.isfinite(hi)
-                with np.errstate(over="ignore"):
-                    over = finite and not (np.isfinite(dtype.type(lo)) and np.isfinite(dtype.type(hi)))
-                    arrays.append(np.ascontiguousarray(src.astype(dtype, copy=False)))
-                flags[k] = (0 if finite and not over else 1) | (2 if over else 0)
+                arr, bad, over = _cast_checked(src, lo, hi, dtype)
+                arrays.append(np.ascontiguousarray(arr))
+                flags[k] = (1 if bad else 0) | (2 if over else 0)
             out[branch] = (arrays, flags)
         return out
 
