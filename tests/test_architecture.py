@@ -95,7 +95,7 @@ LAYERS: dict[str, set[str]] = {
     "block_probe": GROUND | {"adapters", "capture", "hooks", "latent_steps", "metrics", "recorder"},
     "metrics": GROUND | {"parameterization", "store", "frames"},
     "views": GROUND | {"metrics", "store", "study", "parameterization"},
-    "study": GROUND | {"probe", "store", "metrics", "interventions", "adapters", "parameterization"},
+    "study": GROUND | {"probe", "store", "metrics", "interventions", "adapters", "parameterization", "hooks"},
     "testing": GROUND | {"adapters"},
     "demo": GROUND | {"probe", "interventions", "organism", "metrics", "store", "views"},
     "app": None,          # the application layer may import every room

@@ -57,14 +57,6 @@ from latent_probe.study.timing import DiTTimer, TokenCounter  # noqa: E402
 PAIRED_EVERY = 6   # a ``spec`` setting runs a baseline generation before every 6th clip (same process, same load)
 
 
-ThreadTimer = DiTTimer   # moved into the library (latent_probe.study.timing), shared with `latent-probe study`
-
-
-def CallCounter(experts: dict[str, torch.nn.Module]) -> TokenCounter:
-    """Tokens the DiT really ran, DiT calls, and calls whose last block really computed (``TokenCounter``)."""
-    return TokenCounter(list(experts.values()))
-
-
 def settings(quick: bool) -> list[dict[str, Any]]:
     """The grid: method, its strength parameters, steps."""
     out: list[dict[str, Any]] = [{"method": "baseline", "steps": 20}]
@@ -181,8 +173,8 @@ def prepare(setting: dict[str, Any], device: str, build: Callable[[], Any] | Non
 def generate_one(org: Any, prompt: int, seed: int, steps: int, intervene: Any) -> dict[str, Any]:
     """One generation under LatentProbe (no file, x0 not stored): final latent and its costs."""
     experts = {"high_noise": org.pipe.transformer, "low_noise": org.pipe.transformer_2}
-    counter = CallCounter(experts)
-    timer = ThreadTimer(list(experts.values()))
+    counter = TokenCounter(list(experts.values())).attach()   # the library's, shared with `latent-probe study`
+    timer = DiTTimer(list(experts.values())).attach()          # thread CPU time on a CPU, CUDA events on a GPU
     cuda = torch.cuda.is_available()
     try:
         with LatentProbe(org.pipe, None, capture=("x0",), store_dtype="float32", intervene=intervene):
@@ -194,8 +186,8 @@ def generate_one(org: Any, prompt: int, seed: int, steps: int, intervene: Any) -
                 torch.cuda.synchronize()
             cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
     finally:
-        counter.remove()
-        timer.remove()
+        counter.detach()
+        timer.detach()
     row = {"thread_cpu_s": cpu, "wall_s": wall, "dit_s": timer.seconds(), "token_steps": counter.tokens,
            "dit_calls": counter.calls, "blocks_run": counter.blocks_run}
     if intervene is not None:

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latent_probe import FrameTruncation, LatentProbe  # noqa: E402
-from latent_probe.app.compare import DiTTimer  # noqa: E402
+from latent_probe.study.timing import DiTTimer  # noqa: E402
 from latent_probe.interventions import default_keyframes  # noqa: E402
 from latent_probe.metrics import adjacent_frame_metrics  # noqa: E402
 from latent_probe.metrics.feasibility import frame_errors  # noqa: E402
@@ -60,7 +60,7 @@ def generate(org, call: tuple, intervene) -> tuple[torch.Tensor, object, float, 
     kwargs = batched_call(*call)
     cuda = torch.cuda.is_available()
     with LatentProbe(org.pipe, None, capture=("x0",), store_dtype="float32", intervene=intervene) as probe:
-        timer = DiTTimer(list(probe.parts.experts.values())).attach()
+        timer = DiTTimer(list(probe.parts.experts.values()), cpu_clock="wall").attach()
         try:
             if cuda:
                 torch.cuda.synchronize()
@@ -71,7 +71,7 @@ def generate(org, call: tuple, intervene) -> tuple[torch.Tensor, object, float, 
             wall = time.perf_counter() - t0
         finally:
             timer.detach()
-    return out.float().cpu(), probe.run, timer.total_s, wall, intervene
+    return out.float().cpu(), probe.run, timer.seconds(), wall, intervene
 
 
 def clip_metrics(final: torch.Tensor, base: torch.Tensor, x0_last: np.ndarray, x0_base_last: np.ndarray) -> dict:

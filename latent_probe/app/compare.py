@@ -3,7 +3,7 @@
 ``compare_truncation(target, run_fn, keep=3)`` runs ``run_fn()`` (one seeded generation of ``target``)
 twice: under a plain ``LatentProbe`` and under one with ``FrameTruncation``. DiT time is the sum over
 expert calls of pre-hook → post-hook (input slicing, forward, fill, probe hook included), with CUDA
-events on CUDA (device time, no sync inside the loop) and ``perf_counter`` on the CPU; wall time is the
+events on CUDA (device time, no sync inside the loop) and ``perf_counter`` on the CPU (``study.timing.DiTTimer``); wall time is the
 whole ``run_fn()`` (synchronised on CUDA). Fidelity compares the two runs' last recorded x̂₀ and, when
 ``run_fn`` returns a tensor (latent or video), the two outputs.
 """
@@ -19,63 +19,13 @@ import numpy as np
 import torch
 
 from ..adapters import resolve_target
-from ..hooks import FnHook, HookRegistry
 from ..interventions.frame_truncation import FrameTruncation
 from ..metrics.formulas import cosine_from_sums, relative_l2
 from ..metrics.reductions import diff_norms
 from ..probe import LatentProbe
+from ..study.timing import DiTTimer
 
-__all__ = ["DiTTimer", "TruncationComparison", "compare_truncation", "fidelity"]
-
-
-class DiTTimer:
-    """Sum of DiT call durations on a set of modules. Its hook is outermost (its pre_forward runs first and its
-    post_forward last), so ``attach`` after the probe entered times everything the probe and interventions add."""
-
-    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
-        self.modules = list(modules)
-        self._registry = HookRegistry()
-        self._open: dict[int, Any] = {}
-        self._events: list[tuple[Any, Any]] = []
-        self._cpu_s = 0.0
-        self.calls = 0
-
-    def attach(self) -> "DiTTimer":
-        for m in self.modules:
-            self._registry.add(m, FnHook(self._start, self._stop), outermost=True)
-        return self
-
-    def detach(self) -> None:
-        self._registry.remove_all()
-
-    def _cuda(self, module: torch.nn.Module) -> bool:
-        p = next(module.parameters(), None)
-        return p is not None and p.is_cuda
-
-    def _start(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._cuda(module):
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self._open[id(module)] = ev
-        else:
-            self._open[id(module)] = time.perf_counter()
-
-    def _stop(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        start = self._open.pop(id(module), None)
-        self.calls += 1
-        if isinstance(start, float):
-            self._cpu_s += time.perf_counter() - start
-        elif start is not None:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._events.append((start, end))
-
-    @property
-    def total_s(self) -> float:
-        """Seconds of DiT time (synchronises once if CUDA events are pending)."""
-        if self._events:
-            self._events[-1][1].synchronize()
-        return self._cpu_s + sum(a.elapsed_time(b) for a, b in self._events) / 1e3
+__all__ = ["TruncationComparison", "compare_truncation", "fidelity"]
 
 
 def fidelity(result: Any, reference: Any) -> dict[str, float]:
@@ -141,7 +91,7 @@ def _timed_generation(target: Any, run_fn: Callable[[], Any], path: str | None, 
     """(output, Run, DiT seconds, wall seconds) of one probed generation."""
     cuda = torch.cuda.is_available()
     with LatentProbe(target, path, intervene=intervene, **probe_kwargs) as probe:
-        timer = DiTTimer(list(probe.parts.experts.values())).attach()
+        timer = DiTTimer(list(probe.parts.experts.values()), cpu_clock="wall").attach()
         try:
             if cuda:
                 torch.cuda.synchronize()
@@ -152,7 +102,7 @@ def _timed_generation(target: Any, run_fn: Callable[[], Any], path: str | None, 
             wall = time.perf_counter() - t0
         finally:
             timer.detach()
-    return out, probe.run, timer.total_s, wall
+    return out, probe.run, timer.seconds(), wall
 
 
 def _ft_args(ft: FrameTruncation) -> dict[str, Any]:

@@ -13,88 +13,112 @@
   two calls both counted); ``dit_calls`` — expert forward calls; ``blocks_run`` — calls whose last block's
   self-attention ran (a cache that reuses the tail skips it).
 
-Plain torch module hooks, owned here and removed on exit (also when the generation raises); the timer's
-pre-hook is prepended so it starts before any other hook of the expert (a probe's, an intervention's).
+The package's hooks (``hooks.HookRegistry``), owned here and removed on exit (also when the generation raises);
+the timer's hook is outermost, so it starts before any other package hook of the expert (a probe's, an
+intervention's) and stops after them.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..hooks import FnHook, HookRegistry
 from .jobs import StudyError
 
 __all__ = ["DiTTimer", "TokenCounter", "GenerationClock", "GenerationCost"]
 
+_CPU_CLOCKS = {"thread": ("thread_cpu", time.thread_time), "wall": ("wall", time.perf_counter)}  # name, clock
+
+
+def _is_cuda(module: torch.nn.Module) -> bool:
+    p = next(module.parameters(), None)
+    return p is not None and p.is_cuda
+
 
 class DiTTimer:
-    """Seconds spent inside ``modules``' forward calls: thread CPU time (CPU parameters) or CUDA events (GPU)."""
+    """Seconds spent inside ``modules``' forward calls, and how many calls: CUDA events on a GPU (recorded at each
+    call's start and end, summed after one synchronise), else ``cpu_clock``: ``"thread"`` (``time.thread_time``
+    of the calling thread) or ``"wall"`` (``time.perf_counter``). ``clock`` names the one in use.
 
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
-        self.handles: list[Any] = []
-        self.total = 0.0
-        self._events: list[tuple[Any, Any]] = []
+    Its hook is outermost on each module (its ``pre_forward`` runs first and its ``post_forward`` last among the
+    package's hooks), so a timer attached after a probe entered times everything the probe and interventions add.
+    ``attach()`` / ``detach()`` add and remove exactly its own hooks."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module], *, cpu_clock: str = "thread") -> None:
+        if cpu_clock not in _CPU_CLOCKS:
+            raise ValueError(f"cpu_clock must be one of {tuple(_CPU_CLOCKS)}, got {cpu_clock!r}")
+        self.modules = list(modules)
+        name, self._now = _CPU_CLOCKS[cpu_clock]
+        self.clock = "cuda_events" if any(_is_cuda(m) for m in self.modules) else name
+        self._registry = HookRegistry()
         self._open: dict[int, Any] = {}
-        self.clock = "thread_cpu"
-        for m in modules:
-            if _is_cuda(m):
-                self.clock = "cuda_events"
-            self.handles.append(m.register_forward_pre_hook(self._start, prepend=True))
-            self.handles.append(m.register_forward_hook(self._stop, always_call=True))
+        self._events: list[tuple[Any, Any]] = []
+        self._cpu_s = 0.0
+        self.calls = 0
 
-    def _start(self, module: torch.nn.Module, args: Any) -> None:
+    def attach(self) -> "DiTTimer":
+        for m in self.modules:
+            self._registry.add(m, FnHook(self._start, self._stop), outermost=True)
+        return self
+
+    def detach(self) -> None:
+        self._registry.remove_all()
+
+    def _start(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if _is_cuda(module):
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
             self._open[id(module)] = ev
         else:
-            self._open[id(module)] = time.thread_time()
+            self._open[id(module)] = self._now()
 
-    def _stop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+    def _stop(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         start = self._open.pop(id(module), None)
-        if start is None:
-            return
+        self.calls += 1
         if isinstance(start, float):
-            self.total += time.thread_time() - start
-        else:
+            self._cpu_s += self._now() - start
+        elif start is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             self._events.append((start, end))
 
     def seconds(self) -> float:
-        """The total so far (synchronises on the last CUDA event)."""
+        """The total so far (synchronises once, on the last CUDA event, when CUDA events are pending)."""
         if self._events:
             self._events[-1][1].synchronize()
-        return self.total + sum(a.elapsed_time(b) for a, b in self._events) / 1e3
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
+        return self._cpu_s + sum(a.elapsed_time(b) for a, b in self._events) / 1e3
 
 
 class TokenCounter:
     """Tokens the DiT really ran (Σ B·L at each expert's first block), expert calls, and calls whose last block's
-    self-attention ran."""
+    self-attention ran. ``attach()`` / ``detach()`` add and remove exactly its own hooks."""
 
-    def __init__(self, experts: list[torch.nn.Module]) -> None:
+    def __init__(self, experts: Sequence[torch.nn.Module]) -> None:
+        self.experts = list(experts)
         self.tokens = 0
         self.calls = 0
         self.blocks_run = 0
-        self.handles: list[Any] = []
-        for m in experts:
+        self._registry = HookRegistry()
+
+    def attach(self) -> "TokenCounter":
+        for m in self.experts:
+            self._registry.add(m, FnHook(self._call))
             blocks = getattr(m, "blocks", None)
-            self.handles.append(m.register_forward_pre_hook(self._call))
             if isinstance(blocks, torch.nn.ModuleList) and len(blocks):
-                self.handles.append(blocks[0].register_forward_pre_hook(self._count, with_kwargs=True))
+                self._registry.add(blocks[0], FnHook(self._count))
                 last = getattr(blocks[-1], "attn1", None)
                 if isinstance(last, torch.nn.Module):
-                    self.handles.append(last.register_forward_pre_hook(self._block))
+                    self._registry.add(last, FnHook(self._block))
+        return self
 
-    def _call(self, module: torch.nn.Module, args: Any) -> None:
+    def detach(self) -> None:
+        self._registry.remove_all()
+
+    def _call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         self.calls += 1
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -102,13 +126,8 @@ class TokenCounter:
         if isinstance(x, torch.Tensor) and x.dim() >= 2:
             self.tokens += int(x.shape[0]) * int(x.shape[1])
 
-    def _block(self, module: torch.nn.Module, args: Any) -> None:
+    def _block(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         self.blocks_run += 1
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
 
 
 @dataclass(frozen=True)
@@ -129,11 +148,6 @@ class GenerationCost:
         return asdict(self)
 
 
-def _is_cuda(module: torch.nn.Module) -> bool:
-    p = next(module.parameters(), None)
-    return p is not None and p.is_cuda
-
-
 class GenerationClock:
     """Times one generation of the ``experts`` (a mapping or list of DiT modules); see the module docstring."""
 
@@ -143,8 +157,8 @@ class GenerationClock:
         self._cost: GenerationCost | None = None
 
     def __enter__(self) -> "GenerationClock":
-        self._timer = DiTTimer(self.experts)
-        self._counter = TokenCounter(self.experts)
+        self._timer = DiTTimer(self.experts).attach()
+        self._counter = TokenCounter(self.experts).attach()
         if self.cuda:
             torch.cuda.synchronize()
         self._w0, self._c0 = time.perf_counter(), time.thread_time()
@@ -162,8 +176,8 @@ class GenerationClock:
                                             dit_calls=self._counter.calls, blocks_run=self._counter.blocks_run,
                                             threads=torch.get_num_threads(), device=device)
         finally:
-            self._timer.remove()
-            self._counter.remove()
+            self._timer.detach()
+            self._counter.detach()
 
     def result(self) -> GenerationCost:
         """The costs of the timed block (``StudyError`` before the block ended without an error)."""
