@@ -167,3 +167,22 @@ def test_x0_space_fill_interpolates_the_schedulers_x0_not_the_prediction(two_exp
         assert torch.equal(run_pipe(two_expert_pipe), baseline)
     with pytest.raises(ValueError, match="fill_space"):
         FrameTruncation(keep=3, fill_space="latent")
+
+
+def test_x0_fill_refuses_a_call_whose_timestep_is_not_the_schedulers_sigma() -> None:
+    """x̂₀ = x_t − σ·v is exact only when the DiT call's t equals σ·T: the fill finds σ from the scheduler and
+    refuses a call at another timestep (one line naming both), never converting with the wrong σ."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from latent_probe.interventions.frame_truncation import _call_sigma
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    sched.set_timesteps(10)
+    parts = SimpleNamespace(scheduler=sched)
+    sched._step_index = 3
+    assert _call_sigma(parts, sched.timesteps[3]) == float(sched.sigmas[3])
+    assert _call_sigma(parts, float(sched.timesteps[3])) == float(sched.sigmas[3])
+    with pytest.raises(ValueError, match=r"fill_space='x0': step 3's timestep .* does not match the scheduler's σ"):
+        _call_sigma(parts, sched.timesteps[4])

@@ -32,6 +32,7 @@ from ..hooks import FnHook, HookRegistry, ModelHook
 from ..recorder import GenerationRecorder
 from ..adapters.dit_calls import CallShape, DitIO, frame0_is_conditioning, is_image_conditioned
 from ..frames import FILLS, FillPlan, default_keyframes, resolve_keyframes
+from .step_sigma import checked_sigma
 
 __all__ = ["FrameTruncation", "TruncatedCall", "POSITIONS"]
 
@@ -427,13 +428,10 @@ def _call_sigma(parts: TargetParts, t: Any) -> float:
     """σ of the step in progress (the scheduler's own), checked against the call's timestep t ≈ σ·T."""
     sched = parts.scheduler
     i = sched.step_index if sched.step_index is not None else (getattr(sched, "begin_index", None) or 0)
-    sigma = float(sched.sigmas[i])
-    now = float(t.detach().reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
-    total = float(getattr(sched.config, "num_train_timesteps", 1000))
-    if abs(now / total - sigma) > 2e-3 or sigma < 1e-3:
-        raise ValueError(f"fill_space='x0': the DiT call's timestep {now:g} does not match the scheduler's σ "
-                         f"{sigma:.5f} at step {i} (or σ is ~0): cannot convert its prediction to x̂₀ exactly")
-    return sigma
+    try:
+        return checked_sigma(sched, i, t)
+    except ValueError as exc:
+        raise ValueError(f"fill_space='x0': {exc}") from None
 
 
 def _check_schedule(schedule: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

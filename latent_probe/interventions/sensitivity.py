@@ -32,6 +32,7 @@ import torch
 from ..errors import LatentProbeError
 from ..frames import FILLS, default_keyframes, interpolate_frames, resolve_keyframes
 from ..hooks import HookRegistry, ModelHook
+from .step_sigma import checked_sigma
 
 __all__ = ["SensitivityError", "StepPerturbation", "StepSensitivity", "step_sensitivity", "SPACES"]
 
@@ -205,10 +206,7 @@ def _check_flow(scheduler: Any) -> None:
 
 def _sigma(scheduler: Any, i: int, t: Any) -> float:
     """σ of step i (the scheduler's own), checked against the call's timestep t ≈ σ·T."""
-    sigma = float(scheduler.sigmas[i])
-    now = float(t.detach().reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
-    total = float(getattr(scheduler.config, "num_train_timesteps", 1000))
-    if abs(now / total - sigma) > 2e-3 or sigma < 1e-3:
-        raise SensitivityError(f"space='x0': step {i}'s timestep {now:g} does not match the scheduler's σ "
-                               f"{sigma:.5f} (or σ ≈ 0): cannot convert its prediction to x̂₀ exactly")
-    return sigma
+    try:
+        return checked_sigma(scheduler, i, t)
+    except ValueError as exc:
+        raise SensitivityError(f"space='x0': {exc}") from None
