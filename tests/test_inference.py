@@ -115,3 +115,54 @@ def test_cluster_bootstrap_refuses_one_cluster_and_nan():
         I.cluster_bootstrap([1.0, 2.0, 3.0], [0, 0, 0])
     with pytest.raises(LatentProbeError, match="non-finite"):
         I.cluster_bootstrap([1.0, np.nan], [0, 1])
+
+
+def _clips(rng: np.random.Generator) -> pd.DataFrame:
+    """5 prompts × 2 seeds × settings a, b, c; b = a − 1 + noise, c = a + noise; one NaN (object lost) in c."""
+    rows = []
+    for p in range(5):
+        for s in range(2):
+            base = rng.normal() + p
+            for name, v in (("a", base), ("b", base - 1 + 0.1 * rng.normal()), ("c", base + 0.1 * rng.normal())):
+                rows.append({"prompt": f"p{p}", "seed": s, "setting": name, "m": v})
+    t = pd.DataFrame(rows)
+    t.loc[(t.setting == "c") & (t.prompt == "p2") & (t.seed == 1), "m"] = np.nan
+    return t
+
+
+def test_declared_comparisons_pair_drop_nan_and_holm_over_the_tested_ones():
+    t = _clips(np.random.default_rng(3))
+    fam = [I.Declared("P1", "m", "a", "b"), I.Declared("P2", "m", "a", "c"), I.Declared("P3", "m", "a", "zzz"),
+           I.Declared("P4", "nope", "a", "b")]
+    out = I.declared_comparisons(t, fam, n_resamples=800, seed=2)
+    assert [r["id"] for r in out] == ["P1", "P2", "P3", "P4"]
+    assert [r["status"] for r in out] == ["tested", "tested", "absent", "absent"]
+    wide = t.pivot_table(index=["prompt", "seed"], columns="setting", values="m", dropna=False)   # float64 reference
+    d1, d2 = (wide.a - wide.b).to_numpy(), (wide.a - wide.c).to_numpy()
+    assert out[0]["mean"] == pytest.approx(d1.mean(), rel=1e-12) and out[0]["n_clips"] == 10
+    assert out[1]["mean"] == pytest.approx(np.nanmean(d2), rel=1e-12) and out[1]["n_clips"] == 9
+    assert (out[0]["n_dropped"], out[1]["n_dropped"], out[1]["n_unpaired"]) == (0, 1, 0)
+    assert out[0]["low"] > 0.5 and out[1]["low"] < 0 < out[1]["high"]       # a real effect, and none
+    np.testing.assert_allclose([out[0]["p_holm"], out[1]["p_holm"]], I.holm([out[0]["p_value"], out[1]["p_value"]]))
+    assert "p_holm" not in out[2] and "p_holm" not in out[3]
+
+
+def test_declared_comparisons_with_one_prompt_left_are_reported_not_tested():
+    t = _clips(np.random.default_rng(4))
+    t.loc[(t.setting == "c") & (t.prompt != "p0"), "m"] = np.nan
+    (rec,) = I.declared_comparisons(t, [I.Declared("P1", "m", "a", "c")], n_resamples=100)
+    assert rec["status"] == "too few prompts" and rec["n_dropped"] == 8 and "p_value" not in rec
+
+
+def test_read_declared_accepts_the_documented_list_and_refuses_anything_else(tmp_path):
+    good = tmp_path / "p.json"
+    good.write_text('[{"id": "P1", "measure": "psnr", "a": "x", "b": "y"}]')
+    assert I.read_declared(str(good)) == [I.Declared("P1", "psnr", "x", "y")]
+    for text, why in (('[{"id": "P1", "measure": "psnr", "a": "x"}]', "expected a non-empty JSON list"),
+                      ('[]', "expected a non-empty JSON list"), ('{"id": 1}', "expected a non-empty JSON list"),
+                      ('[{"id": "P", "measure": "m", "a": "x", "b": "y"}, {"id": "P", "measure": "m", "a": "x", '
+                       '"b": "z"}]', "not unique"), ("[{", "cannot read")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(LatentProbeError, match=why):
+            I.read_declared(str(bad))

@@ -20,6 +20,8 @@ from latent_probe.app import cli
 PROMPTS = ("a red square moving right", "a blue disc moving left")
 STEPS = 6
 METHODS = "baseline,steps:4,truncation:2"
+DECLARED = [{"id": "P1", "measure": "psnr", "a": "method=truncation:2", "b": "method=steps:4"},
+            {"id": "P2", "measure": "motion_error", "a": "method=truncation:2", "b": "method=steps:4"}]
 
 
 def _sidecar(out, job_id):
@@ -51,9 +53,12 @@ def study(tmp_path_factory, weights):
                      "--capture", "none", "--metrics", "x0"]) == 0
     assert torch.get_num_threads() == threads            # one torch thread during each job only
     frontier = str(folder / "frontier.json")
+    declared = folder / "declared.json"
+    declared.write_text(json.dumps(DECLARED))
     assert cli.main(["suite", out, "--frontier", "--frontier_out", frontier, "-o", str(folder / "suite.html"),
-                     "--resamples", "300"]) == 0
-    return {"out": out, "frontier": json.load(open(frontier)), "prompts": str(prompts), "html": folder / "suite.html"}
+                     "--resamples", "300", "--declared", str(declared)]) == 0
+    return {"out": out, "frontier": json.load(open(frontier)), "prompts": str(prompts), "html": folder / "suite.html",
+            "declared": str(declared)}
 
 
 def test_every_job_records_its_costs_and_the_plain_generations_final_latent(study, weights):
@@ -123,6 +128,32 @@ def test_frontier_savings_and_scores_equal_independent_computations(study):
             pytest.approx((ci.mean, ci.low, ci.high), abs=1e-12)
     assert {s["method"] for s in doc["settings"]} == {"baseline", "fewer_steps", "truncation"}
     assert "Speed" in study["html"].read_text(encoding="utf-8")       # the frontier figure is on the page
+
+
+def test_declared_comparisons_are_paired_differences_by_prompt_with_holm(study, tmp_path, capsys):
+    from latent_probe.study.inference import cluster_bootstrap, holm
+
+    rows = study["frontier"]["clips"]
+    got = study["frontier"]["declared"]
+    assert [r["id"] for r in got] == ["P1", "P2"]
+    for r, d in zip(got, DECLARED):
+        by = {(c["prompt"], c["seed"]): c.get(d["measure"]) for c in rows if c["setting"] == d["a"]}
+        other = {(c["prompt"], c["seed"]): c.get(d["measure"]) for c in rows if c["setting"] == d["b"]}
+        diffs = [(k, by[k] - other[k]) for k in sorted(by) if by[k] is not None and other[k] is not None]
+        assert r["n_clips"] == len(diffs) and r["n_dropped"] == 4 - len(diffs)
+        if r["status"] != "tested":
+            continue
+        ci = cluster_bootstrap([v for _, v in diffs], [k[0] for k, _ in diffs], n_resamples=300, seed=0)
+        assert (r["mean"], r["low"], r["high"]) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-12)
+    tested = [r for r in got if r["status"] == "tested"]
+    assert tested and [r["p_holm"] for r in tested] == pytest.approx(list(holm([r["p_value"] for r in tested])))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": "P9", "measure": "psnr", "a": "method=steps:3", "b": "method=steps:4"}]))
+    assert cli.main(["suite", study["out"], "--frontier", "--declared", str(bad), "-o", str(tmp_path / "s.html")]) == 1
+    assert "declared comparison P9: the study has no setting 'method=steps:3'" in capsys.readouterr().err
+    assert not (tmp_path / "s.html").exists()
+    assert cli.main(["suite", study["out"], "--declared", study["declared"], "-o", str(tmp_path / "s.html")]) == 1
+    assert "--declared need --frontier" in capsys.readouterr().err and not (tmp_path / "s.html").exists()
 
 
 def test_the_json_reads_back_into_the_same_figure(study, tmp_path):

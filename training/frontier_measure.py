@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from latent_probe.organism import fidelity as F  # noqa: E402
 from latent_probe.organism import quality, videos  # noqa: E402
 from latent_probe.study.frontier import add_saving, best_at_saving, frontier_summary  # noqa: E402
-from latent_probe.study.inference import class_table, holm, paired_difference_ci  # noqa: E402
+from latent_probe.study.inference import Declared, class_table, declared_comparisons  # noqa: E402
 
 BASELINE = "baseline_s20"
 REPEAT = "baseline_s20_repeat1"
@@ -176,7 +176,8 @@ def markdown(out: dict, summ: pd.DataFrame, saving: str) -> str:
     lines += ["", "| # | measure | A − B | mean [95 % CI by prompt] | p | p (Holm, 4) |", "|---|---|---|---:|---:|---:|"]
     for r in out["primary"]:
         lines.append(f"| {r['id']} | {r['measure']} | {r['a']} − {r['b']} | {r['mean']:.3f} [{r['low']:.3f}, "
-                     f"{r['high']:.3f}] | {r['p_value']:.4f} | {r['p_holm']:.4f} |")
+                     f"{r['high']:.3f}] | {r['p_value']:.4f} | {r['p_holm']:.4f} |" if r["status"] == "tested" else
+                     f"| {r['id']} | {r['measure']} | {r['a']} − {r['b']} | {r['status']} | | |")
     for measure, recs in out["best_at_saving"].items():
         lines += ["", f"Best {measure} per method at a time saving ({saving}) of at least 25 / 40 / 60 % "
                   "(exploratory: a selection over settings):", "",
@@ -316,13 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                                      ("priced" if args.calls else "as run"))
     summ["paired_baseline_thread_cpu_s"] = summ.setting.map(
         lambda n: [b["thread_cpu_s"] for b in run["settings"][n].get("paired_baseline", [])] or None)
-    primary = []
-    for tag, measure, a, b in PRIMARY:
-        if a in run["settings"] and b in run["settings"]:
-            primary.append({"id": tag, **paired_difference_ci(table, a, b, measure).as_dict()})
-    if primary:
-        for rec, adj in zip(primary, holm([r["p_value"] for r in primary])):
-            rec["p_holm"] = float(adj)
+    primary = [r for r in declared_comparisons(table, [Declared(*d) for d in PRIMARY]) if r["status"] != "absent"]
     methods = summ[summ.method != "baseline"]
     saving = "saving_priced_s" if args.calls else "saving_thread_cpu_s"
     best = {m: best_at_saving(methods, m, saving, higher_is_better=hib).to_dict("records")

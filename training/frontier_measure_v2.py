@@ -36,7 +36,7 @@ from latent_probe.organism import fidelity as F  # noqa: E402
 from latent_probe.organism import fidelity_v2 as F2  # noqa: E402
 from latent_probe.organism import motion_v2, videos_v2  # noqa: E402
 from latent_probe.study.frontier import add_saving, best_at_saving, frontier_summary  # noqa: E402
-from latent_probe.study.inference import holm, paired_difference_ci  # noqa: E402
+from latent_probe.study.inference import Declared, declared_comparisons  # noqa: E402
 
 MEASURES = ("psnr", "ssim", "motion_error", "motion_pass", "flicker", "jitter", "nn_latent")
 TRAIN_SEED, HELD_OUT_SEED = 31, 32   # training-reference renders (pool) and held-out renders (floors)
@@ -110,29 +110,6 @@ def floors(base_rgb: torch.Tensor, base_stats: list[dict], labels: list[int], tr
     return {k: _summ(v) for k, v in out.items()}
 
 
-def primary_comparisons(table: pd.DataFrame, declared: tuple, n_resamples: int = 4000) -> list[dict]:
-    """Paired differences (cluster bootstrap by prompt) with Holm over those that could be computed; a clip whose
-    measure is undefined in either setting (object lost) leaves that comparison (``n_dropped``)."""
-    out = []
-    for tag, measure, a, b in declared:
-        if not {a, b} <= set(table.setting):
-            continue
-        ta = table[table.setting == a].set_index(["prompt", "seed"])[measure]
-        tb = table[table.setting == b].set_index(["prompt", "seed"])[measure]
-        ok = np.isfinite(ta) & np.isfinite(tb.reindex(ta.index))
-        keep = set(ta.index[ok.to_numpy()])
-        paired = np.array([(p, s) in keep for p, s in zip(table.prompt, table.seed)], dtype=bool)
-        sub = table[table.setting.isin([a, b]).to_numpy() & paired]
-        rec = {"id": tag, "measure": measure, "a": a, "b": b, "n_clips": len(keep), "n_dropped": int((~ok).sum())}
-        if len({p for p, _ in keep}) >= 2:
-            rec.update(paired_difference_ci(sub, a, b, measure, n_resamples=n_resamples).as_dict())
-        out.append(rec)
-    tested = [r for r in out if "p_value" in r]
-    for rec, adj in zip(tested, holm([r["p_value"] for r in tested]) if tested else []):
-        rec["p_holm"] = float(adj)
-    return out
-
-
 def markdown(out: dict, summ: pd.DataFrame) -> str:
     saving = out["saving_axis"]
     lines = [f"| setting | {saving} saved % | token-steps saved % | PSNR dB | SSIM | motion error (tol.) | "
@@ -156,7 +133,9 @@ def markdown(out: dict, summ: pd.DataFrame) -> str:
     lines += ["", "| # | measure | A − B | clips (dropped) | mean [95 % CI by prompt] | p | p (Holm) |",
               "|---|---|---|---:|---:|---:|---:|"]
     for r in out["primary"]:
-        if "mean" in r:
+        if r["status"] == "absent":
+            continue
+        if r["status"] == "tested":
             lines.append(f"| {r['id']} | {r['measure']} | {r['a']} − {r['b']} | {r['n_clips']} ({r['n_dropped']}) | "
                          f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {r['p_value']:.4f} | "
                          f"{r['p_holm']:.4f} |")
@@ -232,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     saving = "saving_thread_cpu_s" if run["machine"].startswith("cpu") else "saving_wall_s"
     summ = frontier_summary(table, [*MEASURES, *[f"saving_{c}" for c in time_cols], "blocks_run", "units_skipped"],
                             extra=("method", "steps"), n_resamples=args.resamples)
-    prim = primary_comparisons(table, primary(base_steps), args.resamples)
+    prim = declared_comparisons(table, [Declared(*d) for d in primary(base_steps)], n_resamples=args.resamples)
     methods = summ[summ.method != "baseline"]
     best = {m: best_at_saving(methods, m, saving, higher_is_better=hib).to_dict("records")
             for m, hib in (("psnr", True), ("motion_error", False), ("motion_pass", True))

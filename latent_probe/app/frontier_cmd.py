@@ -10,13 +10,15 @@ back): ``format``, ``study``, ``organism``, ``baseline``, ``saving_axis``, ``dev
 ``measures``, ``measure_titles``, ``floors`` (``seed_<measure>``: mean, p05, p95, min, max, n over pairs),
 ``settings`` (``frontier_summary`` rows: each measure and ``saving_<cost>`` with ``_low`` / ``_high`` / ``_n``),
 ``best_at_saving`` (per quality measure: the best setting of each method at 25 / 40 / 60 % saving —
-exploratory, a selection over settings) and ``clips`` (one row per clip: ids, costs, savings, measures).
+exploratory, a selection over settings), ``clips`` (one row per clip: ids, costs, savings, measures) and, with
+``declared`` (``--declared FILE``), ``declared``: the pre-declared comparisons as paired differences by prompt with
+Holm's correction (``study.inference.declared_comparisons``) — the confirmatory part, fixed before scoring.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 __all__ = ["frontier_document", "SAVING_AXES"]
 
@@ -50,9 +52,11 @@ def _summary_stats(values: list[float]) -> dict[str, Any]:
 
 
 def frontier_document(out_dir: str, saving: str = "auto", n_resamples: int = 2000, seed: int = 0,
-                      device: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Score every clip of the study in ``out_dir`` and summarise the frontier (see the module docstring).
-    Raises ``StudyError`` (one line) for a study that cannot give one."""
+                      device: str | None = None, log: Callable[[str], None] | None = None,
+                      declared: Sequence[Any] = ()) -> dict[str, Any]:
+    """Score every clip of the study in ``out_dir`` and summarise the frontier (see the module docstring);
+    ``declared``: ``study.inference.Declared`` comparisons to test (their settings and measures are checked
+    before any clip is scored). Raises ``StudyError`` (one line) for a study that cannot give one."""
     import itertools
 
     import numpy as np
@@ -60,6 +64,7 @@ def frontier_document(out_dir: str, saving: str = "auto", n_resamples: int = 200
 
     from ..study.frontier import add_saving, best_at_saving, frontier_summary
     from ..study.frontier_clips import COST_COLUMNS, read_frontier_study
+    from ..study.inference import declared_comparisons
     from ..study.jobs import StudyError
 
     say = log or (lambda text: None)
@@ -67,6 +72,7 @@ def frontier_document(out_dir: str, saving: str = "auto", n_resamples: int = 200
         raise StudyError(f"--frontier_saving {saving!r}: choose one of {', '.join(SAVING_AXES)}")
     study = read_frontier_study(out_dir)
     scorer = _scorer(study, device)
+    _check_declared(declared, {c.setting for c in study.clips}, scorer.measures)
     base_clips = [c for c in study.clips if c.setting == study.baseline]
     labels = {c.prompt_id: scorer.label(c.prompt) for c in study.clips}
     base_rgb = {(c.prompt_id, c.seed): scorer.rgb(study.final_latent(c)) for c in base_clips}
@@ -107,4 +113,20 @@ def frontier_document(out_dir: str, saving: str = "auto", n_resamples: int = 200
             "n_clips": int((table.setting == study.baseline).sum()), "measures": measures,
             "drawn": [m for m in scorer.drawn if m in measures], "measure_titles": dict(scorer.titles),
             "floors": {k: _summary_stats(v) for k, v in floors.items() if v},
-            "settings": summary.to_dict("records"), "best_at_saving": best, "clips": table.to_dict("records")}
+            "settings": summary.to_dict("records"), "best_at_saving": best, "clips": table.to_dict("records"),
+            **({"declared": declared_comparisons(table, declared, n_resamples=n_resamples, seed=seed)}
+               if declared else {})}
+
+
+def _check_declared(declared: Sequence[Any], settings: set[str], measures: Sequence[str]) -> None:
+    """A declared comparison names settings of this study and a measure its scorer gives (else one line)."""
+    from ..study.jobs import StudyError
+
+    for d in declared:
+        for name in (d.a, d.b):
+            if name not in settings:
+                raise StudyError(f"declared comparison {d.id}: the study has no setting {name!r} (its settings: "
+                                 f"{', '.join(sorted(settings))})")
+        if d.measure not in measures:
+            raise StudyError(f"declared comparison {d.id}: no measure {d.measure!r} (measures: "
+                             f"{', '.join(measures)})")

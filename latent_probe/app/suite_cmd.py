@@ -94,6 +94,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                                  "token_steps"),
                    help="with --frontier alone: the cost whose saving is the x axis (auto: the generation's thread "
                         "CPU time on a CPU, wall time on a GPU)")
+    p.add_argument("--declared", metavar="JSON",
+                   help="with --frontier alone: pre-declared comparisons, a JSON list of {\"id\", \"measure\", \"a\", "
+                        "\"b\"} (a, b: setting names as the frontier shows them, e.g. method=steps:12), each tested "
+                        "as the paired difference a - b by prompt, Holm-corrected; printed and in --frontier_out")
     p.set_defaults(func=suite_command)
     return p
 
@@ -126,6 +130,7 @@ def _study_frontier(args: argparse.Namespace, say: Any) -> Any:
     """The frontier figure of the one study folder in RUNS (and --frontier_out's JSON)."""
     import os
 
+    from ..study.inference import read_declared
     from ..study.jobs import StudyError
     from ..views.frontier import frontier_from_document
     from ..views.report import strict_json
@@ -135,8 +140,17 @@ def _study_frontier(args: argparse.Namespace, say: Any) -> Any:
     if len(args.runs) != 1 or not os.path.isdir(args.runs[0]):
         raise StudyError("--frontier without a JSON file computes the frontier of one study folder: "
                          "latent-probe suite STUDY --frontier")
+    declared = read_declared(args.declared) if args.declared else []
     doc = frontier_document(args.runs[0], saving=args.frontier_saving, n_resamples=args.resamples, seed=args.seed,
-                            log=lambda text: print(terminal(text), file=sys.stderr))
+                            log=lambda text: print(terminal(text), file=sys.stderr), declared=declared)
+    for r in doc.get("declared", []):
+        head = f"{r['id']} {r['measure']}: {r['a']} − {r['b']}"
+        if r["status"] == "tested":
+            say(terminal(f"{head} = {r['mean']:.4g} [{r['low']:.4g}, {r['high']:.4g}] (95 % CI by prompt, "
+                         f"{r['n_clips']} clips, {r['n_dropped']} dropped), p {r['p_value']:.4f}, Holm p "
+                         f"{r['p_holm']:.4f}"))
+        else:
+            say(terminal(f"{head}: not tested ({r['status']}; {r['n_dropped']} clips dropped)"))
     if args.frontier_out:
         _write(json.dumps(strict_json(doc), indent=1, allow_nan=False) + "\n", args.frontier_out)
         say(f"wrote {terminal(args.frontier_out)}")
@@ -157,10 +171,13 @@ def suite_command(args: argparse.Namespace) -> int:
     if not 0 < args.confidence < 1 or args.resamples < 1:
         raise ValueError("--confidence must be in (0, 1) and --resamples at least 1")
     frontier = None
+    if args.frontier is None and (args.frontier_out or args.declared):
+        raise ValueError("--frontier_out and --declared need --frontier (alone: latent-probe suite STUDY --frontier)")
     if args.frontier:  # a bad frontier file is refused before any run is read
         from ..views.frontier import frontier_from_json
-        if args.frontier_out:
-            raise ValueError("--frontier_out writes a frontier computed from a study: give --frontier without a file")
+        if args.frontier_out or args.declared:
+            raise ValueError("--frontier_out and --declared work on a frontier computed from a study: give --frontier "
+                             "without a file")
         frontier = frontier_from_json(args.frontier)
     elif args.frontier is not None:   # computed from the study folder, refused in one line before anything else
         frontier = _study_frontier(args, say)

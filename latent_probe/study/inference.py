@@ -8,6 +8,8 @@ and ``setting`` columns, and one column per measure.
 * ``paired_difference_ci`` — setting A − setting B on the same (prompt, seed) clips, cluster-bootstrapped by
   prompt, with a two-sided bootstrap p-value; refuses when the two settings do not cover the same clips;
 * ``holm`` — Holm's step-down adjusted p-values for a small, pre-declared family of comparisons;
+* ``declared_comparisons`` — such a family (``Declared``: id, measure, A, B; ``read_declared`` reads it from
+  JSON) as paired differences by prompt with Holm over those that could be tested;
 * ``rank_correlation`` — Spearman ρ and Kendall τ-b (``scipy.stats``: ties take average ranks / τ-b);
 * ``class_table`` — mean and prompt-cluster CI of a measure per (setting, class).
 
@@ -28,7 +30,7 @@ import pandas as pd
 from .records import StudyError
 
 __all__ = ["ClusterCI", "cluster_bootstrap", "PairedComparison", "paired_difference_ci", "holm",
-           "rank_correlation", "class_table"]
+           "Declared", "read_declared", "declared_comparisons", "rank_correlation", "class_table"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,81 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     adj = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
     out = np.empty(m)
     out[order] = adj
+    return out
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One pre-declared comparison: ``measure`` of setting ``a`` minus that of setting ``b``, named ``id``."""
+
+    id: str
+    measure: str
+    a: str
+    b: str
+
+
+def read_declared(path: str) -> list[Declared]:
+    """The comparisons declared in a JSON file: a list of ``{"id", "measure", "a", "b"}`` (strings, ids unique).
+    Anything else is refused (``StudyError``, one line naming the file)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"{path}: cannot read the declared comparisons ({exc})") from None
+    fields = ("id", "measure", "a", "b")
+    if not isinstance(doc, list) or not doc or not all(
+            isinstance(d, dict) and set(d) == set(fields) and all(isinstance(d[f], str) and d[f] for f in fields)
+            for d in doc):
+        raise StudyError(f"{path}: expected a non-empty JSON list of {{\"id\", \"measure\", \"a\", \"b\"}} "
+                         f"with string values")
+    out = [Declared(*(d[f] for f in fields)) for d in doc]
+    if len({d.id for d in out}) != len(out):
+        raise StudyError(f"{path}: the comparison ids are not unique")
+    return out
+
+
+def declared_comparisons(table: pd.DataFrame, declared: Sequence[Declared], *, setting: str = "setting",
+                         keys: Sequence[str] = ("prompt", "seed"), **bootstrap: Any) -> list[dict[str, Any]]:
+    """A pre-declared family of paired comparisons, each A − B over the clips where its measure is finite in both
+    settings (a clip whose object was lost leaves that comparison: ``n_dropped``; a clip in one setting only:
+    ``n_unpaired``), CI and p by prompt
+    (``paired_difference_ci``), and Holm's adjusted ``p_holm`` over the comparisons that could be tested.
+
+    One dict per declared comparison, in order: ``id``, ``measure``, ``a``, ``b``, ``status`` — ``"tested"``
+    (with ``mean``, ``low``, ``high``, ``n_prompts``, ``p_value``, ``p_holm``), ``"absent"`` (a setting or the
+    measure is not in the table) or ``"too few prompts"`` (fewer than 2 with finite pairs) — ``n_clips`` (finite
+    pairs), ``n_dropped`` and ``n_unpaired``. The family Holm corrects over is the tested ones; the others are
+    reported, not hidden.
+    """
+    out: list[dict[str, Any]] = []
+    for d in declared:
+        rec: dict[str, Any] = {"id": d.id, "measure": d.measure, "a": d.a, "b": d.b, "n_dropped": 0,
+                               "n_unpaired": 0}
+        out.append(rec)
+        if d.measure not in table.columns or not {d.a, d.b} <= set(table[setting]):
+            rec["status"] = "absent"
+            continue
+        ta = table[table[setting] == d.a].set_index(list(keys))[d.measure].astype(np.float64)
+        tb = table[table[setting] == d.b].set_index(list(keys))[d.measure].astype(np.float64)
+        both = ta.index.intersection(tb.index)
+        ok = both[np.isfinite(ta.reindex(both).to_numpy()) & np.isfinite(tb.reindex(both).to_numpy())]
+        rec["n_dropped"] = int(len(both) - len(ok))
+        rec["n_unpaired"] = int(len(ta.index.symmetric_difference(tb.index)))
+        keep = set(ok)
+        rec["n_clips"] = len(keep)
+        rows = [tuple(r) in keep for r in table[list(keys)].itertuples(index=False)]
+        sub = table[table[setting].isin([d.a, d.b]).to_numpy() & np.asarray(rows, dtype=bool)]
+        if len({k[0] for k in keep}) < 2:
+            rec["status"] = "too few prompts"
+            continue
+        rec.update(status="tested", **paired_difference_ci(sub, d.a, d.b, d.measure, setting=setting, keys=keys,
+                                                          **bootstrap).as_dict())
+    tested = [r for r in out if r["status"] == "tested"]
+    if tested:
+        for rec, adj in zip(tested, holm([r["p_value"] for r in tested])):
+            rec["p_holm"] = float(adj)
     return out
 
 
