@@ -166,3 +166,18 @@ def test_read_declared_accepts_the_documented_list_and_refuses_anything_else(tmp
         bad.write_text(text)
         with pytest.raises(LatentProbeError, match=why):
             I.read_declared(str(bad))
+
+
+def test_cluster_bootstrap_columns_is_the_recipe_per_column_with_nan_left_out():
+    rng = np.random.default_rng(5)
+    prompts = np.repeat(["a", "b", "c", "d"], [2, 3, 1, 2])
+    table = rng.normal(size=(8, 3)) + np.arange(8)[:, None]
+    table[1, 2] = table[5, 0] = np.nan
+    lo, hi = I.cluster_bootstrap_columns(table, prompts, n_resamples=400, seed=9)
+    labels = np.unique(prompts)
+    draw = np.random.default_rng(9).integers(0, 4, size=(400, 4))
+    means = np.array([np.nanmean(np.concatenate([table[prompts == labels[i]] for i in d]), axis=0) for d in draw])
+    np.testing.assert_allclose(lo, np.nanquantile(means, 0.025, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(hi, np.nanquantile(means, 0.975, axis=0), rtol=1e-12)
+    ci = I.cluster_bootstrap(table[:, 1], prompts, n_resamples=400, seed=9)      # one column: the same numbers
+    assert (ci.low, ci.high) == pytest.approx((lo[1], hi[1]), rel=1e-12)

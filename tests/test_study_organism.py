@@ -168,7 +168,8 @@ def test_firstblock_report_and_refusals(study, tiny_weights, tmp_path, capsys):
 
 def test_calibration_refuses_to_pool_other_settings_or_other_timesteps():
     from latent_probe.study import StudyError
-    from latent_probe.study.calibrate import ResidualRecord, cluster_bootstrap_ci, magcache_config, nearest_interp
+    from latent_probe.study.calibrate import ResidualRecord, magcache_config, nearest_interp
+    from latent_probe.study.inference import cluster_bootstrap_columns
 
     def rec(job, prompt, settings, ts, ratios):
         s = {"timestep": ts, "mag_ratio": ratios, "fbc_signal": [None] + [0.1] * (len(ts) - 1)}
@@ -189,5 +190,5 @@ def test_calibration_refuses_to_pool_other_settings_or_other_timesteps():
         magcache_config([a, rec("d", "p1", {"steps": 4}, [999, 950, 800, 700], [1.0] * 4)], "transformer", "cond")
     # the CI resamples prompts: two clips of one prompt and one of another give only two cluster values
     table = np.array([[1.0], [1.0], [3.0]])
-    lo, hi = cluster_bootstrap_ci(table, ["p1", "p1", "p2"], n_boot=500)
+    lo, hi = cluster_bootstrap_columns(table, ["p1", "p1", "p2"], n_resamples=500)
     assert lo[0] == 1.0 and hi[0] == 3.0

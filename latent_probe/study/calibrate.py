@@ -31,12 +31,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .inference import cluster_bootstrap_columns
 from .jobs import StudyError
 from .manifest import read_manifest
 from .runner import job_status, run_path
 
 __all__ = ["ResidualRecord", "read_residuals", "mag_ratio_table", "mag_ratio_summary", "magcache_config",
-           "fbc_signal_quantiles", "cluster_bootstrap_ci", "nearest_interp", "calibration_report"]
+           "fbc_signal_quantiles", "nearest_interp", "calibration_report"]
 
 FORMAT = "latent_probe.residuals/1"
 BRANCH_CHOICES = ("cond", "uncond", "mean")
@@ -118,22 +119,6 @@ def mag_ratio_table(records: Sequence[ResidualRecord], expert: str, branch: str,
     return np.asarray(rows, dtype=np.float64)
 
 
-def cluster_bootstrap_ci(table: np.ndarray, clusters: Sequence[str], n_boot: int = 2000, level: float = 0.95,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile CI of the column means of ``table`` [clips, K], resampling ``clusters`` (prompts) with
-    replacement and keeping every clip of a drawn cluster. NaN entries are left out of the means."""
-    labels = np.asarray(clusters)
-    groups = [np.flatnonzero(labels == c) for c in dict.fromkeys(labels.tolist())]
-    rng = np.random.default_rng(seed)
-    means = np.empty((n_boot, table.shape[1]))
-    for b in range(n_boot):
-        pick = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-        with np.errstate(invalid="ignore"):
-            means[b] = np.nanmean(table[pick], axis=0) if table.shape[1] else []
-    a = (1 - level) / 2
-    return np.nanquantile(means, a, axis=0), np.nanquantile(means, 1 - a, axis=0)
-
-
 def mag_ratio_summary(records: Sequence[ResidualRecord], expert: str, branch: str, n_boot: int = 2000
                       ) -> dict[str, Any]:
     """Per call: mean over clips, 95 % CI (cluster bootstrap by prompt; None with fewer than two prompts), clip
@@ -143,7 +128,7 @@ def mag_ratio_summary(records: Sequence[ResidualRecord], expert: str, branch: st
     if len(set(prompts)) < 2:   # one prompt: a bootstrap by prompt has nothing to resample
         lo = hi = None
     else:
-        lo, hi = (v.tolist() for v in cluster_bootstrap_ci(table, prompts, n_boot))
+        lo, hi = (v.tolist() for v in cluster_bootstrap_columns(table, prompts, n_resamples=n_boot))
     return {"expert": expert, "branch": branch, "timestep": records[0].series[(expert, branch)]["timestep"],
             "mean": table.mean(axis=0).tolist(), "ci95_low": lo, "ci95_high": hi,
             "clips": len(records), "prompts": len({r.prompt_id for r in records})}

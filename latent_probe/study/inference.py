@@ -5,6 +5,7 @@ and ``setting`` columns, and one column per measure.
 
 * ``cluster_bootstrap`` — mean and percentile CI resampling **prompts** with replacement, each drawn prompt
   bringing all its clips (clips are nested in prompts, so their variation counts once, not N times);
+  ``cluster_bootstrap_columns`` the same for every column of a [clips, K] table at once (NaN entries left out);
 * ``paired_difference_ci`` — setting A − setting B on the same (prompt, seed) clips, cluster-bootstrapped by
   prompt, with a two-sided bootstrap p-value; refuses when the two settings do not cover the same clips;
 * ``holm`` — Holm's step-down adjusted p-values for a small, pre-declared family of comparisons;
@@ -29,7 +30,7 @@ import pandas as pd
 
 from .records import StudyError
 
-__all__ = ["ClusterCI", "cluster_bootstrap", "PairedComparison", "paired_difference_ci", "holm",
+__all__ = ["ClusterCI", "cluster_bootstrap", "cluster_bootstrap_columns", "PairedComparison", "paired_difference_ci", "holm",
            "Declared", "read_declared", "declared_comparisons", "rank_correlation", "class_table"]
 
 
@@ -49,6 +50,30 @@ class ClusterCI:
                 "n_prompts": self.n_clusters}
 
 
+def _resample(values: np.ndarray, clusters: Any, n_resamples: int, confidence: float, seed: int
+              ) -> tuple[np.ndarray, int]:
+    """[n_resamples, K] means of the finite entries of each column of ``values`` [N, K] over clusters drawn with
+    replacement (the recipe in the module docstring), and the number of clusters."""
+    c = np.asarray(clusters).ravel()
+    if values.ndim != 2 or values.shape[0] != c.size or c.size == 0:
+        raise StudyError(f"a cluster bootstrap needs values and cluster labels of one length > 0, got "
+                         f"{values.shape[0] if values.ndim else 0} and {c.size}")
+    if not 0 < confidence < 1 or n_resamples < 1:
+        raise StudyError("confidence must be in (0, 1) and n_resamples at least 1")
+    labels, idx = np.unique(c, return_inverse=True)
+    p = len(labels)
+    if p < 2:
+        raise StudyError("a cluster bootstrap needs at least 2 clusters (prompts): one gives no interval")
+    finite = np.isfinite(values)
+    sums = np.zeros((p, values.shape[1]))
+    counts = np.zeros((p, values.shape[1]))
+    np.add.at(sums, idx, np.where(finite, values, 0.0))                # [P, K] per-cluster sums
+    np.add.at(counts, idx, finite.astype(np.float64))                  # [P, K] finite clips per cluster
+    draw = np.random.default_rng(seed).integers(0, p, size=(n_resamples, p))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums[draw].sum(1) / counts[draw].sum(1), p
+
+
 def cluster_bootstrap(values: Any, clusters: Any, *, n_resamples: int = 4000, confidence: float = 0.95,
                       seed: int = 0) -> ClusterCI:
     """Mean of ``values`` [N] and its CI from resampling ``clusters`` [N] (labels, e.g. prompts).
@@ -57,23 +82,26 @@ def cluster_bootstrap(values: Any, clusters: Any, *, n_resamples: int = 4000, co
     weight the other clips of that prompt up.
     """
     v = np.asarray(values, dtype=np.float64).ravel()
-    c = np.asarray(clusters).ravel()
-    if v.shape != c.shape or v.size == 0:
-        raise StudyError(f"cluster_bootstrap needs values and cluster labels of one length > 0, got {v.size} and {c.size}")
+    if v.size != np.asarray(clusters).size or v.size == 0:
+        raise StudyError(f"cluster_bootstrap needs values and cluster labels of one length > 0, got {v.size} and "
+                         f"{np.asarray(clusters).size}")
     if not np.isfinite(v).all():
         raise StudyError(f"cluster_bootstrap got {int((~np.isfinite(v)).sum())} non-finite values; drop them first")
-    if not 0 < confidence < 1 or n_resamples < 1:
-        raise StudyError("confidence must be in (0, 1) and n_resamples at least 1")
-    labels, idx = np.unique(c, return_inverse=True)
-    p = len(labels)
-    if p < 2:
-        raise StudyError("cluster_bootstrap needs at least 2 clusters (prompts): one gives no interval")
-    sums = np.bincount(idx, weights=v, minlength=p)                    # [P] per-cluster sums
-    counts = np.bincount(idx, minlength=p).astype(np.float64)          # [P] clips per cluster
-    draw = np.random.default_rng(seed).integers(0, p, size=(n_resamples, p))
-    boot = sums[draw].sum(1) / counts[draw].sum(1)
+    means, p = _resample(v[:, None], clusters, n_resamples, confidence, seed)
+    boot = means[:, 0]
     low, high = np.percentile(boot, [50 * (1 - confidence), 50 * (1 + confidence)])
     return ClusterCI(float(v.mean()), float(low), float(high), int(v.size), p, boot)
+
+
+def cluster_bootstrap_columns(table: Any, clusters: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
+                              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CI [K], [K] of the column means of ``table`` [N, K] (e.g. clips × DiT calls), resampling
+    ``clusters`` [N] as ``cluster_bootstrap`` does; NaN entries are left out of each resample's column means
+    (a column with no finite entry in a resample does not count for that column)."""
+    means, _ = _resample(np.asarray(table, dtype=np.float64), clusters, n_resamples, confidence, seed)
+    a = (1 - confidence) / 2
+    with np.errstate(invalid="ignore"):
+        return np.nanquantile(means, a, axis=0), np.nanquantile(means, 1 - a, axis=0)
 
 
 @dataclass(frozen=True)
