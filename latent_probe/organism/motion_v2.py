@@ -15,7 +15,7 @@ import torch
 
 from . import OrganismInputError
 from . import videos_v2 as v2
-from .quality import fit_line, unwrap_orientation
+from .quality import colour_weights, fit_line, principal_angle, unwrap_orientation, weighted_centroid
 
 __all__ = ["TRACK_RADIUS", "MIN_MASS", "TOLERANCE", "color_track", "bar_angle", "fit_quadratic", "pan_speed", "measure",
            "truth", "check", "MODEL"]
@@ -44,38 +44,17 @@ _TOL_KEY = {"vx": "v", "vy": "v", "behind_vx": "v", "omega": "omega", "pan_vx": 
             "vanish": "frame", "accel": "accel", "v0": "v0"}
 
 
-def _pixel_centres(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    return xs.double(), ys.double()
-
-
-def _weights(rgb: torch.Tensor, color: str) -> torch.Tensor:
-    col = torch.tensor(v2.COLORS[color], dtype=torch.float64)
-    d = (rgb.double() - col[:, None, None, None]).pow(2).sum(0).sqrt()          # [F, H, W]
-    return (1 - d / TRACK_RADIUS).clamp(min=0) ** 2
-
-
 def color_track(rgb: torch.Tensor, color: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroid (x, y) [F, 2] (float64) of the pixels near ``COLORS[color]`` and their weight [F].
 
     Weight of a pixel (1 − |rgb − colour| / TRACK_RADIUS)², 0 beyond; frames below MIN_MASS get NaN.
     """
-    w = _weights(rgb, color)
-    xs, ys = _pixel_centres(*rgb.shape[-2:])
-    mass = w.sum((1, 2))
-    c = torch.stack([(w * xs).sum((1, 2)), (w * ys).sum((1, 2))], -1) / mass.clamp(min=1e-12)[:, None]
-    return torch.where((mass >= MIN_MASS)[:, None], c, torch.full_like(c, math.nan)), mass
+    return weighted_centroid(colour_weights(rgb.double(), v2.COLORS[color], TRACK_RADIUS), MIN_MASS)
 
 
 def bar_angle(rgb: torch.Tensor) -> torch.Tensor:
     """Orientation [F] in [0, π) of the white bar: principal axis of the near-white pixels' second moments."""
-    w = _weights(rgb, "white")
-    xs, ys = _pixel_centres(*rgb.shape[-2:])
-    m = w.sum((1, 2)).clamp(min=1e-12)
-    cx, cy = (w * xs).sum((1, 2)) / m, (w * ys).sum((1, 2)) / m
-    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
-    sxx, syy, sxy = (w * dx * dx).sum((1, 2)), (w * dy * dy).sum((1, 2)), (w * dx * dy).sum((1, 2))
-    return (0.5 * torch.atan2(2 * sxy, sxx - syy)) % math.pi
+    return principal_angle(colour_weights(rgb.double(), v2.COLORS["white"], TRACK_RADIUS), eps=1e-12)
 
 
 def _shift_x(img: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:

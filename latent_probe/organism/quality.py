@@ -21,9 +21,38 @@ TRACK_RADIUS = 0.5     # RGB distance at which a pixel stops counting as the obj
 MIN_MASS = 1.0         # minimum weight (≈ pixels) for a frame to count as "object visible"
 
 
-def _pixel_centres(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixel_centres(h: int, w: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y [H, W] of the pixel centres (k + 0.5, exact in any float dtype)."""
     ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    return xs, ys
+    return xs.to(dtype), ys.to(dtype)
+
+
+def colour_weights(rgb: torch.Tensor, colour: tuple[float, float, float], radius: float) -> torch.Tensor:
+    """[F, H, W] weight of each pixel of ``rgb`` [3, F, H, W] (in its dtype): (1 − |rgb − colour| / radius)², 0
+    beyond ``radius``."""
+    col = torch.tensor(colour, dtype=rgb.dtype)
+    d = (rgb - col[:, None, None, None]).pow(2).sum(0).sqrt()            # [F, H, W]
+    return (1 - d / radius).clamp(min=0) ** 2
+
+
+def weighted_centroid(w: torch.Tensor, min_mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroid (x, y) [F, 2] of the weights ``w`` [F, H, W] (NaN where the mass is below ``min_mass``) and
+    the mass [F]."""
+    xs, ys = _pixel_centres(*w.shape[-2:], dtype=w.dtype)
+    mass = w.sum((1, 2))
+    c = torch.stack([(w * xs).sum((1, 2)), (w * ys).sum((1, 2))], -1) / mass.clamp(min=1e-12)[:, None]
+    return torch.where((mass >= min_mass)[:, None], c, torch.full_like(c, math.nan)), mass
+
+
+def principal_angle(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Orientation [F] in [0, π) of the principal axis of the weights' second moments (``w`` [F, H, W]; a
+    frame's mass is clamped at ``eps``)."""
+    xs, ys = _pixel_centres(*w.shape[-2:], dtype=w.dtype)
+    m = w.sum((1, 2)).clamp(min=eps)
+    cx, cy = (w * xs).sum((1, 2)) / m, (w * ys).sum((1, 2)) / m
+    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+    sxx, syy, sxy = (w * dx * dx).sum((1, 2)), (w * dy * dy).sum((1, 2)), (w * dx * dy).sum((1, 2))
+    return (0.5 * torch.atan2(2 * sxy, sxx - syy)) % math.pi
 
 
 def color_track(rgb: torch.Tensor, color: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,26 +60,12 @@ def color_track(rgb: torch.Tensor, color: str) -> tuple[torch.Tensor, torch.Tens
 
     Weight of a pixel: (1 − |rgb − colour| / TRACK_RADIUS)², 0 beyond. Frames of weight < MIN_MASS get NaN.
     """
-    col = torch.tensor(videos.COLORS[color], dtype=rgb.dtype)
-    d = (rgb - col[:, None, None, None]).pow(2).sum(0).sqrt()            # [F, H, W]
-    wgt = (1 - d / TRACK_RADIUS).clamp(min=0) ** 2
-    xs, ys = _pixel_centres(*rgb.shape[-2:])
-    mass = wgt.sum((1, 2))
-    cx, cy = (wgt * xs).sum((1, 2)) / mass, (wgt * ys).sum((1, 2)) / mass
-    centre = torch.stack([cx, cy], -1)
-    return torch.where((mass >= MIN_MASS)[:, None], centre, torch.full_like(centre, math.nan)), mass
+    return weighted_centroid(colour_weights(rgb, videos.COLORS[color], TRACK_RADIUS), MIN_MASS)
 
 
 def bar_angle(rgb: torch.Tensor) -> torch.Tensor:
     """Orientation [F] in [0, π) of the white bar (principal axis of the near-white pixels' second moments)."""
-    col = torch.tensor(videos.COLORS["white"], dtype=rgb.dtype)
-    wgt = (1 - (rgb - col[:, None, None, None]).pow(2).sum(0).sqrt() / TRACK_RADIUS).clamp(min=0) ** 2
-    xs, ys = _pixel_centres(*rgb.shape[-2:])
-    m = wgt.sum((1, 2)).clamp(min=1e-9)
-    cx, cy = (wgt * xs).sum((1, 2)) / m, (wgt * ys).sum((1, 2)) / m
-    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
-    sxx, syy, sxy = (wgt * dx * dx).sum((1, 2)), (wgt * dy * dy).sum((1, 2)), (wgt * dx * dy).sum((1, 2))
-    return (0.5 * torch.atan2(2 * sxy, sxx - syy)) % math.pi
+    return principal_angle(colour_weights(rgb, videos.COLORS["white"], TRACK_RADIUS), eps=1e-9)
 
 
 def pan_velocity(rgb: torch.Tensor) -> torch.Tensor:
