@@ -22,6 +22,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F_
 
+from .render_common import (BAR, CROSSING_DISCS, DISC, NONE, ROTATING_BAR, SQUARE, CommonMotion, coverage,
+                            crossing_disc, drawn_per_class, front_disc, offsets, paint, pan_or_static, pin_centres,
+                            pixel_grid, shaded, shape_distance, start_inside, tracks, uniform)
+
 __all__ = ["PROMPTS", "FRAMES", "SIZE", "CHANNELS", "COLORS", "Motion", "Clips", "render", "render_clip",
            "lift", "to_rgb", "latent_map", "sample_labels"]
 
@@ -46,14 +50,13 @@ COLORS = {  # RGB in [0, 1] of the shapes
     "red": (0.92, 0.16, 0.12), "blue": (0.15, 0.35, 0.95), "green": (0.15, 0.85, 0.25),
     "yellow": (0.95, 0.85, 0.15), "white": (0.95, 0.95, 0.95),
 }
-SQUARE, DISC, BAR, NONE = 0, 1, 2, 3
 # per class: shape of object A, its colour, whether the background pans
 _SHAPE = (SQUARE, DISC, SQUARE, DISC, BAR, DISC, NONE, NONE)
 _COLOR = ("red", "blue", "green", "yellow", "white", "red", "white", "white")
 
 
 @dataclass
-class Motion:
+class Motion(CommonMotion):
     """Ground truth of a batch. Units: latent pixels, frames, radians.
 
     labels [B] class index into ``PROMPTS``; centers [B, 2, F, 2] (object A / B, frame, (x, y)), NaN where the
@@ -61,13 +64,6 @@ class Motion:
     displacement (x, y) of the background content since frame 0 (0 for static backgrounds); size [B, 2]
     half side / radius / bar half length of A, radius of B; omega [B] bar angular velocity (rad/frame).
     """
-
-    labels: torch.Tensor
-    centers: torch.Tensor
-    angle: torch.Tensor
-    pan: torch.Tensor
-    size: torch.Tensor
-    omega: torch.Tensor
 
     @property
     def velocity(self) -> torch.Tensor:
@@ -107,20 +103,16 @@ def sample_labels(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(len(PROMPTS), (n,), generator=generator, device=generator.device)
 
 
-def _u(generator: torch.Generator, b: int, lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(b, generator=generator, device=generator.device)
-
-
 def _params(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-clip parameters [B] (frame 0 positions, velocities, sizes, texture), drawn for every class."""
     b, dev = labels.shape[0], labels.device
     n = FRAMES - 1
     p: dict[str, torch.Tensor] = {}
     cls = labels
-    speed = _u(g, b, 0.30, 0.45)
+    speed = uniform(g, b, 0.30, 0.45)
     sign = torch.where(torch.rand(b, generator=g, device=dev) < 0.5, -1.0, 1.0)
     sign2 = torch.where(torch.rand(b, generator=g, device=dev) < 0.5, -1.0, 1.0)
-    diag = _u(g, b, 0.20, 0.30)
+    diag = uniform(g, b, 0.20, 0.30)
     vx = torch.zeros(b, device=dev)
     vy = torch.zeros(b, device=dev)
     vx = torch.where(cls == 0, speed, vx)
@@ -129,63 +121,39 @@ def _params(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]
     vx = torch.where(cls == 3, sign * diag, vx)
     vy = torch.where(cls == 3, sign2 * diag, vy)
     vx = torch.where(cls == 5, speed, vx)
-    size = _u(g, b, 1.6, 2.3)
-    size = torch.where(cls == 4, _u(g, b, 5.0, 6.2), size)
-    size = torch.where(cls == 5, _u(g, b, 1.9, 2.4), size)
-    m = size + 0.5
+    size = drawn_per_class(g, cls, (1.6, 2.3), {ROTATING_BAR: (5.0, 6.2), CROSSING_DISCS: (1.9, 2.4)})
     # frame-0 centre chosen so the object stays inside the frame for all F frames
-    x_lo, x_hi = m - torch.clamp(n * vx, max=0), SIZE - m - torch.clamp(n * vx, min=0)
-    y_lo, y_hi = m - torch.clamp(n * vy, max=0), SIZE - m - torch.clamp(n * vy, min=0)
-    x0, y0 = _u(g, b, x_lo, x_hi), _u(g, b, y_lo, y_hi)
-    x0 = torch.where(cls == 4, _u(g, b, 7.0, 9.0), x0)
-    y0 = torch.where(cls == 4, _u(g, b, 7.0, 9.0), y0)
-    x0 = torch.where(cls == 5, _u(g, b, 2.5, 3.5), x0)
-    y0 = torch.where(cls == 5, _u(g, b, 5.0, 11.0), y0)
+    x0, y0 = start_inside(g, SIZE, size + 0.5, n * vx, n * vy)
+    x0, y0 = pin_centres(g, cls, x0, y0, {ROTATING_BAR: ((7.0, 9.0), (7.0, 9.0)),
+                                          CROSSING_DISCS: ((2.5, 3.5), (5.0, 11.0))})
     p.update(x0=x0, y0=y0, vx=vx, vy=vy, size=size)
-    p["width"] = _u(g, b, 0.9, 1.2)                                  # bar half width
-    p["theta0"] = _u(g, b, 0.0, math.pi)
-    p["omega"] = torch.where(cls == 4, sign * _u(g, b, 0.06, 0.12), torch.zeros(b, device=dev))
+    p["width"] = uniform(g, b, 0.9, 1.2)                              # bar half width
+    p["theta0"] = uniform(g, b, 0.0, math.pi)
+    p["omega"] = torch.where(cls == 4, sign * uniform(g, b, 0.06, 0.12), torch.zeros(b, device=dev))
     # object B (class 5): blue disc moving left, in front, at about the same height
-    p["b_radius"] = _u(g, b, 1.9, 2.4)
-    p["b_vx"] = -_u(g, b, 0.30, 0.45)
-    p["b_x0"] = _u(g, b, 12.5, 13.5)
-    p["b_y0"] = (y0 + _u(g, b, -1.0, 1.0)).clamp(3.5, SIZE - 3.5)
+    p.update(crossing_disc(g, y0, SIZE, radius=(1.9, 2.4), speed=(0.30, 0.45), start_x=(12.5, 13.5), dy=1.0,
+                           margin=3.5))
     # pans (6: camera left → content moves right; 7: camera right → content moves left)
-    pan_v = _u(g, b, 0.30, 0.60)
+    pan_v = uniform(g, b, 0.30, 0.60)
     p["pan_vx"] = torch.where(cls == 6, pan_v, torch.where(cls == 7, -pan_v, torch.zeros(b, device=dev)))
-    p["pan_vy"] = torch.where((cls == 6) | (cls == 7), _u(g, b, -0.08, 0.08), torch.zeros(b, device=dev))
-    p["stripe_angle"] = _u(g, b, -math.pi / 3, math.pi / 3)       # stripe normal, never ⟂ the pan
-    p["period"] = _u(g, b, 4.0, 7.0)
-    p["phase"] = _u(g, b, 0.0, 2 * math.pi)
+    p["pan_vy"] = torch.where((cls == 6) | (cls == 7), uniform(g, b, -0.08, 0.08), torch.zeros(b, device=dev))
+    p["stripe_angle"] = uniform(g, b, -math.pi / 3, math.pi / 3)   # stripe normal, never ⟂ the pan
+    p["period"] = uniform(g, b, 4.0, 7.0)
+    p["phase"] = uniform(g, b, 0.0, 2 * math.pi)
     p["texture"] = torch.rand(b, 3, 2, generator=g, device=dev)   # background colours / texture phases
     return p
 
 
 def _grid(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel centres [Hs, 1] and [1, Ws] in latent pixels."""
-    c = (torch.arange(SIZE * SUPERSAMPLE, device=device, dtype=torch.float32) + 0.5) / SUPERSAMPLE
-    return c[:, None], c[None, :]
-
-
-def _coverage(d: torch.Tensor) -> torch.Tensor:
-    """Signed distance (latent px, < 0 inside) → coverage in [0, 1] with a one-sub-pixel edge."""
-    return (0.5 - d * SUPERSAMPLE).clamp(0, 1)
+    return pixel_grid(SIZE, SUPERSAMPLE, device)
 
 
 def _motion(labels: torch.Tensor, p: dict[str, torch.Tensor]) -> Motion:
     f = torch.arange(FRAMES, device=labels.device, dtype=torch.float32)
-    b = labels.shape[0]
-    nan = torch.full((b, FRAMES), float("nan"), device=labels.device)
     ax, ay = p["x0"][:, None] + p["vx"][:, None] * f, p["y0"][:, None] + p["vy"][:, None] * f
-    has_a = (labels <= 5)[:, None]
-    bx, by = p["b_x0"][:, None] + p["b_vx"][:, None] * f, p["b_y0"][:, None].expand(b, FRAMES)
-    has_b = (labels == 5)[:, None]
-    centers = torch.stack([
-        torch.stack([torch.where(has_a, ax, nan), torch.where(has_a, ay, nan)], -1),
-        torch.stack([torch.where(has_b, bx, nan), torch.where(has_b, by, nan)], -1)], 1)
-    angle = torch.where((labels == 4)[:, None], p["theta0"][:, None] + p["omega"][:, None] * f, nan)
+    centers, angle, size = tracks(labels, p, f, ax, ay, has_a=(labels <= 5)[:, None])
     pan = torch.stack([p["pan_vx"][:, None] * f, p["pan_vy"][:, None] * f], -1)
-    size = torch.stack([p["size"], torch.where(labels == 5, p["b_radius"], torch.zeros_like(p["b_radius"]))], 1)
     return Motion(labels=labels, centers=centers, angle=angle, pan=pan, size=size, omega=p["omega"])
 
 
@@ -207,45 +175,28 @@ def _background(labels: torch.Tensor, p: dict[str, torch.Tensor], motion: Motion
     stripes = 0.5 + 0.5 * torch.sin(k * (ca * px + sa * py) + p["phase"][:, None, None, None])
     kc = 0.6 * k                                                              # checker cells of 3.3–5.8 px
     checker = 0.5 + 0.5 * torch.tanh(3 * torch.sin(kc * px) * torch.sin(kc * py + p["phase"][:, None, None, None]))
-    pattern = torch.where((labels == 6)[:, None, None, None], stripes, checker)  # [B, F, Hs, Ws]
-    c0 = 0.10 + 0.25 * tex[:, :, 1]                                           # dark colour [B, 3]
-    c1 = 0.55 + 0.40 * tex[:, :, 0]                                           # light colour [B, 3]
-    panning = c0[:, :, None, None, None] + (c1 - c0)[:, :, None, None, None] * pattern[:, None]
-    pans = ((labels == 6) | (labels == 7))[:, None, None, None, None]
-    return torch.where(pans, panning, static.expand_as(panning))
+    dark, light = 0.10 + 0.25 * tex[:, :, 1], 0.55 + 0.40 * tex[:, :, 0]      # [B, 3]
+    return pan_or_static(labels, static, stripes, checker, dark, light)
 
 
 def _object_a(labels: torch.Tensor, p: dict[str, torch.Tensor], motion: Motion) -> tuple[torch.Tensor, torch.Tensor]:
     """Coverage [B, F, Hs, Ws] and textured colour [B, 3, F, Hs, Ws] of the first object."""
     yy, xx = _grid(labels.device)
-    cx, cy = motion.centers[:, 0, :, 0, None, None], motion.centers[:, 0, :, 1, None, None]   # [B, F, 1, 1]
-    dx, dy = xx - torch.nan_to_num(cx), yy - torch.nan_to_num(cy)
-    s = p["size"][:, None, None, None]
-    d_square = torch.maximum(dx.abs(), dy.abs()) - s
-    d_disc = torch.sqrt(dx * dx + dy * dy) - s
-    th = torch.nan_to_num(motion.angle)[:, :, None, None]
-    u, v = dx * torch.cos(th) + dy * torch.sin(th), -dx * torch.sin(th) + dy * torch.cos(th)
-    d_bar = torch.maximum(u.abs() - s, v.abs() - p["width"][:, None, None, None])
+    dx, dy = offsets(xx, yy, motion.centers[:, 0])
     shape = torch.tensor(_SHAPE, device=labels.device)[labels][:, None, None, None]
-    d = torch.where(shape == SQUARE, d_square, torch.where(shape == DISC, d_disc, d_bar))
-    alpha = torch.where(shape == NONE, torch.zeros_like(d), _coverage(d))
+    d, u, _ = shape_distance(shape, dx, dy, p["size"], p["width"], motion.angle)
+    alpha = torch.where(shape == NONE, torch.zeros_like(d), coverage(d, SUPERSAMPLE))
     color = torch.tensor([COLORS[c] for c in _COLOR], device=labels.device)[labels]       # [B, 3]
     # texture carried by the object: stripes in the object's own frame, ±12 % brightness
     along = torch.where(shape == BAR, u, dx + 0.5 * dy)
-    shade = 1.0 + 0.12 * torch.sin(2 * math.pi * along / 2.2)
-    return alpha, (color[:, :, None, None, None] * shade[:, None]).clamp(0, 1)
+    return alpha, shaded(color, 1.0 + 0.12 * torch.sin(2 * math.pi * along / 2.2))
 
 
 def _object_b(labels: torch.Tensor, p: dict[str, torch.Tensor], motion: Motion) -> tuple[torch.Tensor, torch.Tensor]:
     """Coverage [B, F, Hs, Ws] and colour [B, 3, F, Hs, Ws] of the second (front) disc of class 5."""
     yy, xx = _grid(labels.device)
-    cx, cy = motion.centers[:, 1, :, 0, None, None], motion.centers[:, 1, :, 1, None, None]
-    dx, dy = xx - torch.nan_to_num(cx), yy - torch.nan_to_num(cy)
-    d = torch.sqrt(dx * dx + dy * dy) - p["b_radius"][:, None, None, None]
-    alpha = _coverage(d) * (labels == 5)[:, None, None, None]
-    shade = 1.0 + 0.12 * torch.sin(2 * math.pi * (dx - 0.5 * dy) / 2.2)
-    color = torch.tensor(COLORS["blue"], device=labels.device)
-    return alpha, (color[None, :, None, None, None] * shade[:, None]).clamp(0, 1)
+    return front_disc(labels, xx, yy, motion.centers[:, 1], p["b_radius"], COLORS["blue"], SUPERSAMPLE,
+                      stripe=0.12, period=2.2)
 
 
 def render(labels: torch.Tensor, generator: torch.Generator) -> Clips:
@@ -253,10 +204,7 @@ def render(labels: torch.Tensor, generator: torch.Generator) -> Clips:
     labels = labels.to(generator.device).long()
     p = _params(labels, generator)
     motion = _motion(labels, p)
-    img = _background(labels, p, motion)
-    for alpha, color in (_object_a(labels, p, motion), _object_b(labels, p, motion)):  # painter's order
-        a = alpha[:, None]
-        img = img * (1 - a) + color * a
+    img = paint(_background(labels, p, motion), (_object_a(labels, p, motion), _object_b(labels, p, motion)))
     b = labels.shape[0]
     rgb = F_.avg_pool2d(img.reshape(b, 3 * FRAMES, *img.shape[-2:]), SUPERSAMPLE)
     rgb = rgb.reshape(b, 3, FRAMES, SIZE, SIZE)

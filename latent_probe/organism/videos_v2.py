@@ -28,6 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from . import OrganismInputError
+from .render_common import (BAR, CROSSING_DISCS, DISC, NONE, ROTATING_BAR, SQUARE, CommonMotion, coverage,
+                            crossing_disc, drawn_per_class, front_disc, offsets, paint, pan_or_static, pin_centres,
+                            pixel_grid, shaded, shape_distance, start_inside, tracks, uniform)
 
 __all__ = ["PROMPTS", "FRAMES", "SIZE", "LATENT_FRAMES", "COLORS", "CLASS_COLOR", "MotionV2", "ClipsV2",
            "render", "render_clip", "sample_labels"]
@@ -53,14 +56,13 @@ COLORS = {  # RGB in [0, 1] of the shapes
     "yellow": (0.95, 0.85, 0.15), "white": (0.95, 0.95, 0.95), "cyan": (0.15, 0.85, 0.92),
     "orange": (0.98, 0.55, 0.08),
 }
-SQUARE, DISC, BAR, NONE = 0, 1, 2, 3
 _SHAPE = (SQUARE, DISC, SQUARE, DISC, BAR, DISC, NONE, NONE, DISC, SQUARE)
 CLASS_COLOR = ("red", "blue", "green", "yellow", "white", "red", "white", "white", "cyan", "orange")
 STATIC_BG_MAX = 0.42   # static backgrounds stay at or below this in every channel (objects stay trackable)
 
 
 @dataclass
-class MotionV2:
+class MotionV2(CommonMotion):
     """Ground truth of a batch. Units: pixels, video frames, radians.
 
     labels [B]; centers [B, 2, F, 2] (object A / B, frame, (x, y)), NaN where the object is absent (class 8
@@ -70,12 +72,6 @@ class MotionV2:
     appear, vanish [B] first visible frame and first frame gone again (class 8; −1 otherwise).
     """
 
-    labels: torch.Tensor
-    centers: torch.Tensor
-    angle: torch.Tensor
-    pan: torch.Tensor
-    size: torch.Tensor
-    omega: torch.Tensor
     accel: torch.Tensor
     appear: torch.Tensor
     vanish: torch.Tensor
@@ -99,52 +95,37 @@ def sample_labels(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(len(PROMPTS), (n,), generator=generator, device=generator.device)
 
 
-def _u(g: torch.Generator, b: int, lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(b, generator=g, device=g.device)
-
-
 def _params(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-clip parameters [B], drawn for every class in one fixed order (the seed decides everything)."""
     b, dev, cls = labels.shape[0], labels.device, labels
     n = FRAMES - 1
     zero = torch.zeros(b, device=dev)
-    speed = _u(g, b, 0.30, 0.45)
-    diag = _u(g, b, 0.20, 0.30)
+    speed = uniform(g, b, 0.30, 0.45)
+    diag = uniform(g, b, 0.20, 0.30)
     p: dict[str, torch.Tensor] = {}
     vx = torch.where(cls == 0, speed, torch.where(cls == 1, -speed, torch.where(cls == 3, diag, zero)))
     vx = torch.where(cls == 5, speed, vx)
     vy = torch.where(cls == 2, speed, torch.where(cls == 3, diag, zero))
-    size = _u(g, b, 6.4, 9.2)
-    size = torch.where(cls == 4, _u(g, b, 19.0, 23.0), size)
-    size = torch.where(cls == 5, _u(g, b, 7.6, 9.6), size)
-    size = torch.where(cls == 8, _u(g, b, 7.0, 9.0), size)
-    size = torch.where(cls == 9, _u(g, b, 5.5, 7.0), size)
-    accel = torch.where(cls == 9, _u(g, b, 0.008, 0.012), zero)
-    m = size + 1.0
-    travel_x = n * vx + 0.5 * accel * n * n
-    x_lo, x_hi = m - torch.clamp(travel_x, max=0), SIZE - m - torch.clamp(travel_x, min=0)
-    y_lo, y_hi = m - torch.clamp(n * vy, max=0), SIZE - m - torch.clamp(n * vy, min=0)
-    x0, y0 = _u(g, b, x_lo, x_hi), _u(g, b, y_lo, y_hi)
-    x0 = torch.where(cls == 4, _u(g, b, 29.0, 35.0), x0)
-    y0 = torch.where(cls == 4, _u(g, b, 29.0, 35.0), y0)
-    x0 = torch.where(cls == 5, _u(g, b, 10.0, 14.0), x0)
-    y0 = torch.where(cls == 5, _u(g, b, 20.0, 44.0), y0)
+    size = drawn_per_class(g, cls, (6.4, 9.2), {ROTATING_BAR: (19.0, 23.0), CROSSING_DISCS: (7.6, 9.6),
+                                                8: (7.0, 9.0), 9: (5.5, 7.0)})
+    accel = torch.where(cls == 9, uniform(g, b, 0.008, 0.012), zero)
+    x0, y0 = start_inside(g, SIZE, size + 1.0, n * vx + 0.5 * accel * n * n, n * vy)
+    x0, y0 = pin_centres(g, cls, x0, y0, {ROTATING_BAR: ((29.0, 35.0), (29.0, 35.0)),
+                                          CROSSING_DISCS: ((10.0, 14.0), (20.0, 44.0))})
     p.update(x0=x0, y0=y0, vx=vx, vy=vy, size=size, accel=accel)
-    p["width"] = _u(g, b, 3.5, 4.5)                                   # bar half width (px): v1's ≈ 1 latent px
-    p["theta0"] = _u(g, b, 0.0, math.pi)
-    p["omega"] = torch.where(cls == 4, _u(g, b, 0.015, 0.030), zero)  # clockwise on screen (y down)
+    p["width"] = uniform(g, b, 3.5, 4.5)                               # bar half width (px): v1's ≈ 1 latent px
+    p["theta0"] = uniform(g, b, 0.0, math.pi)
+    p["omega"] = torch.where(cls == 4, uniform(g, b, 0.015, 0.030), zero)  # clockwise on screen (y down)
     p["appear"] = torch.where(cls == 8, torch.randint(16, 33, (b,), generator=g, device=dev).float(), zero - 1)
     p["vanish"] = torch.where(cls == 8, torch.randint(48, 65, (b,), generator=g, device=dev).float(), zero - 1)
-    p["b_radius"] = _u(g, b, 7.6, 9.6)
-    p["b_vx"] = -_u(g, b, 0.30, 0.45)
-    p["b_x0"] = _u(g, b, 50.0, 54.0)
-    p["b_y0"] = (y0 + _u(g, b, -4.0, 4.0)).clamp(14.0, SIZE - 14.0)
-    pan_v = _u(g, b, 0.30, 0.60)
+    p.update(crossing_disc(g, y0, SIZE, radius=(7.6, 9.6), speed=(0.30, 0.45), start_x=(50.0, 54.0), dy=4.0,
+                           margin=14.0))
+    pan_v = uniform(g, b, 0.30, 0.60)
     p["pan_vx"] = torch.where(cls == 6, pan_v, torch.where(cls == 7, -pan_v, zero))
-    p["stripe_angle"] = _u(g, b, -math.pi / 4, math.pi / 4)         # stripe normal within 45° of x
-    p["period"] = _u(g, b, 16.0, 26.0)                               # stripes (px): 4–6.5 latent px
-    p["cell"] = _u(g, b, 14.0, 22.0)                                  # checker cell side (px): 3.5–5.5 latent px
-    p["phase"] = _u(g, b, 0.0, 2 * math.pi)
+    p["stripe_angle"] = uniform(g, b, -math.pi / 4, math.pi / 4)     # stripe normal within 45° of x
+    p["period"] = uniform(g, b, 16.0, 26.0)                           # stripes (px): 4–6.5 latent px
+    p["cell"] = uniform(g, b, 14.0, 22.0)                             # checker cell side (px): 3.5–5.5 latent px
+    p["phase"] = uniform(g, b, 0.0, 2 * math.pi)
     p["texture"] = torch.rand(b, 3, 2, generator=g, device=dev)       # colours
     p["waves"] = torch.rand(b, 6, 3, generator=g, device=dev)         # static background: angle, period, phase
     return p
@@ -153,20 +134,12 @@ def _params(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]
 def _motion(labels: torch.Tensor, p: dict[str, torch.Tensor]) -> MotionV2:
     dev = labels.device
     f = torch.arange(FRAMES, device=dev, dtype=torch.float32)
-    b = labels.shape[0]
-    nan = torch.full((b, FRAMES), float("nan"), device=dev)
     ax = p["x0"][:, None] + p["vx"][:, None] * f + 0.5 * p["accel"][:, None] * f * f
     ay = p["y0"][:, None] + p["vy"][:, None] * f
     window = (f[None] >= p["appear"][:, None]) & (f[None] < p["vanish"][:, None])
     has_a = (_shape(labels) != NONE)[:, None] & ((labels != 8)[:, None] | window)
-    bx, by = p["b_x0"][:, None] + p["b_vx"][:, None] * f, p["b_y0"][:, None].expand(b, FRAMES)
-    has_b = (labels == 5)[:, None]
-    centers = torch.stack([
-        torch.stack([torch.where(has_a, ax, nan), torch.where(has_a, ay, nan)], -1),
-        torch.stack([torch.where(has_b, bx, nan), torch.where(has_b, by, nan)], -1)], 1)
-    angle = torch.where((labels == 4)[:, None], p["theta0"][:, None] + p["omega"][:, None] * f, nan)
-    pan = torch.stack([p["pan_vx"][:, None] * f, torch.zeros(b, FRAMES, device=dev)], -1)
-    size = torch.stack([p["size"], torch.where(labels == 5, p["b_radius"], torch.zeros_like(p["b_radius"]))], 1)
+    centers, angle, size = tracks(labels, p, f, ax, ay, has_a)
+    pan = torch.stack([p["pan_vx"][:, None] * f, torch.zeros(labels.shape[0], FRAMES, device=dev)], -1)
     return MotionV2(labels=labels, centers=centers, angle=angle, pan=pan, size=size, omega=p["omega"],
                     accel=p["accel"], appear=p["appear"].long(), vanish=p["vanish"].long())
 
@@ -176,14 +149,8 @@ def _shape(labels: torch.Tensor) -> torch.Tensor:
 
 
 def _grid(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel centres [H, 1] and [1, W]."""
-    c = torch.arange(SIZE, device=device, dtype=torch.float32) + 0.5
-    return c[:, None], c[None, :]
-
-
-def _coverage(d: torch.Tensor) -> torch.Tensor:
-    """Signed distance (px, < 0 inside) → pixel coverage in [0, 1] (exact for a straight edge along an axis)."""
-    return (0.5 - d).clamp(0, 1)
+    """Pixel centres [H, 1] and [1, W] (no supersampling: coverage is analytic, exact for an axis-aligned edge)."""
+    return pixel_grid(SIZE, 1, device)
 
 
 def _background(labels: torch.Tensor, p: dict[str, torch.Tensor], motion: MotionV2) -> torch.Tensor:
@@ -210,48 +177,31 @@ def _background(labels: torch.Tensor, p: dict[str, torch.Tensor], motion: Motion
     checker = 0.5 + 0.4 * torch.tanh(3 * torch.sin(kc * px + ph) * torch.sin(kc * py))
     grain = 0.1 * torch.sin(2 * math.pi * (px + 0.6 * py) / 5.0) * torch.sin(2 * math.pi * (py - 0.3 * px) / 6.5)
     checker = checker + grain
-    pattern = torch.where((labels == 6)[:, None, None, None], stripes, checker)
-    c0 = 0.10 + 0.20 * tex[:, :, 1]
-    c1 = 0.60 + 0.35 * tex[:, :, 0]
-    panning = c0[:, :, None, None, None] + (c1 - c0)[:, :, None, None, None] * pattern[:, None]
-    pans = ((labels == 6) | (labels == 7))[:, None, None, None, None]
-    return torch.where(pans, panning, static.expand_as(panning)).clamp(0, 1)
+    dark, light = 0.10 + 0.20 * tex[:, :, 1], 0.60 + 0.35 * tex[:, :, 0]     # [B, 3]
+    return pan_or_static(labels, static, stripes, checker, dark, light).clamp(0, 1)
 
 
 def _object_a(labels: torch.Tensor, p: dict[str, torch.Tensor], motion: MotionV2
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coverage [B, F, H, W] and textured colour [B, 3, F, H, W] of the first object."""
     yy, xx = _grid(labels.device)
-    cx, cy = motion.centers[:, 0, :, 0, None, None], motion.centers[:, 0, :, 1, None, None]
-    dx, dy = xx - torch.nan_to_num(cx), yy - torch.nan_to_num(cy)
-    s = p["size"][:, None, None, None]
-    d_square = torch.maximum(dx.abs(), dy.abs()) - s
-    d_disc = torch.sqrt(dx * dx + dy * dy) - s
-    th = torch.nan_to_num(motion.angle)[:, :, None, None]
-    u, v = dx * torch.cos(th) + dy * torch.sin(th), -dx * torch.sin(th) + dy * torch.cos(th)
-    d_bar = torch.maximum(u.abs() - s, v.abs() - p["width"][:, None, None, None])
+    dx, dy = offsets(xx, yy, motion.centers[:, 0])
     shape = _shape(labels)[:, None, None, None]
-    d = torch.where(shape == SQUARE, d_square, torch.where(shape == DISC, d_disc, d_bar))
-    alpha = torch.where((shape == NONE) | ~motion.visible[:, :, None, None], torch.zeros_like(d), _coverage(d))
+    d, u, v = shape_distance(shape, dx, dy, p["size"], p["width"], motion.angle)
+    alpha = torch.where((shape == NONE) | ~motion.visible[:, :, None, None], torch.zeros_like(d), coverage(d, 1))
     color = torch.tensor([COLORS[c] for c in CLASS_COLOR], device=labels.device)[labels]
     # texture carried by the object: two stripe sets in its own frame, ±12 % brightness
     along = torch.where(shape == BAR, u, dx + 0.5 * dy)
     across = torch.where(shape == BAR, v, dy - 0.4 * dx)
     shade = 1.0 + 0.08 * torch.sin(2 * math.pi * along / 4.5) + 0.04 * torch.sin(2 * math.pi * across / 3.1)
-    return alpha, (color[:, :, None, None, None] * shade[:, None]).clamp(0, 1)
+    return alpha, shaded(color, shade)
 
 
 def _object_b(labels: torch.Tensor, p: dict[str, torch.Tensor], motion: MotionV2
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coverage [B, F, H, W] and colour [B, 3, F, H, W] of the front (blue) disc of class 5."""
     yy, xx = _grid(labels.device)
-    cx, cy = motion.centers[:, 1, :, 0, None, None], motion.centers[:, 1, :, 1, None, None]
-    dx, dy = xx - torch.nan_to_num(cx), yy - torch.nan_to_num(cy)
-    d = torch.sqrt(dx * dx + dy * dy) - p["b_radius"][:, None, None, None]
-    alpha = _coverage(d) * (labels == 5)[:, None, None, None]
-    shade = 1.0 + 0.08 * torch.sin(2 * math.pi * (dx - 0.5 * dy) / 4.5)
-    color = torch.tensor(COLORS["blue"], device=labels.device)
-    return alpha, (color[None, :, None, None, None] * shade[:, None]).clamp(0, 1)
+    return front_disc(labels, xx, yy, motion.centers[:, 1], p["b_radius"], COLORS["blue"], 1, stripe=0.08, period=4.5)
 
 
 def render(labels: torch.Tensor, generator: torch.Generator) -> ClipsV2:
@@ -261,10 +211,7 @@ def render(labels: torch.Tensor, generator: torch.Generator) -> ClipsV2:
         raise OrganismInputError(f"organism v2 labels must be in 0..{len(PROMPTS) - 1}, got {labels.tolist()}")
     p = _params(labels, generator)
     motion = _motion(labels, p)
-    img = _background(labels, p, motion)
-    for alpha, color in (_object_a(labels, p, motion), _object_b(labels, p, motion)):   # painter's order
-        a = alpha[:, None]
-        img = img * (1 - a) + color * a
+    img = paint(_background(labels, p, motion), (_object_a(labels, p, motion), _object_b(labels, p, motion)))
     return ClipsV2(rgb=img.contiguous(), motion=motion)
 
 
