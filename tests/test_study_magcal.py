@@ -118,6 +118,17 @@ def test_an_interrupted_calibration_leaves_nothing_that_reads_complete_and_is_fi
     assert len(_jobs(auto["cal"])) == 4 and {j["seed"] for j in _jobs(auto["cal"])} == {100, 101}
 
 
+def test_the_study_folder_lists_its_own_runs_not_the_calibration_clips(auto):
+    from latent_probe.study.recompute import expand_paths
+
+    mine = {os.path.join(auto["out"], "runs", f"{j['job_id']}.h5") for j in _jobs(auto["out"])}
+    for spelling in (auto["out"], auto["out"] + os.sep):
+        assert set(expand_paths(spelling)) == mine and len(mine) == 4
+    cal = {os.path.join(auto["cal"], "runs", f"{j['job_id']}.h5") for j in _jobs(auto["cal"])}
+    assert set(expand_paths(auto["cal"])) == cal and len(cal) == 4
+    assert set(expand_paths(os.path.dirname(auto["out"]))) >= mine | cal     # a folder of studies: all of them
+
+
 def test_auto_calibration_equals_the_two_step_path_bit_for_bit(auto, two_step):
     cal = auto["cal"]
     for name in ("transformer", "transformer_2", "report"):
