@@ -70,6 +70,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``calibrate`` to a ``latent-probe`` subparsers object."""
+    from ..study.calibrate import DEFAULT_BOOTSTRAP, DEFAULT_BRANCH
+
     p = subparsers.add_parser(
         "calibrate", help="calibrate a cache (MagCache mag_ratios, FirstBlockCache signal) from a study's runs",
         description="Read STUDY/residuals/*.json (record the study with --record_residuals) and write a "
@@ -82,13 +84,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output JSON")
     p.add_argument("--expert", choices=("transformer", "transformer_2"),
                    help="magcache: the expert to write (default: each, into OUT.<expert>.json when there are two)")
-    p.add_argument("--branch", default="cond", choices=("cond", "uncond", "mean"),
+    p.add_argument("--branch", default=DEFAULT_BRANCH, choices=("cond", "uncond", "mean"),
                    help="magcache: the CFG branch whose ratios go into the config (diffusers holds one list for "
                         "both; default cond)")
     p.add_argument("--num_inference_steps", type=int,
                    help="magcache: resample to this many calls of the expert (default: as recorded, exact)")
     p.add_argument("--setting", action="append", metavar="NAME=VALUE",
                    help="use only jobs with this setting, e.g. steps=20 (clips must share a step count)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs (default 2000)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                   help=f"bootstrap resamples for the CIs (default {DEFAULT_BOOTSTRAP})")
     p.set_defaults(func=calibrate_command)
     return p

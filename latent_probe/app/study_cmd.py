@@ -4,17 +4,20 @@ Expands prompts × seeds × settings into jobs, loads the model once (backend ``
 or ``wan``, as ``analyze`` does) and records every job not yet complete into ``DIR/runs/<job id>.h5``
 (``latent_probe.study.run_study``). Under ``torchrun --nproc_per_node N`` the jobs are split across the ranks,
 one model per GPU; with the wan backend's ``--dit_fsdp`` / ``--t5_fsdp`` / ``--ulysses_size N`` all ranks run
-each job together instead. Registered by ``latent_probe.app.cli`` with ``register(subparsers)``.
+each job together instead. With ``--set method=mag_cache:T`` and ``--mag_calibrate SEEDS`` (organism backend) the
+MagCache configs are calibrated first, into ``DIR/calibration/`` (``study.mag_calibration``), or reused from there.
+Registered by ``latent_probe.app.cli`` with ``register(subparsers)``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 from typing import Any, Callable
 
-from ..study import Job, Ranks, StudyError, Suite, parse_seeds, parse_setting, read_prompts, run_study
+from ..study import Job, Ranks, StudyError, Suite, parse_seeds, parse_setting, read_manifest, read_prompts, run_study
 from .backends import DEFAULT_SIZE, ORGANISM_STEPS, TASKS, SweepPoint, WanBackend, import_wan, wan_config
 from .options import add_model_arguments, add_storage_arguments, storage_kwargs
 
@@ -139,6 +142,7 @@ class _Generator:
             self.out = args.out
             self.record_residuals = args.record_residuals
             self.mag = _mag_configs(args.mag_config)
+            self.mag_by_setting: dict[str, dict[str, dict[str, Any]]] | None = None   # --mag_calibrate's configs
             return
         self.options = AnalyzeOptions(
             prompt="", output_dir=args.out, task=args.task, backend=args.backend, model_path=args.model_path,
@@ -159,6 +163,13 @@ class _Generator:
                 self.backend.pipe.set_progress_bar_config(disable=True)
         self.defaults = dict(zip(("frames", "steps"), self.backend.defaults()))
         self.target = self.backend.target
+
+    def calibrating(self, out: str) -> "_Generator":
+        """This generator (the same loaded organism) recording the calibration clips: baseline jobs with their
+        residuals, into ``out``, as a ``--record_residuals`` study there would."""
+        other = copy.copy(self)
+        other.out, other.record_residuals, other.mag, other.mag_by_setting = out, True, {}, None
+        return other
 
     def intervene(self, job: Job) -> Any:
         """The job's intervention (``intervention_of``), kept so the organism's job outputs can say what it did."""
@@ -208,6 +219,11 @@ class _Generator:
         guidance = float(s["guidance"]) if "guidance" in s else None
         plain = method.kind in ("baseline", "steps") and s.get("truncation", "none") == "none"
         experts = experts_of(self.organism.pipe)
+        mag = self.mag
+        if self.mag_by_setting is not None and method.kind == "mag_cache":
+            from ..study.mag_calibration import group_label
+
+            mag = self.mag_by_setting[group_label({"steps": steps, "guidance": s.get("guidance")})]
         recorder = ResidualRecorder(experts, self.organism.pipe) if self.record_residuals and plain else None
         cpu = not str(self.organism.device).startswith("cuda")
         threads = torch.get_num_threads()
@@ -215,7 +231,7 @@ class _Generator:
         try:
             if cpu:
                 torch.set_num_threads(1)
-            with method.applied(self.organism.pipe, mag_ratios=self.mag, steps=steps) as counter, \
+            with method.applied(self.organism.pipe, mag_ratios=mag, steps=steps) as counter, \
                     (recorder.attached() if recorder else contextlib.nullcontext()), \
                     GenerationClock(experts) as clock:
                 final = self.organism.generate(job.prompt.text, job.seed, steps, guidance)
@@ -300,14 +316,20 @@ def _grid(args: argparse.Namespace) -> tuple[dict[str, list], list[int]]:
         if "truncation" in grid and any(str(v).startswith("truncation") for v in grid.get("method", [])):
             raise StudyError("--set truncation and --set method=truncation:… together would truncate twice; give "
                              "truncation through one of them")
-        if any(str(v).startswith("mag_cache") for v in grid.get("method", [])):
+        mag = any(str(v).startswith("mag_cache") for v in grid.get("method", []))
+        if args.mag_calibrate is not None and args.mag_config:
+            raise StudyError("--mag_calibrate and --mag_config both give MagCache ratios: give one of them")
+        if mag and args.mag_calibrate is None:
             missing = {"transformer", "transformer_2"} - {p.partition("=")[0] for p in args.mag_config or []}
             if missing:
-                raise StudyError(f"--set method=mag_cache:… needs calibrated ratios: --mag_config "
-                                 f"{sorted(missing)[0]}=FILE (from latent-probe calibrate) for each expert")
+                raise StudyError(f"--set method=mag_cache:… needs calibrated ratios: --mag_calibrate SEEDS "
+                                 f"(calibrate here first, on other seeds) or --mag_config {sorted(missing)[0]}=FILE "
+                                 "(from latent-probe calibrate) for each expert")
         if args.backend != "organism":
             used = [n for n, v in (("--set method", "method" in grid), ("--record_residuals", args.record_residuals),
-                                   ("--mag_config", bool(args.mag_config)), ("--organism", args.organism != "v1"),
+                                   ("--mag_config", bool(args.mag_config)),
+                                   ("--mag_calibrate", args.mag_calibrate is not None),
+                                   ("--organism", args.organism != "v1"),
                                    ("--sha256", args.sha256 is not None)) if v]
             if used:
                 raise StudyError(f"{used[0]} is for the organism backend")
@@ -316,7 +338,15 @@ def _grid(args: argparse.Namespace) -> tuple[dict[str, list], list[int]]:
         for name, low in (("frames", 2 if args.backend == "demo" else 5), ("steps", 2)):
             if any(v < low for v in grid.get(name, [])):
                 raise StudyError(f"--set {name}: values must be at least {low}")
-        return grid, parse_seeds(args.seeds)
+        seeds = parse_seeds(args.seeds)
+        if args.mag_calibrate is not None:
+            if not mag:
+                raise StudyError("--mag_calibrate calibrates MagCache for --set method=mag_cache:…, and none is set")
+            both = sorted(set(_calibration_seeds(args.mag_calibrate)) & set(seeds))
+            if both:
+                raise StudyError(f"--mag_calibrate {args.mag_calibrate} and --seeds {args.seeds} share seed "
+                                 f"{both[0]}: the clips scored must not be the clips the ratios were calibrated on")
+        return grid, seeds
     except StudyError as exc:
         raise _usage(str(exc)) from None
 
@@ -347,6 +377,8 @@ def _fixed(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend == "organism":
         out.update(model_path=os.path.abspath(args.model_path) if args.model_path else None, dtype=args.dtype,
                    record_residuals=bool(args.record_residuals), mag_config=sorted(args.mag_config or []))
+        if args.mag_calibrate is not None:   # only when given: a folder recorded before it stays resumable
+            out.update(mag_calibrate=_calibration_seeds(args.mag_calibrate))
         if args.organism != "v1":   # a v1 study's fixed options are as before, so its folder stays resumable
             out.update(organism=args.organism, sha256=args.sha256)
         return out
@@ -368,6 +400,109 @@ def _storage(args: argparse.Namespace) -> dict[str, Any]:
         return storage_kwargs(args)
     except ValueError as exc:
         raise _usage(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------- MagCache calibration
+CALIBRATION_STORAGE = {"capture": "none", "metrics": "x0", "latent_steps": None, "cfg_branches": False}
+
+
+def _calibration_seeds(text: str) -> list[int]:
+    try:
+        return parse_seeds(text)
+    except StudyError:
+        raise StudyError(f"--mag_calibrate {text!r}: expected seeds as --seeds takes them, e.g. 100-101") from None
+
+
+@dataclasses.dataclass
+class Calibration:
+    """``--mag_calibrate``: the calibration study (``suite`` in ``folder``, recorded with ``args``' storage),
+    the inputs its record must match, its settings groups and their job ids, and the configs of a complete one."""
+
+    folder: str
+    args: argparse.Namespace
+    suite: Suite
+    inputs: dict[str, Any]
+    groups: list[dict[str, Any]]
+    jobs: dict[str, list[str]]
+    configs: dict[str, dict[str, dict[str, Any]]] | None
+
+
+def _calibration(args: argparse.Namespace, suite: Suite, shard: tuple[int, int] | None) -> Calibration:
+    """What ``--mag_calibrate`` will do, checked before the model loads: a complete calibration in
+    ``OUT/calibration`` made from these inputs is reused; one from other inputs, with a changed file, or a folder
+    holding another calibration study is refused in one line. The calibration study: baseline generations of
+    every prompt at the --mag_calibrate seeds, at every step count (and guidance) the mag_cache jobs run at —
+    the study ``latent-probe study PROMPTS --out OUT/calibration --seeds SEEDS --set steps=N --record_residuals
+    --capture none --metrics x0`` with the same model options would record."""
+    from ..study import read_manifest
+    from ..study.manifest import check_same_suite
+    from ..study.mag_calibration import CALIBRATION_DIR, group_label, read_calibration
+
+    size = args.organism
+    mag_jobs = [j for j in suite.jobs() if method_of(j).kind == "mag_cache"]
+    steps = sorted({method_of(j).num_steps(int(j.settings.get("steps", ORGANISM_STEPS[size]))) for j in mag_jobs})
+    grid: dict[str, list] = {"steps": steps}
+    if "guidance" in suite.grid:
+        grid["guidance"] = sorted({j.settings["guidance"] for j in mag_jobs})
+    folder = os.path.join(args.out, CALIBRATION_DIR)
+    cal_args = argparse.Namespace(**{**vars(args), **CALIBRATION_STORAGE, "record_residuals": True,
+                                     "mag_config": None, "mag_calibrate": None, "out": folder})
+    cal_suite = Suite(f"{suite.name}-calibration", suite.prompts, _calibration_seeds(args.mag_calibrate), grid,
+                      fixed=_fixed(cal_args))
+    jobs: dict[str, list[str]] = {}
+    for j in cal_suite.jobs():
+        jobs.setdefault(group_label(j.settings), []).append(j.id)
+    groups = [dict(zip(grid, combo)) for combo in
+              sorted({tuple(j.settings[k] for k in grid) for j in cal_suite.jobs()})]
+    inputs = {"prompts": [[p.id, p.text] for p in suite.prompts], "seeds": list(cal_suite.seeds), "settings": groups,
+              "organism": size, "model_path": cal_suite.fixed.get("model_path"), "sha256": args.sha256,
+              "dtype": args.dtype}
+    configs = read_calibration(folder, inputs)
+    if configs is None:
+        check_same_suite(read_manifest(folder), cal_suite, folder)
+        if shard is not None:
+            raise StudyError(f"--mag_calibrate with --shard: {folder} holds no complete calibration yet; run it once "
+                             "without --shard (or give --mag_config files), then the shards reuse it")
+    return Calibration(folder, cal_args, cal_suite, inputs, groups, jobs, configs)
+
+
+def _calibrate(cal: Calibration, gen: _Generator, ranks: Ranks, say: Callable[[str], None],
+               on_error: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The configs of ``cal``: reused, or recorded now (the calibration jobs split across the ranks like any
+    study's; then rank 0 alone computes and writes the configs while the others wait at a barrier, and every rank
+    reads the files back, checked against the record)."""
+    from ..study.distributed import coordinator
+    from ..study.mag_calibration import read_calibration, write_calibration
+
+    if cal.configs is not None:
+        say(f"MagCache calibration: reusing {cal.folder} ({', '.join(cal.configs)})")
+        return cal.configs
+    n = len(cal.suite.jobs())
+    say(f"MagCache calibration: {n} baseline generation{'s' if n > 1 else ''} into {cal.folder} first")
+    cgen = gen.calibrating(cal.folder)
+    result = run_study(cal.suite, cgen, cgen.target, cal.folder, mode="data",
+                       attrs={"backend": "organism", "model_path": cal.args.model_path or "", "calibration": True},
+                       intervene=cgen.intervene, job_outputs=True, probe_kwargs=_storage(cal.args),
+                       on_error=on_error, log=say)
+    coord = coordinator(ranks)
+    try:
+        if result.failed:
+            job, error = result.failed[0]
+            raise StudyError(f"MagCache calibration: {len(result.failed)} job(s) failed (first: {job}: {error}); run "
+                             "the same command again to redo them")
+        if ranks.rank == 0:
+            write_calibration(cal.folder, cal.inputs, cal.groups, cal.jobs)
+        coord.barrier()
+    except BaseException as exc:
+        coord.failed((str(exc).splitlines() or [type(exc).__name__])[0])
+        raise
+    finally:
+        coord.close()
+    configs = read_calibration(cal.folder, cal.inputs)
+    if configs is None:
+        raise StudyError(f"{cal.folder}: rank 0 wrote no calibration record (is the folder shared by every rank?)")
+    say(f"MagCache calibration: wrote {cal.folder} ({', '.join(configs)})")
+    return configs
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
@@ -401,7 +536,16 @@ def study_command(args: argparse.Namespace) -> int:
     truncating = any(v != "none" for v in suite.grid.get("truncation", []))
     mode = check_parallel(ranks.world_size, args.backend, args.dit_fsdp, args.t5_fsdp, args.ulysses_size, truncating)
     say = _printer()
+    cal = None
+    if args.mag_calibrate is not None:
+        from ..study.manifest import check_same_suite
+
+        check_same_suite(read_manifest(args.out), suite, args.out)   # before a calibration runs
+        cal = _calibration(args, suite, shard)
     if args.dry_run:
+        if cal is not None and ranks.rank == 0:
+            say(f"MagCache calibration: complete in {cal.folder}, reused" if cal.configs is not None else
+                f"MagCache calibration: {len(cal.suite.jobs())} baseline generations into {cal.folder} first")
         return _dry_run(suite, args.out, shard, ranks, say, job_outputs=args.backend == "organism")
     if torch.cuda.is_available() and ranks.world_size > 1:
         torch.cuda.set_device(ranks.local_rank)
@@ -411,6 +555,8 @@ def study_command(args: argparse.Namespace) -> int:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", init_method="env://")
     try:
         gen = _Generator(args, ranks, mode)
+        if cal is not None:
+            gen.mag_by_setting = _calibrate(cal, gen, ranks, say, "raise" if args.stop_on_error else "continue")
         extra = {"backend": args.backend, **({"simulated": True} if args.backend == "demo" else
                                              {"model_path": args.model_path or ""} if args.backend == "organism" else
                                              {"task": args.task, "model_path": args.model_path or ""})}
@@ -474,6 +620,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mag_config", action="append", metavar="EXPERT=FILE",
                    help="organism backend, --set method=mag_cache:T: the calibrated MagCacheConfig of an expert "
                         "(transformer=FILE, transformer_2=FILE; written by latent-probe calibrate)")
+    p.add_argument("--mag_calibrate", metavar="SEEDS",
+                   help="organism backend, --set method=mag_cache:T: calibrate the MagCache configs first, from "
+                        "baseline generations of every prompt at these seeds (e.g. 100-101; none of --seeds), into "
+                        "OUT/calibration/ (reused on a rerun; docs/studies.md)")
     p.add_argument("--model_path", help="checkpoint folder (wan), local diffusers-format folder (diffusers) or organism weights file "
                         "(organism; default: the packaged one)")
     p.add_argument("--organism", default="v1", choices=("v1", "small", "large"),

@@ -37,10 +37,12 @@ from .manifest import read_manifest
 from .runner import job_status, run_path
 
 __all__ = ["ResidualRecord", "read_residuals", "mag_ratio_table", "mag_ratio_summary", "magcache_config",
-           "fbc_signal_quantiles", "nearest_interp", "calibration_report"]
+           "fbc_signal_quantiles", "nearest_interp", "calibration_report", "DEFAULT_BRANCH", "DEFAULT_BOOTSTRAP"]
 
 FORMAT = "latent_probe.residuals/1"
 BRANCH_CHOICES = ("cond", "uncond", "mean")
+DEFAULT_BRANCH = "cond"      # the branch ``latent-probe calibrate`` and a study's --mag_calibrate put in a config
+DEFAULT_BOOTSTRAP = 2000     # bootstrap resamples of the report's CIs
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def mag_ratio_table(records: Sequence[ResidualRecord], expert: str, branch: str,
     return np.asarray(rows, dtype=np.float64)
 
 
-def mag_ratio_summary(records: Sequence[ResidualRecord], expert: str, branch: str, n_boot: int = 2000
+def mag_ratio_summary(records: Sequence[ResidualRecord], expert: str, branch: str, n_boot: int = DEFAULT_BOOTSTRAP
                       ) -> dict[str, Any]:
     """Per call: mean over clips, 95 % CI (cluster bootstrap by prompt; None with fewer than two prompts), clip
     and prompt counts, timesteps."""
@@ -144,7 +146,7 @@ def nearest_interp(values: Sequence[float], target_length: int) -> list[float]:
     return [float(v) for v in diffusers_nearest(torch.tensor(list(values), dtype=torch.float64), target_length)]
 
 
-def magcache_config(records: Sequence[ResidualRecord], expert: str, branch: str = "cond",
+def magcache_config(records: Sequence[ResidualRecord], expert: str, branch: str = DEFAULT_BRANCH,
                     num_inference_steps: int | None = None) -> dict[str, Any]:
     """``MagCacheConfig`` keyword arguments for ``expert`` (see the module docstring)."""
     if branch not in BRANCH_CHOICES:
@@ -169,7 +171,7 @@ def fbc_signal_quantiles(records: Sequence[ResidualRecord], expert: str, branch:
             "quantiles": list(q), "values": qs.T.tolist(), "clips": len(records)}
 
 
-def calibration_report(records: Sequence[ResidualRecord], n_boot: int = 2000) -> dict[str, Any]:
+def calibration_report(records: Sequence[ResidualRecord], n_boot: int = DEFAULT_BOOTSTRAP) -> dict[str, Any]:
     """MagCache ratio summaries and FirstBlockCache signal quantiles for every expert and branch."""
     _one_setting(records)
     keys = sorted({k for r in records for k in r.series})

@@ -36,18 +36,32 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _inner_studies(folder: str) -> list[str]:
+    """The study folders (a ``manifest.json`` each) below ``folder`` when ``folder`` is itself a study's, else []."""
+    from .manifest import MANIFEST
+
+    if not os.path.isfile(os.path.join(folder, MANIFEST)):
+        return []
+    found = glob.glob(os.path.join(glob.escape(folder), "**", MANIFEST), recursive=True)
+    return [os.path.dirname(m) for m in found if os.path.normpath(os.path.dirname(m)) != os.path.normpath(folder)]
+
+
 def expand_paths(items: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
     """Run files named by ``items``: paths, glob patterns (``**`` recursive) or folders (every ``*.h5`` below
-    them, hidden names such as a recorder's ``.*.partial.h5`` left out), in order, each once. A pattern or
-    folder that names no file raises StudyError; a path that does not exist is kept (its task reports it)."""
+    them, hidden names such as a recorder's ``.*.partial.h5`` left out; below a study's folder — one with a
+    ``manifest.json`` — not those of another study folder inside it, such as its MagCache calibration clips in
+    ``calibration/``), in order, each once. A pattern or folder that names no file raises StudyError; a path that
+    does not exist is kept (its task reports it)."""
     if isinstance(items, (str, os.PathLike)):
         items = [items]
     out: list[str] = []
     for item in items:
         item = os.fspath(item)
         if os.path.isdir(item):
+            inner = _inner_studies(item)
             found = sorted(p for p in glob.glob(os.path.join(glob.escape(item), "**", "*.h5"), recursive=True)
-                           if not os.path.basename(p).startswith("."))
+                           if not os.path.basename(p).startswith(".")
+                           and not any(p.startswith(folder + os.sep) for folder in inner))
             if not found:
                 raise StudyError(f"{item}: no .h5 file in this folder")
         elif glob.has_magic(item):
