@@ -181,3 +181,27 @@ def test_cluster_bootstrap_columns_is_the_recipe_per_column_with_nan_left_out():
     np.testing.assert_allclose(hi, np.nanquantile(means, 0.975, axis=0), rtol=1e-12)
     ci = I.cluster_bootstrap(table[:, 1], prompts, n_resamples=400, seed=9)      # one column: the same numbers
     assert (ci.low, ci.high) == pytest.approx((lo[1], hi[1]), rel=1e-12)
+
+
+def test_declared_comparisons_with_one_key_pair_on_it():
+    """keys=("prompt",): the index holds scalars, not tuples; the comparison is still tested on every prompt."""
+    t = _clips(np.random.default_rng(6))
+    t = t[t.seed == 0]
+    (rec,) = I.declared_comparisons(t, [I.Declared("P1", "m", "a", "b")], keys=("prompt",), n_resamples=200)
+    wide = t.pivot_table(index="prompt", columns="setting", values="m")
+    assert rec["status"] == "tested" and rec["n_clips"] == 5
+    assert rec["mean"] == pytest.approx((wide.a - wide.b).mean(), rel=1e-12)
+
+
+def test_declared_comparisons_refuse_a_clip_twice_in_one_line():
+    t = _clips(np.random.default_rng(7))
+    t = pd.concat([t, t[t.setting == "a"].head(1)])
+    with pytest.raises(LatentProbeError, match=r"declared comparison P1: setting 'a' has a clip twice"):
+        I.declared_comparisons(t, [I.Declared("P1", "m", "a", "b")], n_resamples=100)
+
+
+def test_read_declared_refuses_json_nested_too_deep(tmp_path):
+    bad = tmp_path / "deep.json"
+    bad.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(LatentProbeError, match="cannot read the declared comparisons"):
+        I.read_declared(str(bad))

@@ -360,3 +360,10 @@ def test_organism_v2_study_and_frontier_score_with_fidelity_v2(tiny_v2, tmp_path
     assert doc["floors"]["seed_psnr"]["mean"] == pytest.approx(np.mean([fidelity.psnr(rgb[a], rgb[b])
                                                                         for a, b in pairs]), rel=1e-12)
     assert doc["drawn"][:3] == ["psnr", "motion_error", "motion_pass"]
+
+
+def test_an_empty_declared_or_frontier_out_name_is_refused_not_ignored(tmp_path, capsys):
+    """`--declared ""` used to switch the comparisons off silently (exit 0); refused before any run is read."""
+    for opt in ("--declared", "--frontier_out"):
+        assert cli.main(["suite", str(tmp_path), "--frontier", opt, "", "-o", str(tmp_path / "s.html")]) == 1
+        assert f"{opt} needs a file name" in capsys.readouterr().err and not (tmp_path / "s.html").exists()

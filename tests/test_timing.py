@@ -100,3 +100,25 @@ def test_generation_clock_removes_its_hooks_when_the_generation_raises() -> None
     cost = clock.result()
     assert (cost.dit_calls, cost.token_steps, cost.blocks_run, cost.dit_clock) == (1, 6, 1, "thread_cpu")
     assert 0 < cost.dit_s <= cost.thread_cpu_s + 1e-3
+
+
+def test_a_timer_attached_before_the_probe_also_times_the_probes_post_forward() -> None:
+    """training/frontier_run attaches its timer before LatentProbe: the probe's and an intervention's post_forward
+    (FrameTruncation's fill) are inside the timed window. The timer of study.timing before 4e6080b (torch hooks,
+    post hook appended) left them out in that order: frontier_run's dit_s changed meaning with that commit."""
+    def busy(*_):
+        t = time.thread_time()
+        while time.thread_time() - t < 0.02:
+            pass
+
+    m = _DiT()
+    timer = DiTTimer([m]).attach()
+    probe = HookRegistry()
+    probe.add(m, FnHook(None, busy))          # the probe's hook, added after the timer
+    try:
+        for _ in range(3):
+            m(torch.randn(1, 3, 8))
+    finally:
+        probe.remove_all()
+        timer.detach()
+    assert timer.calls == 3 and timer.seconds() >= 0.06

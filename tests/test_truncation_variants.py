@@ -186,3 +186,19 @@ def test_x0_fill_refuses_a_call_whose_timestep_is_not_the_schedulers_sigma() -> 
     assert _call_sigma(parts, float(sched.timesteps[3])) == float(sched.sigmas[3])
     with pytest.raises(ValueError, match=r"fill_space='x0': step 3's timestep .* does not match the scheduler's σ"):
         _call_sigma(parts, sched.timesteps[4])
+
+
+def test_x0_fill_refuses_a_nan_timestep() -> None:
+    """|t/T − σ| > tol is False for a NaN t: the check must refuse it, not pass it as a match."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from latent_probe.interventions.frame_truncation import _call_sigma
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    sched.set_timesteps(10)
+    sched._step_index = 3
+    for t in (float("nan"), torch.tensor([float("nan")])):
+        with pytest.raises(ValueError, match=r"fill_space='x0': step 3's timestep nan does not match"):
+            _call_sigma(SimpleNamespace(scheduler=sched), t)

@@ -171,6 +171,9 @@ def suite_command(args: argparse.Namespace) -> int:
     if not 0 < args.confidence < 1 or args.resamples < 1:
         raise ValueError("--confidence must be in (0, 1) and --resamples at least 1")
     frontier = None
+    for opt in ("frontier_out", "declared"):   # an empty name would otherwise switch the option off silently
+        if getattr(args, opt, None) == "":
+            raise ValueError(f"--{opt} needs a file name, got an empty one")
     if args.frontier is None and (args.frontier_out or args.declared):
         raise ValueError("--frontier_out and --declared need --frontier (alone: latent-probe suite STUDY --frontier)")
     if args.frontier:  # a bad frontier file is refused before any run is read

@@ -18,11 +18,12 @@ TOLERANCE = 2e-3   # |t/T − σ| allowed: the timesteps are σ·T rounded or ca
 
 def checked_sigma(scheduler: Any, i: int, t: Any) -> float:
     """``scheduler.sigmas[i]`` (σ in [0, 1]) when the call's timestep ``t`` (a number or tensor, its first value)
-    equals σ·T within ``TOLERANCE`` and σ is not ~0; else ``ValueError`` with one line naming both."""
+    equals σ·T within ``TOLERANCE`` (a NaN never does) and σ is not ~0; else ``ValueError`` with one line naming
+    both."""
     sigma = float(scheduler.sigmas[i])
     now = float(t.detach().reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
     total = float(getattr(scheduler.config, "num_train_timesteps", 1000))
-    if abs(now / total - sigma) > TOLERANCE or sigma < 1e-3:
+    if not abs(now / total - sigma) <= TOLERANCE or sigma < 1e-3:   # `not <=`: a NaN timestep is refused
         raise ValueError(f"step {i}'s timestep {now:g} does not match the scheduler's σ {sigma:.5f} (or σ ≈ 0): "
                          f"cannot convert its prediction to x̂₀ exactly")
     return sigma

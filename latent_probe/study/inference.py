@@ -182,7 +182,7 @@ def read_declared(path: str) -> list[Declared]:
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:   # RecursionError: JSON nested too deep
         raise StudyError(f"{path}: cannot read the declared comparisons ({exc})") from None
     fields = ("id", "measure", "a", "b")
     if not isinstance(doc, list) or not doc or not all(
@@ -219,11 +219,15 @@ def declared_comparisons(table: pd.DataFrame, declared: Sequence[Declared], *, s
             continue
         ta = table[table[setting] == d.a].set_index(list(keys))[d.measure].astype(np.float64)
         tb = table[table[setting] == d.b].set_index(list(keys))[d.measure].astype(np.float64)
+        for name, t in ((d.a, ta), (d.b, tb)):
+            if t.index.duplicated().any():
+                raise StudyError(f"declared comparison {d.id}: setting {name!r} has a clip twice "
+                                 f"({t.index[t.index.duplicated()][0]})")
         both = ta.index.intersection(tb.index)
         ok = both[np.isfinite(ta.reindex(both).to_numpy()) & np.isfinite(tb.reindex(both).to_numpy())]
         rec["n_dropped"] = int(len(both) - len(ok))
         rec["n_unpaired"] = int(len(ta.index.symmetric_difference(tb.index)))
-        keep = set(ok)
+        keep = {k if isinstance(k, tuple) else (k,) for k in ok}   # one key: a plain Index of scalars
         rec["n_clips"] = len(keep)
         rows = [tuple(r) in keep for r in table[list(keys)].itertuples(index=False)]
         sub = table[table[setting].isin([d.a, d.b]).to_numpy() & np.asarray(rows, dtype=bool)]
