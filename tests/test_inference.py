@@ -130,7 +130,7 @@ def _clips(rng: np.random.Generator) -> pd.DataFrame:
     return t
 
 
-def test_declared_comparisons_pair_drop_nan_and_holm_over_the_tested_ones():
+def test_declared_comparisons_pair_drop_nan_and_holm_over_the_whole_declared_family():
     t = _clips(np.random.default_rng(3))
     fam = [I.Declared("P1", "m", "a", "b"), I.Declared("P2", "m", "a", "c"), I.Declared("P3", "m", "a", "zzz"),
            I.Declared("P4", "nope", "a", "b")]
@@ -143,8 +143,12 @@ def test_declared_comparisons_pair_drop_nan_and_holm_over_the_tested_ones():
     assert out[1]["mean"] == pytest.approx(np.nanmean(d2), rel=1e-12) and out[1]["n_clips"] == 9
     assert (out[0]["n_dropped"], out[1]["n_dropped"], out[1]["n_unpaired"]) == (0, 1, 0)
     assert out[0]["low"] > 0.5 and out[1]["low"] < 0 < out[1]["high"]       # a real effect, and none
-    np.testing.assert_allclose([out[0]["p_holm"], out[1]["p_holm"]], I.holm([out[0]["p_value"], out[1]["p_value"]]))
-    assert "p_holm" not in out[2] and "p_holm" not in out[3]
+    # p: the exact sign flip over the 5 prompts (all agree for P1: 2 of 32 sign vectors reach it)
+    assert out[0]["p_value"] == pytest.approx(2 / 32) and out[0]["p_bootstrap"] < out[0]["p_value"]
+    # Holm over the 4 declared, the two untestable ones as p = 1: the family does not shrink with the data
+    np.testing.assert_allclose([out[0]["p_holm"], out[1]["p_holm"]],
+                               I.holm([out[0]["p_value"], out[1]["p_value"], 1.0, 1.0])[:2])
+    assert {r["holm_m"] for r in out} == {4} and "p_holm" not in out[2] and "p_holm" not in out[3]
 
 
 def test_declared_comparisons_with_one_prompt_left_are_reported_not_tested():
@@ -152,6 +156,31 @@ def test_declared_comparisons_with_one_prompt_left_are_reported_not_tested():
     t.loc[(t.setting == "c") & (t.prompt != "p0"), "m"] = np.nan
     (rec,) = I.declared_comparisons(t, [I.Declared("P1", "m", "a", "c")], n_resamples=100)
     assert rec["status"] == "too few prompts" and rec["n_dropped"] == 8 and "p_value" not in rec
+    t.loc[(t.setting == "c") & (t.prompt.isin(["p1", "p2"])), "m"] = 1.0     # 3 prompts: the default minimum
+    (rec,) = I.declared_comparisons(t, [I.Declared("P1", "m", "a", "c")], n_resamples=100)
+    assert rec["status"] == "tested" and rec["n_prompts"] == 3
+    (rec,) = I.declared_comparisons(t, [I.Declared("P1", "m", "a", "c")], n_resamples=100, min_prompts=4)
+    assert rec["status"] == "too few prompts"
+    t["m"] = np.where(t.setting == "c", np.nan, t.m)
+    (rec,) = I.declared_comparisons(t, [I.Declared("P1", "m", "a", "c")], n_resamples=100)
+    assert rec["status"] == "no finite pair" and rec["n_clips"] == 0
+
+
+def test_sign_flip_p_is_the_exact_randomisation_test_over_prompts():
+    """Against brute force over every sign vector (itertools), clip-weighted; and its floor 2 / 2^P."""
+    import itertools
+
+    rng = np.random.default_rng(8)
+    prompts = np.repeat(["a", "b", "c", "d", "e"], [1, 2, 3, 1, 2])
+    v = rng.normal(0.3, 1.0, size=prompts.size)
+    sums = np.array([v[prompts == p].sum() for p in "abcde"])
+    obs = abs(sums.sum())
+    want = np.mean([abs(np.dot(s, sums)) >= obs * (1 - 1e-12) for s in itertools.product((1, -1), repeat=5)])
+    assert I.sign_flip_p(v, prompts) == want
+    assert I.sign_flip_p(np.ones(6), np.repeat(["a", "b"], 3)) == 0.5           # 2 prompts: never below 0.5
+    assert I.sign_flip_p(np.ones(8), list("abcdefgh")) == pytest.approx(2 / 256)
+    mc = I.sign_flip_p(v, prompts, max_exact=3, n_resamples=20000, seed=1)     # Monte Carlo beyond max_exact
+    assert abs(mc - want) < 0.02
 
 
 def test_read_declared_accepts_the_documented_list_and_refuses_anything_else(tmp_path):

@@ -131,8 +131,8 @@ def test_frontier_savings_and_scores_equal_independent_computations(study):
 
 
 def test_declared_comparisons_are_paired_differences_by_prompt_with_holm(study, tmp_path, capsys):
-    from latent_probe.study.inference import cluster_bootstrap, holm
-
+    """The 2-prompt study is below the 3 prompts a declared comparison needs: reported with its counts, untested;
+    the tested path (CI, sign-flip p, Holm) is checked on the library function in tests/test_inference.py."""
     rows = study["frontier"]["clips"]
     got = study["frontier"]["declared"]
     assert [r["id"] for r in got] == ["P1", "P2"]
@@ -141,12 +141,8 @@ def test_declared_comparisons_are_paired_differences_by_prompt_with_holm(study, 
         other = {(c["prompt"], c["seed"]): c.get(d["measure"]) for c in rows if c["setting"] == d["b"]}
         diffs = [(k, by[k] - other[k]) for k in sorted(by) if by[k] is not None and other[k] is not None]
         assert r["n_clips"] == len(diffs) and r["n_dropped"] == 4 - len(diffs)
-        if r["status"] != "tested":
-            continue
-        ci = cluster_bootstrap([v for _, v in diffs], [k[0] for k, _ in diffs], n_resamples=300, seed=0)
-        assert (r["mean"], r["low"], r["high"]) == pytest.approx((ci.mean, ci.low, ci.high), abs=1e-12)
-    tested = [r for r in got if r["status"] == "tested"]
-    assert tested and [r["p_holm"] for r in tested] == pytest.approx(list(holm([r["p_value"] for r in tested])))
+        assert r["status"] == ("too few prompts" if diffs else "no finite pair") and "p_value" not in r
+        assert r["holm_m"] == 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": "P9", "measure": "psnr", "a": "method=steps:3", "b": "method=steps:4"}]))
     assert cli.main(["suite", study["out"], "--frontier", "--declared", str(bad), "-o", str(tmp_path / "s.html")]) == 1

@@ -173,7 +173,7 @@ def markdown(out: dict, summ: pd.DataFrame, saving: str) -> str:
         lines.append(f"| {k} | {v['mean']:.3f} | {v['p05']:.3f} – {v['p95']:.3f} | {v['n']} |")
     lines.append(f"| Fréchet motion / latent, held-out training clips vs training | "
                  f"{out['frechet_floor']['frechet_motion']:.3f} / {out['frechet_floor']['frechet_latent']:.3f} | | |")
-    lines += ["", "| # | measure | A − B | mean [95 % CI by prompt] | p | p (Holm, 4) |", "|---|---|---|---:|---:|---:|"]
+    lines += ["", "| # | measure | A − B | mean [95 % CI by prompt] | p (sign flip over prompts) | p (Holm, 4) |", "|---|---|---|---:|---:|---:|"]
     for r in out["primary"]:
         lines.append(f"| {r['id']} | {r['measure']} | {r['a']} − {r['b']} | {r['mean']:.3f} [{r['low']:.3f}, "
                      f"{r['high']:.3f}] | {r['p_value']:.4f} | {r['p_holm']:.4f} |" if r["status"] == "tested" else

@@ -130,18 +130,17 @@ def markdown(out: dict, summ: pd.DataFrame) -> str:
     lines += ["", "| floor | mean | 5–95 % | n |", "|---|---:|---:|---:|"]
     for k, v in out["floors"].items():
         lines.append(f"| {k} | {v['mean']:.3f} | {v['p05']:.3f} – {v['p95']:.3f} | {v['n']} |")
-    lines += ["", "| # | measure | A − B | clips (dropped) | mean [95 % CI by prompt] | p | p (Holm) |",
+    lines += ["", "| # | measure | A − B | clips (dropped) | mean [95 % CI by prompt] | p (sign flip over prompts) | "
+              "p (Holm, whole family) |",
               "|---|---|---|---:|---:|---:|---:|"]
     for r in out["primary"]:
-        if r["status"] == "absent":
-            continue
         if r["status"] == "tested":
             lines.append(f"| {r['id']} | {r['measure']} | {r['a']} − {r['b']} | {r['n_clips']} ({r['n_dropped']}) | "
                          f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {r['p_value']:.4f} | "
                          f"{r['p_holm']:.4f} |")
         else:
             lines.append(f"| {r['id']} | {r['measure']} | {r['a']} − {r['b']} | {r['n_clips']} ({r['n_dropped']}) | "
-                         "too few clips | | |")
+                         f"{r['status']} (p = 1 in the family) | | |")
     return "\n".join(lines) + "\n"
 
 

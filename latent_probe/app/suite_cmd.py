@@ -97,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--declared", metavar="JSON",
                    help="with --frontier alone: pre-declared comparisons, a JSON list of {\"id\", \"measure\", \"a\", "
                         "\"b\"} (a, b: setting names as the frontier shows them, e.g. method=steps:12), each tested "
-                        "as the paired difference a - b by prompt, Holm-corrected; printed and in --frontier_out")
+                        "as the paired difference a - b (CI by prompt, exact sign-flip p over prompts, at least 3 "
+                        "prompts), Holm-corrected over the whole family; printed and in --frontier_out")
     p.set_defaults(func=suite_command)
     return p
 
@@ -147,10 +148,12 @@ def _study_frontier(args: argparse.Namespace, say: Any) -> Any:
         head = f"{r['id']} {r['measure']}: {r['a']} − {r['b']}"
         if r["status"] == "tested":
             say(terminal(f"{head} = {r['mean']:.4g} [{r['low']:.4g}, {r['high']:.4g}] (95 % CI by prompt, "
-                         f"{r['n_clips']} clips, {r['n_dropped']} dropped), p {r['p_value']:.4f}, Holm p "
-                         f"{r['p_holm']:.4f}"))
+                         f"{r['n_prompts']} prompts, {r['n_clips']} clips, {r['n_dropped']} dropped), p "
+                         f"{r['p_value']:.4f} (sign flip over prompts), Holm p {r['p_holm']:.4f} (family of "
+                         f"{r['holm_m']})"))
         else:
-            say(terminal(f"{head}: not tested ({r['status']}; {r['n_dropped']} clips dropped)"))
+            say(terminal(f"{head}: not tested ({r['status']}; {r['n_clips']} clips, {r['n_dropped']} dropped); "
+                         f"counts as p = 1 in the family of {r['holm_m']}"))
     if args.frontier_out:
         _write(json.dumps(strict_json(doc), indent=1, allow_nan=False) + "\n", args.frontier_out)
         say(f"wrote {terminal(args.frontier_out)}")

@@ -9,8 +9,10 @@ and ``setting`` columns, and one column per measure.
 * ``paired_difference_ci`` — setting A − setting B on the same (prompt, seed) clips, cluster-bootstrapped by
   prompt, with a two-sided bootstrap p-value; refuses when the two settings do not cover the same clips;
 * ``holm`` — Holm's step-down adjusted p-values for a small, pre-declared family of comparisons;
+* ``sign_flip_p`` — the exact randomisation test of paired differences, flipping whole prompts' signs (valid
+  with few prompts, where a bootstrap p-value is not);
 * ``declared_comparisons`` — such a family (``Declared``: id, measure, A, B; ``read_declared`` reads it from
-  JSON) as paired differences by prompt with Holm over those that could be tested;
+  JSON) as paired differences by prompt: CI by bootstrap, p by sign flip, Holm over the whole family;
 * ``rank_correlation`` — Spearman ρ and Kendall τ-b (``scipy.stats``: ties take average ranks / τ-b);
 * ``class_table`` — mean and prompt-cluster CI of a measure per (setting, class).
 
@@ -30,7 +32,8 @@ import pandas as pd
 
 from .records import StudyError
 
-__all__ = ["ClusterCI", "cluster_bootstrap", "cluster_bootstrap_columns", "PairedComparison", "paired_difference_ci", "holm",
+__all__ = ["ClusterCI", "cluster_bootstrap", "cluster_bootstrap_columns", "PairedComparison", "paired_difference_ci",
+           "sign_flip_p", "holm",
            "Declared", "read_declared", "declared_comparisons", "rank_correlation", "class_table"]
 
 
@@ -196,23 +199,52 @@ def read_declared(path: str) -> list[Declared]:
     return out
 
 
+def sign_flip_p(values: Any, clusters: Any, *, max_exact: int = 16, n_resamples: int = 20000, seed: int = 0
+                ) -> float:
+    """Two-sided p-value of the paired differences ``values`` [N] having mean 0, by flipping the sign of whole
+    clusters (prompts): the statistic is the mean over clips, Σ_p s_p·S_p / N with S_p a prompt's sum; p is the
+    share of the 2^P sign vectors whose |statistic| reaches the observed one (exact for P ≤ ``max_exact``, else
+    ``n_resamples`` seeded random vectors, (k + 1) / (n + 1)). Valid for any number of prompts: with P prompts
+    it cannot go below 2 / 2^P (0.5 with 2, 0.0078 with 8) — unlike a bootstrap p, which reaches
+    1 / (n_resamples + 1) whenever every prompt agrees in sign."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    c = np.asarray(clusters).ravel()
+    if v.size != c.size or v.size == 0 or not np.isfinite(v).all():
+        raise StudyError("sign_flip_p needs finite values and cluster labels of one length > 0")
+    _, idx = np.unique(c, return_inverse=True)
+    sums = np.bincount(idx, weights=v)                                   # [P]
+    p = sums.size
+    if p <= max_exact:
+        signs = 1 - 2 * ((np.arange(2 ** p)[:, None] >> np.arange(p)) & 1)   # [2^P, P], every sign vector
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], size=(n_resamples, p))
+    stat = np.abs(signs @ sums)
+    observed = abs(sums.sum())
+    hits = int((stat >= observed * (1 - 1e-12)).sum())                  # ties (rounding) count as reaching it
+    return hits / signs.shape[0] if p <= max_exact else (hits + 1) / (n_resamples + 1)
+
+
 def declared_comparisons(table: pd.DataFrame, declared: Sequence[Declared], *, setting: str = "setting",
-                         keys: Sequence[str] = ("prompt", "seed"), **bootstrap: Any) -> list[dict[str, Any]]:
+                         keys: Sequence[str] = ("prompt", "seed"), min_prompts: int = 3, **bootstrap: Any
+                         ) -> list[dict[str, Any]]:
     """A pre-declared family of paired comparisons, each A − B over the clips where its measure is finite in both
     settings (a clip whose object was lost leaves that comparison: ``n_dropped``; a clip in one setting only:
-    ``n_unpaired``), CI and p by prompt
-    (``paired_difference_ci``), and Holm's adjusted ``p_holm`` over the comparisons that could be tested.
+    ``n_unpaired``): mean and CI by prompt (``paired_difference_ci``: ``mean``, ``low``, ``high``,
+    ``p_bootstrap``), the exact sign-flip ``p_value`` over prompts (``sign_flip_p``: valid with few prompts),
+    and Holm's ``p_holm`` over the **whole declared family** (``holm_m`` comparisons; one that could not be
+    tested counts as p = 1, so the family does not shrink with the data).
 
-    One dict per declared comparison, in order: ``id``, ``measure``, ``a``, ``b``, ``status`` — ``"tested"``
-    (with ``mean``, ``low``, ``high``, ``n_prompts``, ``p_value``, ``p_holm``), ``"absent"`` (a setting or the
-    measure is not in the table) or ``"too few prompts"`` (fewer than 2 with finite pairs) — ``n_clips`` (finite
-    pairs), ``n_dropped`` and ``n_unpaired``. The family Holm corrects over is the tested ones; the others are
-    reported, not hidden.
+    One dict per declared comparison, in order: ``id``, ``measure``, ``a``, ``b``, ``status`` — ``"tested"``,
+    ``"absent"`` (a setting or the measure is not in the table), ``"no finite pair"`` or ``"too few prompts"``
+    (fewer than ``min_prompts`` with finite pairs) — ``n_clips`` (finite pairs), ``n_dropped``, ``n_unpaired``,
+    ``holm_m``. Untested comparisons are reported, never hidden.
     """
+    if min_prompts < 2:
+        raise StudyError("min_prompts must be at least 2")
     out: list[dict[str, Any]] = []
     for d in declared:
-        rec: dict[str, Any] = {"id": d.id, "measure": d.measure, "a": d.a, "b": d.b, "n_dropped": 0,
-                               "n_unpaired": 0}
+        rec: dict[str, Any] = {"id": d.id, "measure": d.measure, "a": d.a, "b": d.b, "n_clips": 0, "n_dropped": 0,
+                               "n_unpaired": 0, "holm_m": len(declared)}
         out.append(rec)
         if d.measure not in table.columns or not {d.a, d.b} <= set(table[setting]):
             rec["status"] = "absent"
@@ -231,14 +263,18 @@ def declared_comparisons(table: pd.DataFrame, declared: Sequence[Declared], *, s
         rec["n_clips"] = len(keep)
         rows = [tuple(r) in keep for r in table[list(keys)].itertuples(index=False)]
         sub = table[table[setting].isin([d.a, d.b]).to_numpy() & np.asarray(rows, dtype=bool)]
-        if len({k[0] for k in keep}) < 2:
+        if not keep:
+            rec["status"] = "no finite pair"
+            continue
+        if len({k[0] for k in keep}) < min_prompts:
             rec["status"] = "too few prompts"
             continue
-        rec.update(status="tested", **paired_difference_ci(sub, d.a, d.b, d.measure, setting=setting, keys=keys,
-                                                          **bootstrap).as_dict())
-    tested = [r for r in out if r["status"] == "tested"]
-    if tested:
-        for rec, adj in zip(tested, holm([r["p_value"] for r in tested])):
+        pc = paired_difference_ci(sub, d.a, d.b, d.measure, setting=setting, keys=keys, **bootstrap)
+        rec.update(status="tested", **{k: v for k, v in pc.as_dict().items() if k != "p_value"},
+                   p_bootstrap=pc.p_value, p_value=sign_flip_p(pc.diffs["diff"], pc.diffs[keys[0]]))
+    adjusted = holm([r["p_value"] if r["status"] == "tested" else 1.0 for r in out]) if out else []
+    for rec, adj in zip(out, adjusted):
+        if rec["status"] == "tested":
             rec["p_holm"] = float(adj)
     return out
 
