@@ -3,7 +3,10 @@
 For each setting and each (prompt, seed) clip one batch-1 generation (CFG, the baseline's noise) runs and
 is timed three ways: thread CPU time of the whole sampling call (``time.thread_time``; with
 ``torch.set_num_threads(1)`` all compute runs on the calling thread, so other processes' load barely moves
-it), thread CPU time inside the DiT experts (forward pre-hook → forward hook), and wall time; token-steps
+it), thread CPU time inside the DiT experts (``study.timing.DiTTimer``: from before the first package hook of
+each expert call to after the last — the probe's and FrameTruncation's fill included, as in ``latent-probe study``
+and ``compare_truncation``; runs before commit 4e6080b, e.g. docs/data/frontier_organism.json's ``dit_s``, stopped
+the clock before the probe's and the fill's post-forward work), and wall time; token-steps
 (Σ tokens the DiT ran, after truncation, CFG's two calls both counted; cache-skipped tail blocks not
 subtracted) are a
 third, hardware-free column, and ``blocks_run`` (calls of each expert's last block) says what a cache
