@@ -48,6 +48,31 @@ def tiny_organism_weights(path) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> str:
+    """The tiny organism's weights file, built once for the organism-study tests."""
+    return tiny_organism_weights(tmp_path_factory.mktemp("organism") / "tiny.safetensors")
+
+
+def read_job_sidecar(out, job_id):
+    """A study job's outputs/<job id>.safetensors read with safetensors' own API, no latent_probe code (an
+    independent reader): (record dict, final latent, a copy not backed by the mapped file)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(out, "outputs", f"{job_id}.safetensors"), "pt") as fh:
+        return json.loads(fh.metadata()["record"]), fh.get_tensor("final_latent").clone()
+
+
+def manifest_jobs(out):
+    """The job list of a study's manifest.json, read as plain JSON."""
+    import json
+
+    with open(os.path.join(out, "manifest.json"), encoding="utf-8") as fh:
+        return json.load(fh)["jobs"]
+
+
 def run_pipe(pipe, steps: int = 12, guidance_scale: float = 4.0, seed: int = 0, **kw):
     """Run a tiny pipeline to latents [1, 16, 5, 8, 8] (17 frames at 64×64)."""
     from latent_probe.testing import tiny_prompt_embeds

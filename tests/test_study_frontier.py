@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_organism_weights
+from conftest import manifest_jobs, read_job_sidecar
 from latent_probe.app import cli
 
 PROMPTS = ("a red square moving right", "a blue disc moving left")
@@ -22,23 +22,6 @@ STEPS = 6
 METHODS = "baseline,steps:4,truncation:2"
 DECLARED = [{"id": "P1", "measure": "psnr", "a": "method=truncation:2", "b": "method=steps:4"},
             {"id": "P2", "measure": "motion_error", "a": "method=truncation:2", "b": "method=steps:4"}]
-
-
-def _sidecar(out, job_id):
-    """An independent reader: safetensors' own API, no latent_probe code."""
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(out, "outputs", f"{job_id}.safetensors"), "pt") as fh:
-        return json.loads(fh.metadata()["record"]), fh.get_tensor("final_latent").clone()   # not the mapped file
-
-
-def _jobs(out):
-    return json.load(open(os.path.join(out, "manifest.json")))["jobs"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return tiny_organism_weights(tmp_path_factory.mktemp("organism") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +49,8 @@ def test_every_job_records_its_costs_and_the_plain_generations_final_latent(stud
 
     org = load_organism(path=weights)
     tokens_per_call = org.config.latent_frames * (org.config.latent_size // 2) ** 2    # patch (1, 2, 2)
-    for job in _jobs(study["out"]):
-        rec, latent = _sidecar(study["out"], job["job_id"])
+    for job in manifest_jobs(study["out"]):
+        rec, latent = read_job_sidecar(study["out"], job["job_id"])
         cost = rec["cost"]
         assert rec["job_id"] == job["job_id"] and cost["threads"] == 1 and cost["dit_clock"] == "thread_cpu"
         assert 0 < cost["dit_s"] < cost["thread_cpu_s"] and cost["wall_s"] > 0
@@ -91,8 +74,8 @@ def test_frontier_savings_and_scores_equal_independent_computations(study):
     doc = study["frontier"]
     assert doc["baseline"] == "method=baseline" and doc["saving_axis"] == "saving_thread_cpu_s"
     assert doc["organism"] == "v1" and doc["n_clips"] == 4
-    jobs = {j["job_id"]: j for j in _jobs(study["out"])}
-    side = {jid: _sidecar(study["out"], jid) for jid in jobs}
+    jobs = {j["job_id"]: j for j in manifest_jobs(study["out"])}
+    side = {jid: read_job_sidecar(study["out"], jid) for jid in jobs}
     base = {(j["prompt_id"], j["seed"]): jid for jid, j in jobs.items() if j["settings"]["method"] == "baseline"}
     rows = doc["clips"]
     assert len(rows) == 12 and {r["job_id"] for r in rows} == set(jobs)
@@ -179,11 +162,11 @@ def test_a_missing_or_half_written_sidecar_leaves_its_job_incomplete_and_is_redo
     from latent_probe.study import job_status, run_path
 
     out = _copy(study, tmp_path)
-    jobs = [j["job_id"] for j in _jobs(out)]
+    jobs = [j["job_id"] for j in manifest_jobs(out)]
     cut, gone = jobs[1], jobs[4]
     path = os.path.join(out, "outputs", f"{cut}.safetensors")
     original = open(path, "rb").read()
-    latent = _sidecar(out, cut)[1]
+    latent = read_job_sidecar(out, cut)[1]
     with open(path, "wb") as fh:                    # as a non-atomic writer killed mid-file would leave it
         fh.write(original[: len(original) // 2])
     os.unlink(os.path.join(out, "outputs", f"{gone}.safetensors"))
@@ -202,7 +185,7 @@ def test_a_missing_or_half_written_sidecar_leaves_its_job_incomplete_and_is_redo
     assert _rerun(study, out, weights) == 0
     redone = [j for j in jobs if os.stat(run_path(out, j)).st_mtime_ns != before[j]]
     assert sorted(redone) == sorted([cut, gone])                      # only those two
-    assert torch.equal(_sidecar(out, cut)[1], latent)                  # deterministic: the same latent again
+    assert torch.equal(read_job_sidecar(out, cut)[1], latent)                  # deterministic: the same latent again
     assert all(job_status(run_path(out, j), j, out).done for j in jobs)
 
 
@@ -334,8 +317,8 @@ def test_organism_v2_study_and_frontier_score_with_fidelity_v2(tiny_v2, tmp_path
     doc = json.load(open(frontier))
     assert doc["organism"] == "small" and doc["baseline"] == "method=baseline"
     org = random_organism_v2("small", vae_config={"base_dim": 8})      # the same weights, built independently
-    jobs = {j["job_id"]: j for j in _jobs(out)}
-    side = {jid: _sidecar(out, jid) for jid in jobs}
+    jobs = {j["job_id"]: j for j in manifest_jobs(out)}
+    side = {jid: read_job_sidecar(out, jid) for jid in jobs}
     base = {(j["prompt_id"], j["seed"]): jid for jid, j in jobs.items() if j["settings"]["method"] == "baseline"}
     assert {side[b][0]["steps_run"] for b in base.values()} == {40}    # v2's default steps
     rgb = {jid: org.decode(side[jid][1]).permute(3, 0, 1, 2).float() / 255 for jid in jobs}

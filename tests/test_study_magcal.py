@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_organism_weights
+from conftest import manifest_jobs, read_job_sidecar
 from latent_probe.app import cli
 
 PROMPTS = ("a red square moving right", "a blue disc moving left")
@@ -51,22 +51,6 @@ def _counting(fail_at=None):
     mp.setattr("latent_probe.app.backends.OrganismBackend.generate",
                lambda backend, *a, **kw: counter(backend, *a, **kw))    # a function: bound as a method
     return mp, counter
-
-
-def _latent(out, job_id):
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(out, "outputs", f"{job_id}.safetensors"), "pt") as fh:
-        return json.loads(fh.metadata()["record"]), fh.get_tensor("final_latent").clone()
-
-
-def _jobs(out):
-    return json.load(open(os.path.join(out, "manifest.json")))["jobs"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return tiny_organism_weights(tmp_path_factory.mktemp("organism") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +97,18 @@ def test_an_interrupted_calibration_leaves_nothing_that_reads_complete_and_is_fi
     assert not seen["record"] and not seen["configs"] and not seen["main_jobs"]
     # the rerun: the failed calibration clip, then the study's 4 jobs; the 3 complete clips were not redone
     assert auto["calls"] == 1 + 4
-    jobs = _jobs(auto["out"])
+    jobs = manifest_jobs(auto["out"])
     assert len(jobs) == 4 and all(j["seed"] == 0 for j in jobs)       # the calibration clips are not the study's
-    assert len(_jobs(auto["cal"])) == 4 and {j["seed"] for j in _jobs(auto["cal"])} == {100, 101}
+    assert len(manifest_jobs(auto["cal"])) == 4 and {j["seed"] for j in manifest_jobs(auto["cal"])} == {100, 101}
 
 
 def test_the_study_folder_lists_its_own_runs_not_the_calibration_clips(auto):
     from latent_probe.study.recompute import expand_paths
 
-    mine = {os.path.join(auto["out"], "runs", f"{j['job_id']}.h5") for j in _jobs(auto["out"])}
+    mine = {os.path.join(auto["out"], "runs", f"{j['job_id']}.h5") for j in manifest_jobs(auto["out"])}
     for spelling in (auto["out"], auto["out"] + os.sep):
         assert set(expand_paths(spelling)) == mine and len(mine) == 4
-    cal = {os.path.join(auto["cal"], "runs", f"{j['job_id']}.h5") for j in _jobs(auto["cal"])}
+    cal = {os.path.join(auto["cal"], "runs", f"{j['job_id']}.h5") for j in manifest_jobs(auto["cal"])}
     assert set(expand_paths(auto["cal"])) == cal and len(cal) == 4
     assert set(expand_paths(os.path.dirname(auto["out"]))) >= mine | cal     # a folder of studies: all of them
 
@@ -149,19 +133,19 @@ def test_mag_cache_jobs_equal_a_study_given_the_files_with_mag_config(auto, two_
     assert cli.main(_study(auto["prompts"], out, weights, "--mag_config", f"transformer={two_step['transformer']}",
                            "--mag_config", f"transformer_2={two_step['transformer_2']}",
                            methods=f"mag_cache:{THRESHOLD}")) == 0
-    given = {(j["prompt_id"], j["seed"]): j["job_id"] for j in _jobs(out)}
-    mine = [j for j in _jobs(auto["out"]) if j["settings"]["method"].startswith("mag_cache")]
+    given = {(j["prompt_id"], j["seed"]): j["job_id"] for j in manifest_jobs(out)}
+    mine = [j for j in manifest_jobs(auto["out"]) if j["settings"]["method"].startswith("mag_cache")]
     assert len(mine) == 2
     for j in mine:
-        rec, z = _latent(auto["out"], j["job_id"])
-        grec, gz = _latent(str(out), given[(j["prompt_id"], j["seed"])])
+        rec, z = read_job_sidecar(auto["out"], j["job_id"])
+        grec, gz = read_job_sidecar(str(out), given[(j["prompt_id"], j["seed"])])
         assert torch.equal(z, gz)                                              # bit for bit
         counts = {k: v for k, v in rec["skips"].items() if k != "dit_s"}          # what was computed, not timed
         assert counts == {k: v for k, v in grec["skips"].items() if k != "dit_s"}
         assert counts["units_skipped"] > 0                                        # and it did skip
-        base = next(b for b in _jobs(auto["out"]) if b["settings"]["method"] == "baseline"
+        base = next(b for b in manifest_jobs(auto["out"]) if b["settings"]["method"] == "baseline"
                     and b["prompt_id"] == j["prompt_id"])
-        assert not torch.equal(z, _latent(auto["out"], base["job_id"])[1])
+        assert not torch.equal(z, read_job_sidecar(auto["out"], base["job_id"])[1])
 
 
 def _mtimes(folder):
@@ -266,6 +250,6 @@ def test_torchrun_two_ranks_calibrate_once_and_agree(auto, weights, tmp_path):
         assert json.load(open(out / "calibration" / file)) == json.load(open(os.path.join(auto["cal"], file)))
     done = [ln for ln in res.stdout.splitlines() if "-s10" in ln and " done" in ln]
     assert len(done) == 4 and {ln.split()[1] for ln in done} == {"0", "1"}, res.stdout   # each clip once
-    mine = {j["job_id"] for j in _jobs(str(out))}
+    mine = {j["job_id"] for j in manifest_jobs(str(out))}
     for j in mine:
-        assert torch.equal(_latent(str(out), j)[1], _latent(auto["out"], j)[1])
+        assert torch.equal(read_job_sidecar(str(out), j)[1], read_job_sidecar(auto["out"], j)[1])

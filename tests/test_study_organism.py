@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_organism_weights
 from latent_probe.app import cli
 
 PROMPTS = ("a red square moving right", "a blue disc moving left")
@@ -23,8 +22,8 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    return tiny_organism_weights(tmp_path_factory.mktemp("organism") / "tiny.safetensors")
+def tiny_weights(weights):
+    return weights   # conftest's tiny organism, built once per session
 
 
 @pytest.fixture(scope="module")
